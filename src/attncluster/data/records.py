@@ -1,0 +1,73 @@
+"""The record-level contract shared by every on-disk format.
+
+Each format module (``tfrecord``/``yt8m``, ``pickles``, ``features``) exposes its files as :class:`Shard` objects:
+random access by record index (so training can shuffle records inside a shard without holding the shard in
+memory) and sequential iteration. :mod:`attncluster.data.dataset` turns shards into samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import numpy as np
+
+# YouTube-8M quantization: value = q * 4/255 + 4/512 - 2  (q = 0 -> -1.9921875, q = 255 -> 2.0078125).
+DEQUANT_SCALE = 4.0 / 255.0
+DEQUANT_BIAS = 4.0 / 512.0 - 2.0
+MAX_FRAMES = 300
+
+
+def dequantize(q):
+    """Dequantize YouTube-8M uint8 features (numpy array or torch tensor) to float32."""
+    try:
+        import torch
+
+        if isinstance(q, torch.Tensor):
+            return q.to(torch.float32) * DEQUANT_SCALE + DEQUANT_BIAS
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(q, dtype=np.float32) * np.float32(DEQUANT_SCALE) + np.float32(DEQUANT_BIAS)
+
+
+@dataclass
+class RawVideo:
+    """One video as stored, before sampling.
+
+    Attributes:
+        id: the video id (``id`` or ``video_id`` in YouTube-8M).
+        features: modality name -> (T, F) array. ``uint8`` means YouTube-8M-quantized values (dequantize with
+            :func:`dequantize`); ``float32`` means values used as they are. All modalities share T frames
+            (video-level records are 1-frame videos).
+        labels: int64 class ids, possibly empty (test data).
+    """
+
+    id: str
+    features: dict[str, np.ndarray]
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def num_frames(self) -> int:
+        return min(int(a.shape[0]) for a in self.features.values())
+
+
+@dataclass
+class ReadStats:
+    """Counts kept by a reader; ``corrupt`` counts records skipped with ``skip_corrupt``."""
+
+    files: int = 0
+    videos: int = 0
+    frames: int = 0
+    corrupt: int = 0
+
+
+class Shard(Protocol):
+    """One file of records. ``read(i)`` returns None only for a damaged record skipped with skip_corrupt."""
+
+    path: str
+
+    def __len__(self) -> int: ...
+
+    def read(self, i: int) -> RawVideo | None: ...
+
+    def __iter__(self) -> Iterator[RawVideo]: ...
