@@ -1,0 +1,151 @@
+"""Attention Clusters for video classification.
+
+Long, Gan, de Melo, Wu, Liu, Wen: "Attention Clusters: Purely Attention Based Local Feature Integration for
+Video Classification", CVPR 2018 (arXiv 1711.09550).
+
+Each modality (rgb, audio, flow, ...) gets a cluster of C attention units. A unit scores every frame, pools the
+frames with a softmax over time, and applies the paper's *shifting operation*: a learnable scalar scale and bias,
+then L2 normalisation, so that units in one cluster learn to attend to different things. The cluster outputs are
+concatenated and classified by an MLP. The math (and the parameter initialisation) follows the PaddlePaddle
+reference implementation exactly; all C units of a cluster run as one batched matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+L2_EPS = 1e-12  # Paddle l2_normalize epsilon, inside the square root
+
+
+class ShiftingAttention(nn.Module):
+    """One attention cluster: C attention units with the shifting operation over (N, L, F) frames.
+
+    Args:
+        feature_dim: F, the size of one frame's features.
+        num_clusters: C, the number of attention units.
+    """
+
+    def __init__(self, feature_dim: int, num_clusters: int) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.num_clusters = num_clusters
+        # The reference uses a 1x1 conv F -> C: the same as one linear score per frame and unit.
+        self.score = nn.Linear(feature_dim, num_clusters)
+        self.shift_w = nn.Parameter(torch.empty(num_clusters))
+        self.shift_b = nn.Parameter(torch.empty(num_clusters))
+        self.reset_parameters()
+
+    @property
+    def out_dim(self) -> int:
+        return self.num_clusters * self.feature_dim
+
+    def reset_parameters(self) -> None:
+        # Paddle MSRA: normal std sqrt(2 / fan_in) for weights; uniform +-sqrt(6 / len) for the bias (a 1-D
+        # tensor's fan_in is its own length); the shifting scalars are N(0, C^-1/4).
+        nn.init.normal_(self.score.weight, std=math.sqrt(2.0 / self.feature_dim))
+        bound = math.sqrt(6.0 / self.num_clusters)
+        nn.init.uniform_(self.score.bias, -bound, bound)
+        std = self.num_clusters ** -0.25
+        nn.init.normal_(self.shift_w, std=std)
+        nn.init.normal_(self.shift_b, std=std)
+
+    def attention(self, x: Tensor) -> Tensor:
+        """Attention weights (N, L, C): each unit's softmax over the L frames."""
+        scores = self.score(x)  # (N, L, F) -> (N, L, C)
+        return scores.softmax(dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, L, F) frames -> (N, C * F) cluster features, cluster-major (index c * F + f)."""
+        a = self.attention(x)  # (N, L, C)
+        v = torch.bmm(a.transpose(1, 2), x)  # (N, C, L) @ (N, L, F) -> (N, C, F)
+        v = v * self.shift_w[:, None] + self.shift_b[:, None]  # shifting: scalar scale and bias per unit
+        v = v * torch.rsqrt(v.pow(2).sum(dim=-1, keepdim=True) + L2_EPS)  # L2 over F, eps inside the sqrt
+        v = v / math.sqrt(self.num_clusters)
+        return v.flatten(1)  # (N, C, F) -> (N, C * F)
+
+
+class AttentionCluster(nn.Module):
+    """The multi-modal Attention Cluster classifier.
+
+    Args:
+        feature_dims: modality name -> feature size, in input order (e.g. ``{"rgb": 1024, "audio": 128}``).
+        cluster_nums: attention units per modality: one int for all, or a dict per modality.
+        num_classes: number of output logits.
+        drop_rate: dropout on the concatenated cluster features (0 disables it).
+        hidden_sizes: the MLP's hidden layers, each followed by tanh.
+    """
+
+    def __init__(
+        self,
+        feature_dims: Mapping[str, int] | None = None,
+        cluster_nums: int | Mapping[str, int] = 32,
+        num_classes: int = 3862,
+        drop_rate: float = 0.5,
+        hidden_sizes: Sequence[int] = (1024, 4096),
+    ) -> None:
+        super().__init__()
+        feature_dims = dict(feature_dims or {"rgb": 1024, "audio": 128})
+        if not feature_dims:
+            raise ValueError("feature_dims must name at least one modality")
+        if isinstance(cluster_nums, Mapping):
+            missing = [m for m in feature_dims if m not in cluster_nums]
+            if missing:
+                raise ValueError(f"cluster_nums has no entry for modalities {missing}")
+            clusters = {m: int(cluster_nums[m]) for m in feature_dims}
+        else:
+            clusters = {m: int(cluster_nums) for m in feature_dims}
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+
+        self.feature_dims = feature_dims
+        self.cluster_nums = clusters
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.hidden_sizes = tuple(hidden_sizes)
+
+        self.attention = nn.ModuleDict({m: ShiftingAttention(feature_dims[m], clusters[m]) for m in feature_dims})
+        self.dropout = nn.Dropout(drop_rate)
+        sizes = [self.num_features, *self.hidden_sizes]
+        self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.logits = nn.Linear(sizes[-1], num_classes)
+        self.reset_head()
+
+    @property
+    def num_features(self) -> int:
+        """Size of the concatenated cluster features, sum over modalities of C * F."""
+        return sum(unit.out_dim for unit in self.attention.values())
+
+    def reset_head(self) -> None:
+        """Reference initialisation of the MLP: MSRA normal weights, MSRA uniform biases, normal logits bias."""
+        for fc in [*self.hidden, self.logits]:
+            nn.init.normal_(fc.weight, std=math.sqrt(2.0 / fc.in_features))
+            bound = math.sqrt(6.0 / fc.out_features)
+            nn.init.uniform_(fc.bias, -bound, bound)
+        nn.init.normal_(self.logits.bias, std=math.sqrt(2.0 / self.num_classes))
+
+    def forward_features(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Concatenated cluster features: {m: (N, L, F_m)} -> (N, sum_m C_m * F_m), modalities in order."""
+        missing = [m for m in self.feature_dims if m not in features]
+        if missing:
+            raise KeyError(f"missing input modalities {missing}; the model expects {list(self.feature_dims)}")
+        return torch.cat([unit(features[m]) for m, unit in self.attention.items()], dim=1)
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """(N, num_features) cluster features -> (N, num_classes) logits."""
+        x = self.dropout(x)
+        for fc in self.hidden:
+            x = torch.tanh(fc(x))  # (N, H_i)
+        return self.logits(x)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        """{m: (N, L, F_m) float} -> (N, num_classes) logits (apply sigmoid for probabilities)."""
+        return self.forward_head(self.forward_features(features))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
