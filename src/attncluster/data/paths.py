@@ -1,0 +1,135 @@
+"""Shard specifications -> concrete file lists, local or remote (fsspec URLs).
+
+A spec is a path, a glob, a directory (every file in it, sorted), or a list file (``*.list`` / ``*.txt``, one
+path per line, as the reference's ``train.list``; relative lines resolve against the list file's folder).
+Any of them may be an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://``, ``file://``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from attncluster.errors import DataError
+
+LIST_SUFFIXES = (".list", ".txt")
+# Files a directory listing skips: they sit beside shards but are not shards.
+IGNORED_SUFFIXES = (".csv", ".md", ".json", ".yaml", ".yml", ".list", ".txt", ".lock", ".tmp")
+READ_BUFFER = 4 << 20  # bytes buffered per open remote file
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _fs(path: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as e:  # unknown protocol or its extra not installed
+        raise DataError(f"{path}: cannot open this URL ({e}); install the fsspec extra for it, e.g. s3fs or gcsfs") from None
+
+
+def _protocol_prefix(path: str) -> str:
+    return path.split("://", 1)[0] + "://"
+
+
+def open_binary(path: str) -> BinaryIO:
+    """Open a local path or fsspec URL for buffered binary reading."""
+    try:
+        if is_url(path) and not path.startswith("file://"):
+            fs, p = _fs(path)
+            return fs.open(p, "rb", block_size=READ_BUFFER)
+        local = path[len("file://"):] if path.startswith("file://") else path
+        return open(local, "rb", buffering=1 << 20)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+
+
+def read_text(path: str) -> str:
+    with open_binary(path) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+
+
+def _read_list_file(path: str) -> list[str]:
+    base = path.rsplit("/", 1)[0] if "/" in path else "."
+    out = []
+    for line in read_text(path).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not is_url(line) and not os.path.isabs(line):
+            line = f"{base}/{line}" if is_url(path) else os.path.join(base, line)
+        out.append(line)
+    if not out:
+        raise DataError(f"{path}: list file names no shards")
+    return out
+
+
+def _expand_one(spec: str) -> list[str]:
+    if is_url(spec) and not spec.startswith("file://"):
+        fs, p = _fs(spec)
+        prefix = _protocol_prefix(spec)
+        if glob.has_magic(p):
+            found = sorted(fs.glob(p))
+        elif fs.isdir(p):
+            found = sorted(x["name"] for x in fs.ls(p, detail=True) if x["type"] == "file")
+            found = [x for x in found if not x.endswith(IGNORED_SUFFIXES)]
+        elif p.endswith(LIST_SUFFIXES) and fs.exists(p):
+            return _read_list_file(spec)
+        else:
+            found = [p] if fs.exists(p) else []
+        return [x if is_url(x) else prefix + x for x in found]
+    local = spec[len("file://"):] if spec.startswith("file://") else spec
+    local = os.path.expanduser(local)
+    if glob.has_magic(local):
+        return sorted(glob.glob(local))
+    if os.path.isdir(local):
+        names = sorted(os.listdir(local))
+        return [os.path.join(local, n) for n in names
+                if os.path.isfile(os.path.join(local, n)) and not n.endswith(IGNORED_SUFFIXES) and not n.startswith(".")]
+    if local.endswith(LIST_SUFFIXES) and os.path.isfile(local):
+        return _read_list_file(local)
+    return [local] if os.path.exists(local) else []
+
+
+def expand_paths(specs: str | Iterable[str], what: str = "data") -> list[str]:
+    """Expand shard specs to a list of files, in order. Raises DataError if a spec matches nothing."""
+    if isinstance(specs, str):
+        specs = [specs]
+    specs = list(specs)
+    if not specs:
+        raise DataError(f"{what}: no data paths given")
+    files: list[str] = []
+    for spec in specs:
+        found = _expand_one(str(spec))
+        if not found:
+            raise DataError(f"{spec}: matches no files ({what}); expected a file, glob, directory or .list file")
+        files.extend(found)
+    return files
+
+
+def file_size(path: str) -> int:
+    if is_url(path) and not path.startswith("file://"):
+        fs, p = _fs(path)
+        return int(fs.size(p))
+    return os.path.getsize(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def read_all(path: str) -> bytes:
+    with open_binary(path) as f:
+        return f.read()
+
+
+__all__ = ["expand_paths", "open_binary", "read_text", "read_all", "file_size", "is_url"]
