@@ -89,7 +89,7 @@ class AttentionCluster(nn.Module):
         hidden_sizes: Sequence[int] = (1024, 4096),
     ) -> None:
         super().__init__()
-        feature_dims = dict(feature_dims or {"rgb": 1024, "audio": 128})
+        feature_dims = dict({"rgb": 1024, "audio": 128} if feature_dims is None else feature_dims)
         if not feature_dims:
             raise ValueError("feature_dims must name at least one modality")
         if isinstance(cluster_nums, Mapping):

@@ -1,0 +1,146 @@
+"""Checkpoints and weights.
+
+A training checkpoint is a plain dict ``{model, optimizer, scheduler, epoch, step, rng, config, metrics,
+best_metric}`` written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
+a half-written file under the final name. ``--weights`` accepts such a checkpoint, a safetensors file of model
+weights, a converted Paddle ``.pt`` (``attncluster convert-paddle``) or the reference's ``.pdparams`` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attncluster.errors import ConfigError, DataError
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load one of our checkpoints (a dict with at least ``model``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise DataError(f"{path}: not an attncluster checkpoint (expected a dict with a 'model' entry)")
+    return ckpt
+
+
+def load_state_dict_any(path: str | Path, drop_rate: float = 0.5) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model weights from any supported file. Returns (state_dict, info) where info may carry a model config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorsError, OSError) as e:
+            raise DataError(f"{path}: not a readable safetensors file ({e})") from None
+        info = {"model_config": json.loads(meta["attncluster_model"])} if "attncluster_model" in meta else {}
+        return state, info
+    if path.suffix == ".pdparams":
+        from attncluster.paddle import convert_paddle_state, load_paddle_state
+
+        state, kwargs = convert_paddle_state(load_paddle_state(str(path)), drop_rate=drop_rate)
+        return state, {"model_config": kwargs, "source": "paddle"}
+    ckpt = load_checkpoint(path)
+    return ckpt["model"], {k: v for k, v in ckpt.items() if k != "model"}
+
+
+def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) parameter names of ``state`` against ``model``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    return missing, unexpected, mis
+
+
+def load_weights(model: nn.Module, path: str | Path, drop_rate: float = 0.5) -> dict[str, Any]:
+    """Load weights strictly (eval, predict): any difference from the config's model is a one-line error."""
+    state, info = load_state_dict_any(path, drop_rate)
+    missing, unexpected, mis = shape_mismatches(model, state)
+    if missing or unexpected or mis:
+        parts = []
+        if mis:
+            parts.append("shapes differ (checkpoint vs config): " + "; ".join(mis[:4]) + (" ..." if len(mis) > 4 else ""))
+        if missing:
+            parts.append(f"missing {missing[:4]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:4]}")
+        raise ConfigError(f"{path}: checkpoint does not match the config's model: {'; '.join(parts)}")
+    model.load_state_dict(state)
+    return info
+
+
+def load_for_finetune(model: nn.Module, path: str | Path, log=print) -> list[str]:
+    """Initialise from ``path`` for fine-tuning: layers whose shape differs keep their fresh initialisation.
+
+    Returns the names that were re-initialised (each is also reported through ``log``).
+    """
+    state, _ = load_state_dict_any(path)
+    own = model.state_dict()
+    missing, unexpected, mis = shape_mismatches(model, state)
+    if unexpected and not any(k in own for k in state):
+        raise ConfigError(f"{path}: no parameter names match the model (unexpected {unexpected[:4]})")
+    keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(keep, strict=False)
+    reinit = [k for k in own if k not in keep]
+    for line in mis:
+        log(f"fine-tune: re-initialised {line.split(' ')[0]} (checkpoint shape {line.split(' ', 1)[1]})")
+    for k in missing:
+        log(f"fine-tune: re-initialised {k} (not in checkpoint)")
+    if unexpected:
+        log(f"fine-tune: ignored {len(unexpected)} checkpoint entries not in the model: {unexpected[:4]}")
+    return reinit

@@ -1,0 +1,96 @@
+"""All distributed set-up in one place: torchrun's environment, the process group, and small collectives.
+
+Single-process runs need no torchrun: with WORLD_SIZE unset (or 1) nothing here starts a process group.
+Under ``torchrun --nproc_per_node=N -m attncluster train ...`` every rank reads RANK, LOCAL_RANK and WORLD_SIZE,
+joins a NCCL (GPU) or gloo (CPU) group, and only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_info() -> DistInfo:
+    """Rank, local rank and world size from torchrun's environment (0, 0, 1 when not under torchrun)."""
+    return DistInfo(_env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in single-process runs): the one process that logs and writes files."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return env_info().rank == 0
+
+
+def setup(device: str) -> DistInfo:
+    """Join the process group when launched by torchrun. Returns this process's DistInfo.
+
+    NCCL is used for CUDA devices and gloo for CPU. A generous timeout lets slow data start-up pass, while a
+    rank that dies still takes the job down (torchrun's elastic agent stops the others).
+    """
+    info = env_info()
+    if info.is_distributed and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return info
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(device: str | None, info: DistInfo) -> torch.device:
+    """The device this rank uses: ``cuda`` means this rank's local GPU; default cuda when available."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and info.is_distributed:
+        return torch.device("cuda", info.local_rank)
+    return torch.device(device)
+
+
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """True only if ``flag`` is true on every rank (used to stop all ranks at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a list of length world_size); ``[obj]`` when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,130 @@
+"""Evaluation: GAP, Hit@1, PERR, mAP and loss (top-1 / top-5 for single-label data) over a whole data set.
+
+Under torchrun every rank evaluates its share of the shards and the per-rank accumulators (each video's top-k
+predictions and counts) are gathered and merged, so the numbers equal a single-process run on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attncluster import distributed
+from attncluster.config import Config
+from attncluster.data.transfer import batch_to_device
+from attncluster.metrics import MetricAccumulator
+
+
+def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
+    """Reference loss: BCE-with-logits summed over classes, averaged over the batch; or softmax CE.
+
+    For ``ce`` a video with several labels gets a uniform target over them.
+    """
+    logits = logits.float()
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
+    target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)  # (N, C) distribution over the labels
+    return F.cross_entropy(logits, target)
+
+
+def predict_scores(logits: Tensor, loss: str) -> Tensor:
+    """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
+    return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
+
+
+def autocast_for(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def run_evaluation(model: nn.Module, loader, cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Stream ``loader`` through ``model``; returns merged metrics over all ranks."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(cfg.model.num_classes, top_k=cfg.eval.top_k, multi_label=cfg.multi_label)
+    modalities = list(cfg.model.feature_dims)
+    for batch in loader:
+        features, labels = batch_to_device(batch, modalities, device)
+        with autocast_for(device, cfg.train.precision):
+            logits = model(features)
+        loss = compute_loss(logits, labels, cfg.train.loss)
+        acc.update(predict_scores(logits, cfg.train.loss).cpu().numpy(), labels.cpu().numpy(), loss=float(loss))
+    model.train(was_training)
+    states = distributed.gather_objects(acc.state_dict())
+    merged = MetricAccumulator.from_state_dict(states[0])
+    for s in states[1:]:
+        merged.merge(MetricAccumulator.from_state_dict(s))
+    return merged.result()
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    order = ["gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss"]
+    names = {"gap": "GAP", "hit_at_1": "Hit@1", "perr": "PERR", "map": "mAP", "top_1": "top-1", "top_5": "top-5", "loss": "loss"}
+    parts = [f"{names[k]} {m[k]:.4f}" for k in order if k in m and m[k] is not None]
+    return ", ".join(parts) + f" ({m.get('num_videos', 0)} videos)"
+
+
+def evaluate(
+    cfg: Config,
+    weights: str,
+    data: list[str] | None = None,
+    device: str | None = None,
+    output: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """The ``eval`` verb: load ``weights`` into the config's model and evaluate on ``data`` (default data.valid)."""
+    from attncluster.checkpoint import load_weights
+    from attncluster.data.dataset import VideoDataset, make_loader
+    from attncluster.errors import ConfigError
+    from attncluster.model import AttentionCluster
+
+    specs = data or cfg.data.valid
+    if not specs:
+        raise ConfigError("eval: no data; pass --data PATHS or set data.valid in the config")
+    info = distributed.env_info()
+    dev = distributed.device_for(device, info)
+    distributed.setup(dev.type)
+    try:
+        model = AttentionCluster(**cfg.model.model_kwargs())
+        load_weights(model, weights, drop_rate=cfg.model.drop_rate)
+        model.to(dev)
+        ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
+                          seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
+                          dequantize=False, fmt=cfg.data.format, class_names=_class_names(cfg))
+        loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                             pin_memory=dev.type == "cuda")
+        metrics = run_evaluation(model, loader, cfg, dev)
+        if distributed.is_main_process():
+            log(f"eval: {format_metrics(metrics)}")
+            if output:
+                Path(output).parent.mkdir(parents=True, exist_ok=True)
+                Path(output).write_text(json.dumps(metrics, indent=2) + "\n")
+                log(f"eval: metrics written to {output}")
+        return metrics
+    finally:
+        distributed.cleanup()
+
+
+def _class_names(cfg: Config) -> list[str] | None:
+    if not cfg.data.class_names:
+        return None
+    from attncluster.data.paths import read_text
+
+    names = [line.strip() for line in read_text(cfg.data.class_names).splitlines() if line.strip()]
+    if len(names) != cfg.model.num_classes:
+        from attncluster.errors import ConfigError
+
+        raise ConfigError(f"{cfg.data.class_names}: lists {len(names)} class names, model.num_classes is {cfg.model.num_classes}")
+    return names
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)

@@ -1,0 +1,104 @@
+"""Prediction: stream any number of videos to a Kaggle CSV or a JSON-lines file, with label names.
+
+Memory is flat in the number of videos: each batch's top-k is written as soon as it is computed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attncluster import distributed
+from attncluster.config import Config
+from attncluster.data.paths import read_text
+from attncluster.data.transfer import batch_to_device
+from attncluster.errors import ConfigError
+from attncluster.evaluate import _class_names, autocast_for, predict_scores
+
+FORMATS = (".csv", ".jsonl")
+
+
+def load_vocabulary(path: str, num_classes: int) -> list[str]:
+    """Class names from the official YouTube-8M ``vocabulary.csv`` (columns Index, ..., Name, ...).
+
+    Every class index 0..num_classes-1 must be present.
+    """
+    text = read_text(path)
+    rows = csv.DictReader(io.StringIO(text))
+    if not rows.fieldnames or "Index" not in rows.fieldnames or "Name" not in rows.fieldnames:
+        raise ConfigError(f"{path}: vocabulary must be a CSV with 'Index' and 'Name' columns (the official "
+                          f"vocabulary.csv), found columns {rows.fieldnames}")
+    names: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            idx = int(row["Index"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: line {line}: Index {row['Index']!r} is not an integer") from None
+        names[idx] = row["Name"] or ""
+    missing = [i for i in range(num_classes) if i not in names]
+    if missing:
+        raise ConfigError(f"{path}: vocabulary covers {num_classes - len(missing)} of {num_classes} classes; "
+                          f"missing indices {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [names[i] for i in range(num_classes)]
+
+
+def predict(
+    cfg: Config,
+    weights: str,
+    data: list[str],
+    output: str,
+    top_k: int = 20,
+    vocab: str | None = None,
+    device: str | None = None,
+    log=print,
+) -> int:
+    """The ``predict`` verb. Writes ``output`` (.csv Kaggle format or .jsonl); returns the number of videos."""
+    from attncluster.checkpoint import load_weights
+    from attncluster.data.dataset import VideoDataset, make_loader
+    from attncluster.model import AttentionCluster
+
+    suffix = Path(output).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
+    if not 0 < top_k <= cfg.model.num_classes:
+        raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
+    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else None
+    dev = distributed.device_for(device, distributed.DistInfo())
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    load_weights(model, weights, drop_rate=cfg.model.drop_rate)
+    model.to(dev).eval()
+    ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
+                      seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
+                      fmt=cfg.data.format, class_names=_class_names(cfg), rank=0, world_size=1)
+    loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
+    modalities = list(cfg.model.feature_dims)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(output).with_name(Path(output).name + ".tmp")
+    count = 0
+    with open(tmp, "w", newline="") as f, torch.no_grad():
+        if suffix == ".csv":
+            f.write("VideoId,LabelConfidencePairs\n")
+        for batch in loader:
+            features, _ = batch_to_device(batch, modalities, dev)
+            with autocast_for(dev, cfg.train.precision):
+                logits = model(features)
+            scores, classes = predict_scores(logits, cfg.train.loss).topk(top_k, dim=1)  # (N, k), highest first
+            scores, classes = scores.cpu().numpy(), classes.cpu().numpy()
+            for vid, s, c in zip(batch["id"], scores, classes):
+                if suffix == ".csv":
+                    f.write(f"{vid}," + " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(c, s)) + "\n")
+                else:
+                    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in c],
+                                           "scores": [round(float(p), 6) for p in s]}
+                    if names is not None:
+                        rec["names"] = [names[int(k)] for k in c]
+                    f.write(json.dumps(rec) + "\n")
+            count += len(batch["id"])
+    tmp.replace(output)
+    log(f"predict: {count} videos -> {output}")
+    return count

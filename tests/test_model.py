@@ -1,0 +1,226 @@
+"""AttentionCluster against a plain per-unit reference loop, its gradients, parameter count and initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attncluster.model import AttentionCluster, ShiftingAttention, count_parameters
+
+
+def reference_forward(model: AttentionCluster, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The spec's math one sample, one modality and one attention unit at a time, in float64 (eval mode)."""
+    p = {k: v.detach().double() for k, v in model.state_dict().items()}
+    n = next(iter(features.values())).shape[0]
+    rows = []
+    for i in range(n):
+        parts = []
+        for m in model.feature_dims:  # the model's modality order, not the input dict's
+            x = features[m][i].double()  # (L, F)
+            w, b = p[f"attention.{m}.score.weight"], p[f"attention.{m}.score.bias"]
+            sw, sb = p[f"attention.{m}.shift_w"], p[f"attention.{m}.shift_b"]
+            num_c = w.shape[0]
+            for c in range(num_c):
+                score = x @ w[c] + b[c]  # (L,)
+                e = torch.exp(score - score.max())
+                a = e / e.sum()
+                v = (a[:, None] * x).sum(0)  # (F,)
+                v = v * sw[c] + sb[c]
+                v = v / torch.sqrt((v * v).sum() + 1e-12)
+                parts.append(v / math.sqrt(num_c))
+        h = torch.cat(parts)
+        for j in range(len(model.hidden_sizes)):
+            h = torch.tanh(p[f"hidden.{j}.weight"] @ h + p[f"hidden.{j}.bias"])
+        rows.append(p["logits.weight"] @ h + p["logits.bias"])
+    return torch.stack(rows)
+
+
+def make_inputs(dims: dict[str, int], n: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(n, length, f, generator=g) * 2 for m, f in dims.items()}
+
+
+@pytest.mark.parametrize(
+    "dims, clusters",
+    [
+        ({"rgb": 12, "audio": 5}, 4),
+        ({"rgb": 12, "flow": 9, "audio": 5}, {"audio": 2, "rgb": 3, "flow": 5}),
+    ],
+)
+def test_forward_matches_per_unit_loop(dims, clusters):
+    torch.manual_seed(0)
+    model = AttentionCluster(dims, clusters, num_classes=6, hidden_sizes=(11, 8)).eval()
+    feats = make_inputs(dims)
+    feats = dict(reversed(list(feats.items())))  # input order must not matter
+    with torch.no_grad():
+        out = model(feats)
+    ref = reference_forward(model, feats)
+    assert out.shape == (3, 6)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+
+
+def test_forward_matches_loop_with_large_shift_and_no_hidden_layers():
+    torch.manual_seed(1)
+    model = AttentionCluster({"audio": 6}, 3, num_classes=4, hidden_sizes=()).eval()
+    with torch.no_grad():
+        for unit in model.attention.values():
+            unit.shift_b.mul_(10.0)  # the shifting bias dominates: tests it is added to every feature
+    feats = make_inputs({"audio": 6}, n=2, length=5, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats).double(), reference_forward(model, feats), atol=1e-5, rtol=0)
+
+
+def test_attention_weights_are_softmax_over_time():
+    torch.manual_seed(2)
+    unit = ShiftingAttention(feature_dim=5, num_clusters=3)
+    x = torch.randn(2, 9, 5)
+    a = unit.attention(x)
+    assert a.shape == (2, 9, 3)
+    torch.testing.assert_close(a.sum(dim=1), torch.ones(2, 3))
+    with torch.no_grad():
+        expected = torch.softmax(torch.einsum("nlf,cf->ncl", x, unit.score.weight) + unit.score.bias[:, None], -1)
+    torch.testing.assert_close(a, expected.transpose(1, 2))
+
+
+def test_cluster_outputs_are_unit_norm_over_sqrt_c():
+    torch.manual_seed(3)
+    unit = ShiftingAttention(feature_dim=8, num_clusters=4)
+    with torch.no_grad():
+        v = unit(torch.randn(5, 6, 8)).view(5, 4, 8)
+    torch.testing.assert_close(v.norm(dim=-1), torch.full((5, 4), 0.5))  # 1 / sqrt(4)
+
+
+def test_score_bias_does_not_change_outputs():
+    # A per-unit constant added to all L scores cancels in the softmax: the reference's conv bias is inert.
+    torch.manual_seed(4)
+    model = AttentionCluster({"rgb": 6, "audio": 4}, 3, num_classes=5, hidden_sizes=(7,)).eval()
+    feats = make_inputs({"rgb": 6, "audio": 4})
+    with torch.no_grad():
+        before = model(feats)
+        for unit in model.attention.values():
+            unit.score.bias.add_(torch.randn(3) * 5)
+        after = model(feats)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(5)
+    dims = {"rgb": 10, "flow": 7, "audio": 4}
+    model = AttentionCluster(dims, {"rgb": 3, "flow": 2, "audio": 4}, num_classes=6, hidden_sizes=(9, 8)).train()
+    feats = make_inputs(dims, n=4)
+    labels = (torch.rand(4, 6) > 0.5).float()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(feats), labels, reduction="sum")
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        if name.endswith("score.bias"):
+            # softmax over time is shift-invariant, so this gradient is zero up to rounding
+            assert param.grad.abs().max() < 1e-5, name
+        elif name.endswith(("shift_w", "shift_b")):
+            assert (param.grad != 0).all(), name  # every unit's scalar gets its own gradient
+        else:
+            assert param.grad.abs().sum() > 0, name
+    # and every unit's score row gets gradient
+    for m, unit in model.attention.items():
+        assert (unit.score.weight.grad.abs().sum(dim=1) > 0).all(), m
+
+
+def test_youtube8m_parameter_count():
+    model = AttentionCluster()  # rgb 1024 + audio 128, C = 32, hidden (1024, 4096), 3862 classes
+    assert count_parameters(model) == 57_807_830
+    assert model.num_features == 32 * 1024 + 32 * 128 == 36864
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["attention.rgb.score.weight"] == (32, 1024)
+    assert shapes["hidden.0.weight"] == (1024, 36864)
+    assert shapes["hidden.1.weight"] == (4096, 1024)
+    assert shapes["logits.weight"] == (3862, 4096)
+    assert len(shapes) == 14
+
+
+def _assert_normal(t: torch.Tensor, std: float, rel: float = 0.03) -> None:
+    t = t.detach().double().flatten()
+    assert abs(t.mean().item()) < 4 * std / math.sqrt(t.numel())
+    assert t.std().item() == pytest.approx(std, rel=rel)
+    # a normal, not a uniform of the same std (whose max is sqrt(3) std): a visible tail past 2 std
+    assert ((t.abs() > 2 * std).double().mean().item()) == pytest.approx(0.0455, abs=0.02)
+
+
+def _assert_uniform(t: torch.Tensor, bound: float) -> None:
+    t = t.detach().double().flatten()
+    assert t.abs().max().item() <= bound
+    assert t.abs().max().item() > 0.97 * bound  # fills the range, not something narrower
+    assert t.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.08)
+
+
+def test_attention_init_statistics():
+    torch.manual_seed(6)
+    f, c = 96, 2048
+    unit = ShiftingAttention(feature_dim=f, num_clusters=c)
+    _assert_normal(unit.score.weight, math.sqrt(2 / f))  # 196k samples
+    _assert_uniform(unit.score.bias, math.sqrt(6 / c))
+    _assert_normal(unit.shift_w, c**-0.25, rel=0.08)
+    _assert_normal(unit.shift_b, c**-0.25, rel=0.08)
+    assert not torch.equal(unit.shift_w, unit.shift_b)
+
+
+def test_head_init_statistics():
+    torch.manual_seed(7)
+    model = AttentionCluster({"rgb": 64}, 16, num_classes=3000, hidden_sizes=(512, 1024))
+    fc1, fc2, logits = model.hidden[0], model.hidden[1], model.logits
+    assert fc1.in_features == 1024
+    for fc in (fc1, fc2, logits):
+        _assert_normal(fc.weight, math.sqrt(2 / fc.in_features))
+    for fc in (fc1, fc2):
+        _assert_uniform(fc.bias, math.sqrt(6 / fc.out_features))
+    _assert_normal(logits.bias, math.sqrt(2 / 3000), rel=0.08)  # normal, unlike the hidden biases
+
+
+def test_forward_features_and_head_compose():
+    torch.manual_seed(8)
+    dims = {"rgb": 12, "flow": 9, "audio": 5}
+    model = AttentionCluster(dims, {"rgb": 3, "flow": 2, "audio": 4}, num_classes=6, hidden_sizes=(11,)).eval()
+    feats = make_inputs(dims, n=4)
+    with torch.no_grad():
+        z = model.forward_features(feats)
+        assert z.shape == (4, 3 * 12 + 2 * 9 + 4 * 5) == (4, model.num_features)
+        # cluster-major, modalities in order: the rgb block is exactly the rgb unit's output
+        torch.testing.assert_close(z[:, :36], model.attention["rgb"](feats["rgb"]))
+        torch.testing.assert_close(z[:, 36:54], model.attention["flow"](feats["flow"]))
+        torch.testing.assert_close(model.forward_head(z), model(feats))
+    model.train()
+    torch.manual_seed(9)
+    a = model.forward_head(model.forward_features(feats))
+    torch.manual_seed(9)
+    b = model(feats)
+    torch.testing.assert_close(a, b)
+
+
+def test_dropout_only_in_train_mode():
+    torch.manual_seed(10)
+    model = AttentionCluster({"rgb": 8}, 4, num_classes=3, drop_rate=0.5, hidden_sizes=(6,))
+    feats = make_inputs({"rgb": 8})
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(feats), model(feats))
+        model.train()
+        assert not torch.equal(model(feats), model(feats))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="audio"):
+        AttentionCluster({"rgb": 8, "audio": 4}, {"rgb": 2})
+    for p in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="drop_rate"):
+            AttentionCluster({"rgb": 8}, 2, drop_rate=p)
+    with pytest.raises(ValueError, match="at least one modality"):
+        AttentionCluster({}, 2)
+    AttentionCluster({"rgb": 8}, 2, num_classes=3, drop_rate=0.0, hidden_sizes=(4,))  # 0 is allowed
+
+
+def test_missing_input_modality_names_it():
+    model = AttentionCluster({"rgb": 8, "audio": 4}, 2, num_classes=3, hidden_sizes=(4,))
+    with pytest.raises(KeyError, match="audio"):
+        model({"rgb": torch.randn(1, 3, 8)})
