@@ -224,6 +224,9 @@ def convert_paddle_state(
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
+    def fc(a: np.ndarray) -> torch.Tensor:
+        return t(a).t().contiguous()  # Paddle (in, out) -> torch (out, in); torch's transpose copy is the fast one
+
     state: dict[str, torch.Tensor] = {}
     cluster_nums: dict[str, int] = {}
     for i, (m, f) in enumerate(feature_dims.items()):
@@ -233,13 +236,12 @@ def convert_paddle_state(
         state[f"attention.{m}.score.bias"] = t(params[f"{s}.conv.bias"])
         state[f"attention.{m}.shift_w"] = t(params[f"{s}.shift_w"])
         state[f"attention.{m}.shift_b"] = t(params[f"{s}.shift_b"])
-    # downgrade_in_infer: the reference feeds x * (1 - p) to fc1 at inference; fold it into the weight, in float64
-    fc1 = np.asarray(params["fc1.weights"], dtype=np.float64) * (1.0 - drop_rate)
-    state["hidden.0.weight"] = t(fc1.T)  # (in, out) -> (out, in)
+    # downgrade_in_infer: the reference feeds x * (1 - p) to fc1 at inference; fold it into the weight
+    state["hidden.0.weight"] = fc(params["fc1.weights"]) * (1.0 - drop_rate)  # not in place: may alias the input
     state["hidden.0.bias"] = t(params["fc1.bias"])
-    state["hidden.1.weight"] = t(params["fc2.weights"].T)
+    state["hidden.1.weight"] = fc(params["fc2.weights"])
     state["hidden.1.bias"] = t(params["fc2.bias"])
-    state["logits.weight"] = t(params["logistic.weights"].T)
+    state["logits.weight"] = fc(params["logistic.weights"])
     state["logits.bias"] = t(params["logistic.bias"])
     kwargs = {
         "feature_dims": feature_dims,

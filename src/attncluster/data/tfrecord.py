@@ -1,0 +1,366 @@
+"""The TFRecord container, without TensorFlow.
+
+A TFRecord file is a sequence of records, each::
+
+    uint64 length (little endian) | uint32 masked CRC32C of those 8 bytes | payload | uint32 masked CRC32C of payload
+
+TensorFlow refuses a record whose CRC does not match; so do we (some third-party readers skip the check and silently
+train on damaged bytes). Random access goes through a record index, ``(offset, length)`` per record, built by reading
+only the 12-byte headers, so a shard can be shuffled without holding it in memory.
+
+Damage comes in two kinds. A bad *payload* CRC spoils one record: with ``skip_corrupt`` it is counted and skipped and
+the next record is still found. A bad *length* CRC or a truncated tail means the lengths can no longer be trusted, so
+a scan counts one corrupt record and stops there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+import crc32c as _crc32c
+import numpy as np
+
+from attncluster.data.paths import is_url, open_binary
+from attncluster.data.records import ReadStats
+from attncluster.errors import DataError
+
+HEADER_BYTES = 12  # uint64 length + uint32 length CRC
+FOOTER_BYTES = 4  # uint32 payload CRC
+_MASK_DELTA = 0xA282EAD8
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+
+
+def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
+    """TFRecord's masked CRC32C: ``((crc >> 15) | (crc << 17)) + 0xa282ead8`` modulo 2**32.
+
+    The rotation and offset keep a CRC of data that itself contains CRCs from being degenerate.
+    """
+    crc = _crc32c.crc32c(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+class RecordFramingError(DataError):
+    """A record header or tail is damaged: the record lengths after it cannot be trusted, so a scan stops."""
+
+
+def record_error(path: str, index: int, offset: int, what: str, cls: type[DataError] = DataError) -> DataError:
+    """The one-line error every record-level problem raises: file, record index, byte offset, what was wrong."""
+    return cls(f"{path}: record {index} at byte offset {offset}: {what}")
+
+
+def _empty_file(path: str) -> DataError:
+    return DataError(f"{path}: empty file, expected TFRecord records")
+
+
+def _check_header(header: bytes | bytearray | memoryview, path: str, index: int, offset: int) -> int:
+    """Verify a 12-byte header's length CRC and return the payload length."""
+    stored = _CRC.unpack_from(header, 8)[0]
+    computed = masked_crc32c(memoryview(header)[:8])
+    if stored != computed:
+        raise record_error(
+            path, index, offset, f"bad length CRC (stored {stored:#010x}, computed {computed:#010x}); "
+            "the file is damaged or not a TFRecord file", cls=RecordFramingError)
+    return _LENGTH.unpack_from(header, 0)[0]
+
+
+def _check_payload_crc(record: memoryview, length: int, path: str, index: int, offset: int,
+                       start: int) -> DataError | None:
+    """Return an error if ``record[start:start+length]`` does not match the CRC stored right after it."""
+    stored = _CRC.unpack_from(record, start + length)[0]
+    computed = masked_crc32c(record[start:start + length])
+    if stored != computed:
+        return record_error(path, index, offset, f"bad payload CRC (stored {stored:#010x}, computed {computed:#010x}) "
+                            f"over {length} payload bytes")
+    return None
+
+
+def _readinto_exact(f: BinaryIO, buf: bytearray) -> int:
+    """Fill ``buf`` from ``f``; return how many bytes were read (fewer only at end of file)."""
+    view = memoryview(buf)
+    got = 0
+    readinto = getattr(f, "readinto", None)
+    while got < len(buf):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:  # file-likes without readinto (rare): one copy more
+            chunk = f.read(len(buf) - got)
+            n = len(chunk)
+            view[got:got + n] = chunk
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _file_size(f: BinaryIO) -> int:
+    return f.seek(0, io.SEEK_END)
+
+
+def _positional_reader(f: BinaryIO):
+    """``read_at(offset, n) -> bytes`` using pread when ``f`` is a local file (no seek, no buffer churn)."""
+    pread = getattr(os, "pread", None)
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if pread is not None and fd is not None:
+        return lambda offset, n: pread(fd, n, offset)
+
+    def read_at(offset: int, n: int) -> bytes:
+        f.seek(offset)
+        return f.read(n)
+
+    return read_at
+
+
+def open_records(path: str) -> BinaryIO:
+    """Open a TFRecord file for record reads.
+
+    Local files are opened unbuffered: every record read is then exactly one ``readinto`` of the bytes needed, where
+    a 1 MiB read buffer would read (and copy) up to 1 MiB for each randomly accessed record. URLs go through fsspec,
+    whose block cache does the buffering.
+    """
+    f = open_binary(path)
+    if not is_url(path) or path.startswith("file://"):
+        if isinstance(f, io.BufferedReader):
+            return f.detach()  # the raw FileIO underneath
+    return f
+
+
+def index_records(f: BinaryIO, path: str, *, skip_corrupt: bool = False, stats: ReadStats | None = None) -> np.ndarray:
+    """Index a TFRecord file by reading only its 12-byte record headers.
+
+    Args:
+        f: the open file (seekable).
+        path: the file's name, for error messages.
+        skip_corrupt: on a bad length CRC or a truncated tail, count one corrupt record in ``stats`` and return the
+            records before it, instead of raising.
+        stats: where skipped records are counted.
+
+    Returns:
+        (n, 2) int64 array: the byte offset of each record's start and its payload length.
+
+    Raises:
+        DataError: empty file; or, without ``skip_corrupt``, a bad length CRC or a truncated record.
+    """
+    size = _file_size(f)
+    if size == 0:
+        raise _empty_file(path)
+    read_at = _positional_reader(f)
+    offsets: list[int] = []
+    lengths: list[int] = []
+    pos = 0
+    index = 0
+    while pos < size:
+        try:
+            left = size - pos
+            if left < HEADER_BYTES:
+                raise record_error(
+                    path, index, pos, f"truncated record header: {left} bytes left, expected {HEADER_BYTES}", cls=RecordFramingError)
+            length = _check_header(read_at(pos, HEADER_BYTES), path, index, pos)
+            if HEADER_BYTES + length + FOOTER_BYTES > left:
+                raise record_error(
+                    path, index, pos, f"truncated record: header says {length} payload bytes + {FOOTER_BYTES} CRC "
+                    f"bytes, only {left - HEADER_BYTES} bytes left in the file", cls=RecordFramingError)
+        except RecordFramingError:
+            if not skip_corrupt:
+                raise
+            if stats is not None:
+                stats.corrupt += 1
+            break
+        offsets.append(pos)
+        lengths.append(length)
+        pos += HEADER_BYTES + length + FOOTER_BYTES
+        index += 1
+    out = np.empty((len(offsets), 2), dtype=np.int64)
+    out[:, 0] = offsets
+    out[:, 1] = lengths
+    return out
+
+
+def read_payload(f: BinaryIO, path: str, index: int, offset: int, length: int) -> memoryview:
+    """Read one indexed record (header, payload and CRC in a single read) and verify both CRCs.
+
+    Args:
+        f: the open file (seekable).
+        path: the file's name, for error messages.
+        index: the record's index, for error messages.
+        offset: byte offset of the record's header, from :func:`index_records`.
+        length: payload length, from :func:`index_records`.
+
+    Returns:
+        The payload: a zero-copy view into a fresh writable buffer, so arrays parsed from it are writable and
+        outlive the call.
+
+    Raises:
+        DataError: a truncated record, a header that no longer matches the index, or a bad CRC.
+    """
+    offset = int(offset)
+    length = int(length)
+    buf = bytearray(HEADER_BYTES + length + FOOTER_BYTES)
+    f.seek(offset)
+    got = _readinto_exact(f, buf)
+    if got < len(buf):
+        raise record_error(path, index, offset, f"truncated record: expected {len(buf)} bytes (header, "
+                           f"{length} payload bytes, CRC), got {got}")
+    view = memoryview(buf)
+    stored_length = _check_header(view[:HEADER_BYTES], path, index, offset)
+    if stored_length != length:
+        raise record_error(path, index, offset, f"header says {stored_length} payload bytes, the index says {length}; "
+                           "was the file changed while it was being read?")
+    error = _check_payload_crc(view, length, path, index, offset, HEADER_BYTES)
+    if error is not None:
+        raise error
+    return view[HEADER_BYTES:HEADER_BYTES + length]
+
+
+def scan_records(f: BinaryIO, path: str) -> Iterator[tuple[int, int, memoryview | DataError]]:
+    """Read records front to back, without an index (one pass over a stream, remote files included).
+
+    Yields:
+        ``(index, offset, payload)`` per record, where ``payload`` is the verified payload or, for a bad payload CRC,
+        the :class:`DataError` describing it (the scan can go on: the length was verified).
+
+    Raises:
+        DataError: an empty file.
+        RecordFramingError: a bad length CRC or truncated record; nothing after it can be found.
+    """
+    pos = 0
+    index = 0
+    header = bytearray(HEADER_BYTES)
+    while True:
+        got = _readinto_exact(f, header)
+        if got == 0:
+            if index == 0:
+                raise _empty_file(path)
+            return
+        if got < HEADER_BYTES:
+            raise record_error(
+                path, index, pos, f"truncated record header: {got} bytes left, expected {HEADER_BYTES}", cls=RecordFramingError)
+        length = _check_header(header, path, index, pos)
+        buf = bytearray(length + FOOTER_BYTES)
+        got = _readinto_exact(f, buf)
+        if got < len(buf):
+            raise record_error(
+                path, index, pos, f"truncated record: header says {length} payload bytes + {FOOTER_BYTES} CRC bytes, "
+                f"only {got} bytes left in the file", cls=RecordFramingError)
+        view = memoryview(buf)
+        error = _check_payload_crc(view, length, path, index, pos, 0)
+        yield index, pos, (error if error is not None else view[:length])
+        pos += HEADER_BYTES + length + FOOTER_BYTES
+        index += 1
+
+
+def iter_records(path: str, skip_corrupt: bool = False,
+                 stats: ReadStats | None = None) -> Iterator[tuple[int, int, memoryview]]:
+    """Iterate over the verified records of a TFRecord file, front to back.
+
+    Args:
+        path: local path or fsspec URL.
+        skip_corrupt: count damaged records in ``stats`` and go on, instead of raising. A bad payload CRC skips that
+            record; a bad length CRC or truncated tail ends the file (the lengths after it cannot be trusted).
+        stats: where skipped records are counted.
+
+    Yields:
+        ``(index, offset, payload)``: record index, byte offset of its header, payload (zero-copy view).
+
+    Raises:
+        DataError: an empty file (also with ``skip_corrupt``: it holds no record to skip), or, without
+            ``skip_corrupt``, any damaged record.
+    """
+    with open_records(path) as f:
+        try:
+            for index, offset, payload in scan_records(f, path):
+                if isinstance(payload, DataError):
+                    if not skip_corrupt:
+                        raise payload
+                    if stats is not None:
+                        stats.corrupt += 1
+                    continue
+                yield index, offset, payload
+        except RecordFramingError:
+            if not skip_corrupt:
+                raise
+            if stats is not None:
+                stats.corrupt += 1
+
+
+def encode_record(payload: bytes | bytearray | memoryview) -> bytes:
+    """One framed record: length, length CRC, payload, payload CRC."""
+    length = _LENGTH.pack(len(payload))
+    return b"".join((length, _CRC.pack(masked_crc32c(length)), bytes(payload), _CRC.pack(masked_crc32c(payload))))
+
+
+class TFRecordWriter:
+    """Write records to a TFRecord file.
+
+    Args:
+        path_or_file: a local path, an fsspec URL, or a binary file object open for writing (not closed here).
+
+    Example::
+
+        with TFRecordWriter("out.tfrecord") as w:
+            w.write(payload)
+    """
+
+    def __init__(self, path_or_file: str | os.PathLike | BinaryIO) -> None:
+        if isinstance(path_or_file, (str, os.PathLike)):
+            path = os.fspath(path_or_file)
+            if is_url(path) and not path.startswith("file://"):
+                import fsspec
+
+                self._f = fsspec.open(path, "wb").open()
+            else:
+                self._f = open(path[len("file://"):] if path.startswith("file://") else path, "wb")
+            self._owned = True
+        else:
+            self._f = path_or_file
+            self._owned = False
+        self.count = 0
+
+    def write(self, payload: bytes | bytearray | memoryview) -> None:
+        """Append one record."""
+        self._f.write(encode_record(payload))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._owned:
+            self._f.close()
+        else:
+            self._f.flush()
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_records(path_or_file: str | os.PathLike | BinaryIO, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+    """Write ``payloads`` as a TFRecord file; return the number of records written."""
+    with TFRecordWriter(path_or_file) as w:
+        for payload in payloads:
+            w.write(payload)
+        return w.count
+
+
+__all__ = [
+    "HEADER_BYTES",
+    "FOOTER_BYTES",
+    "RecordFramingError",
+    "TFRecordWriter",
+    "encode_record",
+    "index_records",
+    "iter_records",
+    "masked_crc32c",
+    "open_records",
+    "read_payload",
+    "record_error",
+    "scan_records",
+    "write_records",
+]
