@@ -106,7 +106,17 @@ def test_python2_pickle_needs_latin1():
         pickle.loads(data)  # default ASCII decoding fails on the raw float bytes
 
 
-@pytest.mark.parametrize("variant", ["py2", "py3-protocol2", "bytes-keys", "paddle2"])
+class _PaddleTensor:
+    """Pickles the way paddle.save's reduce_varbase does: as (tensor name, array) via builtins.tuple."""
+
+    def __init__(self, name: str, data: np.ndarray) -> None:
+        self.name, self.data = name, data
+
+    def __reduce__(self):
+        return (tuple, ((self.name, self.data),))
+
+
+@pytest.mark.parametrize("variant", ["py2", "py3-protocol2", "bytes-keys", "paddle2", "paddle2-tensors"])
 def test_converted_model_matches_paddle_inference(tmp_path, variant):
     p = paddle_params()
     if variant == "py2":
@@ -115,9 +125,11 @@ def test_converted_model_matches_paddle_inference(tmp_path, variant):
         data = pickle.dumps(p, protocol=2)
     elif variant == "bytes-keys":
         data = pickle.dumps({k.encode(): v for k, v in p.items()}, protocol=2)
-    else:  # paddle.save of a state dict: an extra structured-name table, protocol 4
+    elif variant == "paddle2":  # paddle.save of a state dict: an extra structured-name table, protocol 4
         table = {f"layer.{k}": k for k in p}
         data = pickle.dumps(OrderedDict([*p.items(), ("StructuredToParameterName@@", table)]), protocol=4)
+    else:
+        data = pickle.dumps({k: _PaddleTensor(f"generated_tensor_{i}", v) for i, (k, v) in enumerate(p.items())})
     path = write(tmp_path, "AttentionCluster.pdparams", data)
 
     loaded = load_paddle_state(path)
@@ -150,6 +162,15 @@ def test_drop_rate_is_folded_into_fc1(tmp_path):
     np.testing.assert_allclose(run_torch(model, feats), paddle_infer(p, feats, drop_rate=0.2), atol=1e-5, rtol=0)
     # the same weights without the fold would be wrong: the fold is what makes them match
     assert np.abs(paddle_infer(p, feats, drop_rate=0.0) - paddle_infer(p, feats, drop_rate=0.2)).max() > 1e-2
+
+
+def test_conversion_leaves_the_input_arrays_alone():
+    p = paddle_params(hidden=(1, 5))  # fc1 [D, 1]: its transpose is already contiguous, so no copy is forced
+    before = {k: v.copy() for k, v in p.items()}
+    state, _ = convert_paddle_state(p, DIMS)
+    for k in p:
+        np.testing.assert_array_equal(p[k], before[k], err_msg=k)
+    np.testing.assert_allclose(state["hidden.0.weight"].numpy(), 0.5 * before["fc1.weights"].T)
 
 
 def test_three_modalities_in_feature_dims_order():

@@ -181,7 +181,8 @@ def convert_paddle_state(
         drop_rate: the reference's dropout rate; (1 - drop_rate) is folded into fc1 (see the module docstring).
 
     Returns:
-        ``(state_dict, model_kwargs)``: float32 tensors for ``AttentionCluster.load_state_dict``, and
+        ``(state_dict, model_kwargs)``: float32 tensors for ``AttentionCluster.load_state_dict`` (some may share
+        memory with ``params``), and
         ``{"feature_dims", "cluster_nums", "num_classes", "hidden_sizes", "drop_rate"}`` to build the model with
         (cluster counts, hidden sizes and classes are read from the shapes).
 
@@ -190,8 +191,9 @@ def convert_paddle_state(
             ``feature_dims`` / ``drop_rate``.
     """
     feature_dims = dict(DEFAULT_FEATURE_DIMS if feature_dims is None else feature_dims)
-    if not feature_dims or not all(isinstance(f, int) and f > 0 for f in feature_dims.values()):
+    if not feature_dims or not all(isinstance(f, (int, np.integer)) and f > 0 for f in feature_dims.values()):
         raise ConfigError(f"feature_dims must map modality names to positive sizes, got {feature_dims}")
+    feature_dims = {m: int(f) for m, f in feature_dims.items()}
     if not 0.0 <= drop_rate < 1.0:
         raise ConfigError(f"drop_rate must be in [0, 1), got {drop_rate}")
     params = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in params.items()}

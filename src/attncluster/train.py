@@ -121,6 +121,11 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``cfg``; returns the last validation metrics (empty without validation data)."""
     info = distributed.env_info()
+    if cfg.train.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly over "
+                          f"WORLD_SIZE={info.world_size} ranks")
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training data; set data.train in the config or with -o data.train=PATH")
     dev = distributed.device_for(device, info)
     distributed.setup(dev.type)
     try:
@@ -134,11 +139,6 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     from attncluster.data.dataset import VideoDataset, make_loader
 
     main = info.rank == 0
-    if cfg.train.batch_size % info.world_size:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly over "
-                          f"WORLD_SIZE={info.world_size} ranks")
-    if not cfg.data.train:
-        raise ConfigError("data.train: no training data; set data.train in the config or with -o data.train=PATH")
     rank_batch = cfg.train.batch_size // info.world_size
     if run_dir is not None and main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -60,23 +60,29 @@ def _read_if_exists(path: str) -> bytes | None:
         raise DataError(f"{path}: permission denied") from None
 
 
-def _check_array(a: np.ndarray, path: str, name: str, width: int) -> np.ndarray:
+def _check_array(a: np.ndarray, path: str, name: str, width: int, where: str) -> np.ndarray:
     if a.ndim != 2:
-        raise DataError(f"{path}: modality '{name}' has shape {a.shape}, expected a 2-D (T, {width}) array")
+        raise DataError(f"{path}: modality '{name}' has shape {a.shape}, expected a 2-D (T, {width}) array {where}")
     if a.shape[1] != width:
-        raise DataError(f"{path}: modality '{name}' has {a.shape[1]} features per frame, expected {width}")
+        raise DataError(f"{path}: modality '{name}' has {a.shape[1]} features per frame, expected {width} {where}")
     if a.dtype == np.uint8:
         return a
     if a.dtype.kind != "f":
-        raise DataError(f"{path}: modality '{name}' has dtype {a.dtype}, expected uint8 (quantized) or float")
+        raise DataError(f"{path}: modality '{name}' has dtype {a.dtype}, expected uint8 (quantized) or float "
+                        f"{where}")
     return a.astype(np.float32, copy=False)
 
 
-def _load_npy(data: bytes, path: str) -> np.ndarray:
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _load_npy(data: bytes, path: str, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # numpy raises ValueError / OSError / EOFError on damaged files
-        raise DataError(f"{path}: not a readable .npy file ({' '.join(str(e).split())})") from None
+        raise DataError(f"{path}: not a readable .npy file ({_reason(e)}) {where}") from None
 
 
 class _Row:
@@ -234,17 +240,15 @@ class FeatureShard:
                 npz = np.load(io.BytesIO(data), allow_pickle=False)
                 names = list(npz.files)
             except Exception as e:
-                raise DataError(f"{npz_path}: not a readable .npz file ({' '.join(str(e).split())}) {where}") \
-                    from None
+                raise DataError(f"{npz_path}: not a readable .npz file ({_reason(e)}) {where}") from None
             for name, width in self.modalities.items():
                 if name not in names:
                     raise DataError(f"{npz_path}: no array for modality '{name}' (has: {', '.join(names)}) {where}")
                 try:
                     a = npz[name]
                 except Exception as e:
-                    raise DataError(f"{npz_path}: array '{name}' unreadable ({' '.join(str(e).split())}) {where}") \
-                        from None
-                arrays[name] = _check_array(a, npz_path, name, width)
+                    raise DataError(f"{npz_path}: array '{name}' unreadable ({_reason(e)}) {where}") from None
+                arrays[name] = _check_array(a, npz_path, name, width, where)
         else:
             for name, width in self.modalities.items():
                 npy_path = _join(self._base, f"{row.video_id}.{name}.npy")
@@ -253,7 +257,7 @@ class FeatureShard:
                     if not arrays:
                         raise DataError(f"{npz_path}: file not found, nor {npy_path} {where}")
                     raise DataError(f"{npy_path}: file not found (modality '{name}') {where}")
-                arrays[name] = _check_array(_load_npy(data, npy_path), npy_path, name, width)
+                arrays[name] = _check_array(_load_npy(data, npy_path, where), npy_path, name, width, where)
         # Modalities may differ by a frame or two (e.g. audio and video decoded separately): keep the common prefix.
         t = min(self.max_frames, *(a.shape[0] for a in arrays.values()))
         return {name: a[:t] for name, a in arrays.items()}

@@ -1,0 +1,402 @@
+import math
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from attncluster.data import RawVideo, VideoDataset, dequantize, make_loader, open_shard, resolve_shards, sample_indices
+from attncluster.data.features import FeatureShard, write_feature_dataset
+from attncluster.data.pickles import PickleShard
+from attncluster.errors import ConfigError, DataError
+
+MODS = {"rgb": 8, "audio": 4}
+C = 6
+SEG = 5
+
+
+def make_pickles(root, shards, per_shard, seed=0, prefix="s"):
+    """Pickle shards of small random videos (3..19 frames, 0..2 labels); returns paths and id -> record."""
+    rng = np.random.default_rng(seed)
+    paths, truth = [], {}
+    for s in range(shards):
+        records = []
+        for j in range(per_shard):
+            t = int(rng.integers(3, 20))
+            rec = {"video": f"{prefix}{s}_{j}", "feature": rng.integers(0, 256, (t, 8), dtype=np.uint8),
+                   "audio": rng.integers(0, 256, (t, 4), dtype=np.uint8),
+                   "label": sorted(rng.choice(C, size=int(rng.integers(0, 3)), replace=False).tolist()),
+                   "nframes": t}
+            records.append(rec)
+            truth[rec["video"]] = rec
+        path = root / f"{prefix}{s:02d}.pkl"
+        path.write_bytes(pickle.dumps(records))
+        paths.append(str(path))
+    return paths, truth
+
+
+def ref_dequantize(q):
+    return q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+
+
+def centre_indices(n, seg):
+    return [min(n - 1, math.floor((i + 0.5) * n / seg)) for i in range(seg)]
+
+
+def ids_of(dataset):
+    return [s["id"] for s in dataset]
+
+
+def test_sample_contract(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=2, per_shard=4)
+    ds = VideoDataset(str(tmp_path), modalities=MODS, num_classes=C, seg_num=SEG)
+    samples = list(ds)
+    assert [s["id"] for s in samples] == list(truth)  # eval keeps file order
+    for s in samples:
+        rec = truth[s["id"]]
+        assert set(s) == {"id", "rgb", "audio", "labels", "num_frames"}
+        assert isinstance(s["id"], str) and isinstance(s["num_frames"], int) and s["num_frames"] == rec["nframes"]
+        idx = centre_indices(rec["nframes"], SEG)
+        for name, key in (("rgb", "feature"), ("audio", "audio")):
+            assert s[name].dtype == torch.float32 and s[name].shape == (SEG, MODS[name])
+            np.testing.assert_allclose(s[name].numpy(), ref_dequantize(rec[key][idx]), rtol=0, atol=1e-6)
+        expected = np.zeros(C, dtype=np.float32)
+        for label in rec["label"]:
+            expected[label] = 1.0
+        assert s["labels"].dtype == torch.float32 and s["labels"].shape == (C,)
+        assert s["labels"].tolist() == expected.tolist()
+
+    batch = next(iter(make_loader(ds, batch_size=3)))
+    assert batch["id"] == list(truth)[:3]
+    assert batch["rgb"].shape == (3, SEG, 8) and batch["audio"].shape == (3, SEG, 4)
+    assert batch["labels"].shape == (3, C) and batch["num_frames"].dtype == torch.int64
+
+
+def test_max_frames_cap(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=1, per_shard=6)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, max_frames=4)
+    for s in ds:
+        n = min(4, truth[s["id"]]["nframes"])
+        assert s["num_frames"] == n
+        np.testing.assert_allclose(s["rgb"].numpy(), ref_dequantize(truth[s["id"]]["feature"][centre_indices(n, SEG)]),
+                                   atol=1e-6)
+
+
+def test_eval_is_deterministic(tmp_path):
+    make_pickles(tmp_path, shards=3, per_shard=4)
+    ds = VideoDataset(str(tmp_path), modalities=MODS, num_classes=C, seg_num=SEG)
+    first, second = list(ds), list(ds)
+    ds.set_epoch(5)
+    third = list(ds)
+    for a, b, c in zip(first, second, third, strict=True):
+        assert a["id"] == b["id"] == c["id"]
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["rgb"], c["rgb"])
+
+
+def stack(samples, key="rgb"):
+    return torch.stack([s[key] for s in samples])
+
+
+def test_train_jitter_per_epoch_and_reproducible(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=2, per_shard=5)
+    kwargs = dict(modalities=MODS, num_classes=C, seg_num=SEG, train=True, shuffle=False, seed=3)
+    ds = VideoDataset(paths, **kwargs)
+    e0 = list(ds)
+    ds.set_epoch(1)
+    e1 = list(ds)
+    assert ids_of(e0) == ids_of(e1) == list(truth)  # shuffle=False: only the frames change
+    assert not torch.equal(stack(e0), stack(e1))
+
+    again = VideoDataset(paths, **kwargs)
+    again.set_epoch(1)
+    assert torch.equal(stack(list(again)), stack(e1)) and torch.equal(stack(list(again), "audio"), stack(e1, "audio"))
+    other_seed = VideoDataset(paths, **{**kwargs, "seed": 4})
+    other_seed.set_epoch(1)
+    assert not torch.equal(stack(list(other_seed)), stack(e1))
+
+    # Jittered frames are real frames, each from its own stratum, with the same index for rgb and audio.
+    for s in e0 + e1:
+        rec = truth[s["id"]]
+        n = rec["nframes"]
+        for i in range(SEG):
+            lo, hi = math.floor(i * n / SEG), min(n - 1, math.floor((i + 1) * n / SEG))
+            hits = [j for j in range(lo, hi + 1)
+                    if np.allclose(s["rgb"][i].numpy(), ref_dequantize(rec["feature"][j]), atol=1e-6)
+                    and np.allclose(s["audio"][i].numpy(), ref_dequantize(rec["audio"][j]), atol=1e-6)]
+            assert hits, (s["id"], i)
+
+
+def shard_of(video_id):
+    return int(video_id[1:].split("_")[0])
+
+
+def test_shuffle_permutes_shards_and_records(tmp_path):
+    shards, per = 6, 5
+    paths, truth = make_pickles(tmp_path, shards=shards, per_shard=per)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=0)
+    orders = {}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        ids = ids_of(ds)
+        assert sorted(ids) == sorted(truth)
+        blocks = [ids[k:k + per] for k in range(0, len(ids), per)]
+        assert all(len({shard_of(v) for v in b}) == 1 for b in blocks)  # a shard at a time: no buffering across
+        shard_order = [shard_of(b[0]) for b in blocks]
+        assert shard_order == np.random.default_rng((0, epoch)).permutation(shards).tolist()
+        orders[epoch] = {shard_of(b[0]): b for b in blocks}
+    assert [orders[0][s] for s in range(shards)] != [orders[1][s] for s in range(shards)]
+    file_order = {s: [f"s{s}_{j}" for j in range(per)] for s in range(shards)}
+    assert sum(orders[0][s] != file_order[s] for s in range(shards)) >= shards - 1
+    assert sum(orders[0][s] != orders[1][s] for s in range(shards)) >= shards - 1
+
+    again = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=0)
+    again.set_epoch(1)
+    assert ids_of(again) == [v for s in np.random.default_rng((0, 1)).permutation(shards) for v in orders[1][s]]
+    # Eval keeps file order even when asked to shuffle nothing.
+    assert ids_of(VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG)) == list(truth)
+
+
+def test_dequantize_false_keeps_uint8_and_matches_float_path(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=2, per_shard=4)
+    for train in (False, True):
+        kwargs = dict(modalities=MODS, num_classes=C, seg_num=SEG, train=train, seed=1)
+        q, f = VideoDataset(paths, dequantize=False, **kwargs), VideoDataset(paths, **kwargs)
+        bq, bf = next(iter(make_loader(q, 8))), next(iter(make_loader(f, 8)))
+        assert bq["id"] == bf["id"]
+        for name in MODS:
+            assert bq[name].dtype == torch.uint8 and bf[name].dtype == torch.float32
+            assert torch.equal(dequantize(bq[name]), bf[name])  # exactly, on the torch path
+            assert np.array_equal(dequantize(bq[name].numpy()), bf[name].numpy())
+
+
+def test_float_sources_stay_float(tmp_path):
+    rng = np.random.default_rng(0)
+    vids = [(f"v{i}", [i], {"rgb": rng.integers(0, 256, (7, 8), dtype=np.uint8),
+                            "audio": rng.standard_normal((7, 4)).astype(np.float32)}) for i in range(3)]
+    write_feature_dataset(str(tmp_path), vids)
+    ds = VideoDataset(str(tmp_path), modalities=MODS, num_classes=C, seg_num=SEG, dequantize=False)
+    for s, (vid, labels, arrays) in zip(ds, vids, strict=True):
+        assert s["id"] == vid and s["rgb"].dtype == torch.uint8 and s["audio"].dtype == torch.float32
+        assert np.array_equal(s["audio"].numpy(), arrays["audio"][centre_indices(7, SEG)])
+        assert np.array_equal(s["rgb"].numpy(), arrays["rgb"][centre_indices(7, SEG)])
+
+
+def collect_job(paths, world_size, num_workers, **kwargs):
+    """Every id each rank yields, running each rank's real multiprocess DataLoader in turn."""
+    per_rank = []
+    for rank in range(world_size):
+        ds = VideoDataset(paths, modalities=kwargs.pop("modalities", MODS), num_classes=C, seg_num=SEG, rank=rank,
+                          world_size=world_size, **kwargs)
+        ds.set_epoch(3)
+        per_rank.append([v for batch in make_loader(ds, batch_size=2, num_workers=num_workers) for v in batch["id"]])
+    return per_rank
+
+
+@pytest.mark.parametrize("shards,per_shard,train", [
+    (7, 3, False),  # more shards than the 4 consumers: shards dealt round-robin
+    (9, 2, True),
+    (3, 5, True),  # fewer shards: every consumer walks every shard and keeps every 4th record
+    (1, 9, False),
+])
+def test_every_video_exactly_once_across_ranks_and_workers(tmp_path, shards, per_shard, train):
+    paths, truth = make_pickles(tmp_path, shards=shards, per_shard=per_shard)
+    per_rank = collect_job(paths, world_size=2, num_workers=2, train=train)
+    counts = Counter(v for ids in per_rank for v in ids)
+    assert set(counts) == set(truth) and set(counts.values()) == {1}
+    if shards < 4:  # record-level split: ranks differ by at most one record per worker
+        assert abs(len(per_rank[0]) - len(per_rank[1])) <= 2
+    assert all(per_rank)
+
+
+def test_persistent_workers_follow_set_epoch(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=4, per_shard=3)
+    kwargs = dict(modalities=MODS, num_classes=C, seg_num=SEG, train=True)
+    ds = VideoDataset(paths, **kwargs)
+    loader = make_loader(ds, batch_size=2, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        epochs.append([(v, b["rgb"][k]) for b in loader for k, v in enumerate(b["id"])])
+    fresh = VideoDataset(paths, **kwargs)
+    fresh.set_epoch(1)
+    expected = [(v, b["rgb"][k]) for b in make_loader(fresh, batch_size=2, num_workers=2) for k, v in enumerate(b["id"])]
+    assert [v for v, _ in epochs[1]] == [v for v, _ in expected] != [v for v, _ in epochs[0]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(epochs[1], expected))
+    assert ds.stats.videos == 2 * len(truth) and ds.stats.files == 2 * 4
+
+
+def corrupt_pickle(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=1, per_shard=6)
+    records = [truth[f"s0_{j}"] for j in range(6)]
+    del records[1]["audio"]
+    records[3]["label"] = [C]
+    records[4]["nframes"] = 0  # no frames: nothing to sample
+    (tmp_path / "s00.pkl").write_bytes(pickle.dumps(records))
+    return paths[0]
+
+
+def test_skip_corrupt_counts_and_warns(tmp_path, capfd):
+    path = corrupt_pickle(tmp_path)
+    with pytest.raises(DataError, match="record 1 .*missing key 'audio'"):
+        list(VideoDataset(path, modalities=MODS, num_classes=C, seg_num=SEG))
+
+    ds = VideoDataset(path, modalities=MODS, num_classes=C, seg_num=SEG, skip_corrupt=True)
+    assert ids_of(ds) == ["s0_0", "s0_2", "s0_5"]
+    assert (ds.stats.files, ds.stats.videos, ds.stats.corrupt) == (1, 4, 3)  # record 4 parsed, then had no frames
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3
+    assert "record 1" in warnings[0] and "missing key 'audio'" in warnings[0] and path in warnings[0]
+    assert "label 6 out of range" in warnings[1] and "record 4" in warnings[2] and "no frames" in warnings[2]
+
+    # With workers the counts arrive in the main process too (one shard, two workers: record-level split).
+    ds = VideoDataset(path, modalities=MODS, num_classes=C, seg_num=SEG, skip_corrupt=True)
+    ids = [v for b in make_loader(ds, batch_size=2, num_workers=2) for v in b["id"]]
+    assert sorted(ids) == ["s0_0", "s0_2", "s0_5"]
+    assert (ds.stats.files, ds.stats.corrupt) == (1, 3)
+
+
+def test_memory_filesystem(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    _, truth = make_pickles(tmp_path, shards=2, per_shard=3, prefix="m")
+    for name in ("m00.pkl", "m01.pkl"):
+        fs.pipe(f"/dataset_test/pk/{name}", (tmp_path / name).read_bytes())
+    rng = np.random.default_rng(1)
+    vids = [(f"f{i}", [1], {"rgb": rng.integers(0, 256, (4, 8), dtype=np.uint8),
+                            "audio": rng.integers(0, 256, (4, 4), dtype=np.uint8)}) for i in range(2)]
+    write_feature_dataset("memory://dataset_test/feat", vids)
+    specs = ["memory://dataset_test/pk", "memory://dataset_test/feat"]
+    resolved = resolve_shards(specs)
+    assert [p.startswith("memory://") for p in resolved] == [True] * 3
+    assert [p.rsplit("/", 2)[-2:] for p in resolved] == [["pk", "m00.pkl"], ["pk", "m01.pkl"], ["feat", "labels.csv"]]
+    ds = VideoDataset(specs, modalities=MODS, num_classes=C, seg_num=SEG)
+    samples = list(ds)
+    assert ids_of(samples) == list(truth) + ["f0", "f1"]
+    np.testing.assert_allclose(samples[-1]["rgb"].numpy(), ref_dequantize(vids[1][2]["rgb"][centre_indices(4, SEG)]),
+                               atol=1e-6)
+
+
+def test_open_shard_and_resolve_shards(tmp_path):
+    (tmp_path / "pk").mkdir()
+    paths, _ = make_pickles(tmp_path / "pk", shards=2, per_shard=2)
+    csv = write_feature_dataset(str(tmp_path / "feat"), [("a", [0], {"rgb": np.zeros((2, 8), np.uint8),
+                                                                      "audio": np.zeros((2, 4), np.uint8)})])
+    assert isinstance(open_shard(paths[0], modalities=MODS, num_classes=C), PickleShard)
+    assert isinstance(open_shard(csv, modalities=MODS, num_classes=C), FeatureShard)
+    assert resolve_shards(str(tmp_path / "feat")) == [csv]
+    assert resolve_shards([str(tmp_path / "pk"), str(tmp_path / "feat")], fmt="auto") == paths + [csv]
+    with pytest.raises(DataError, match="not a labels CSV"):
+        resolve_shards(paths, fmt="features")
+    with pytest.raises(ConfigError, match="unknown data format 'hdf5'"):
+        resolve_shards(paths, fmt="hdf5")
+    with pytest.raises(DataError, match="matches no files"):
+        resolve_shards(str(tmp_path / "nothing*.pkl"))
+    with pytest.raises(DataError, match="not a readable pickle"):
+        open_shard(csv, fmt="pickle", modalities=MODS, num_classes=C)
+
+
+def test_rank_from_environment(tmp_path, monkeypatch):
+    paths, _ = make_pickles(tmp_path, shards=1, per_shard=2)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C)
+    assert (ds.rank, ds.world_size) == (1, 3)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert (VideoDataset(paths, modalities=MODS, num_classes=C).rank,) == (0,)
+    with pytest.raises(ConfigError, match="rank 2 is not in"):
+        VideoDataset(paths, modalities=MODS, num_classes=C, rank=2, world_size=2)
+
+
+def test_reexports():
+    assert sample_indices(4, 2).tolist() == [1, 3]
+    assert RawVideo("x", {"rgb": np.zeros((3, 2), np.uint8)}).num_frames == 3
+
+
+# ---- YouTube-8M TFRecord shards --------------------------------------------------------------------------------------
+
+
+def make_tfrecords(root, shards, per_shard, widths=MODS, num_classes=C, seed=0, prefix="t"):
+    from attncluster.data.tfrecord import write_records
+    from attncluster.data.yt8m import encode_sequence_example
+
+    rng = np.random.default_rng(seed)
+    paths, truth = [], {}
+    for s in range(shards):
+        payloads = []
+        for j in range(per_shard):
+            t = int(rng.integers(3, 20))
+            frames = {m: rng.integers(0, 256, (t, w), dtype=np.uint8) for m, w in widths.items()}
+            labels = sorted(rng.choice(num_classes, size=int(rng.integers(1, 4)), replace=False).tolist())
+            vid = f"{prefix}{s}_{j}"
+            truth[vid] = (labels, frames)
+            payloads.append(encode_sequence_example(vid, labels, frames))
+        path = f"{root}/{prefix}{s:02d}.tfrecord"
+        write_records(path, payloads)
+        paths.append(path)
+    return paths, truth
+
+
+def test_tfrecord_frame_level_contract(tmp_path):
+    widths = {"rgb": 1024, "audio": 128}
+    paths, truth = make_tfrecords(tmp_path, shards=2, per_shard=3, widths=widths, num_classes=3862)
+    ds = VideoDataset(str(tmp_path), modalities=widths, num_classes=3862, seg_num=SEG)
+    q = VideoDataset(str(tmp_path), modalities=widths, num_classes=3862, seg_num=SEG, dequantize=False)
+    samples, quantized = list(ds), list(q)
+    assert ids_of(samples) == ids_of(quantized) == list(truth)
+    for s, sq in zip(samples, quantized):
+        labels, frames = truth[s["id"]]
+        n = frames["rgb"].shape[0]
+        assert s["num_frames"] == n and s["labels"].nonzero().flatten().tolist() == labels
+        for m, w in widths.items():
+            expected = frames[m][centre_indices(n, SEG)]
+            assert s[m].shape == (SEG, w) and s[m].dtype == torch.float32
+            np.testing.assert_allclose(s[m].numpy(), ref_dequantize(expected), atol=1e-6)
+            assert sq[m].dtype == torch.uint8 and np.array_equal(sq[m].numpy(), expected)
+
+
+def test_tfrecord_video_level(tmp_path):
+    from attncluster.data.tfrecord import write_records
+    from attncluster.data.yt8m import encode_example
+
+    rng = np.random.default_rng(0)
+    means = {m: rng.standard_normal(w).astype(np.float32) for m, w in MODS.items()}
+    write_records(str(tmp_path / "v.tfrecord"), [encode_example("vid", [2, 5], means)])
+    for dq in (True, False):
+        (s,) = list(VideoDataset(str(tmp_path), modalities=MODS, num_classes=C, seg_num=SEG, dequantize=dq))
+        assert s["num_frames"] == 1 and s["labels"].tolist() == [0, 0, 1, 0, 0, 1]
+        for m in MODS:
+            assert s[m].dtype == torch.float32 and np.array_equal(s[m].numpy(), np.tile(means[m], (SEG, 1)))
+
+
+@pytest.mark.parametrize("shards,per_shard", [(5, 3), (2, 7)])
+def test_tfrecord_exactly_once(tmp_path, shards, per_shard):
+    paths, truth = make_tfrecords(tmp_path, shards=shards, per_shard=per_shard)
+    per_rank = collect_job(paths, world_size=2, num_workers=2, train=True)
+    counts = Counter(v for ids in per_rank for v in ids)
+    assert set(counts) == set(truth) and set(counts.values()) == {1}
+
+
+def test_tfrecord_corrupt_record_skipped(tmp_path, capfd):
+    from attncluster.data.tfrecord import HEADER_BYTES
+
+    paths, truth = make_tfrecords(tmp_path, shards=1, per_shard=4)
+    data = bytearray(open(paths[0], "rb").read())
+    first_len = int.from_bytes(data[:8], "little")
+    second_payload = HEADER_BYTES + first_len + 4 + HEADER_BYTES
+    data[second_payload + 20] ^= 0xFF  # damage record 1's payload: its CRC no longer matches
+    open(paths[0], "wb").write(bytes(data))
+    with pytest.raises(DataError, match="record 1"):
+        list(VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG))
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, skip_corrupt=True, train=True)
+    assert sorted(ids_of(ds)) == ["t0_0", "t0_2", "t0_3"]
+    assert (ds.stats.files, ds.stats.videos, ds.stats.corrupt) == (1, 3, 1)
+    assert sum(line.startswith("warning:") and paths[0] in line for line in capfd.readouterr().err.splitlines()) == 1
+
+
+def test_tfrecord_memory_filesystem():
+    paths, truth = make_tfrecords("memory://dataset_test/tf", shards=2, per_shard=2)
+    ds = VideoDataset("memory://dataset_test/tf", modalities=MODS, num_classes=C, seg_num=SEG, train=True)
+    assert sorted(ids_of(ds)) == sorted(truth)
