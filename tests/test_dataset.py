@@ -220,7 +220,8 @@ def test_persistent_workers_follow_set_epoch(tmp_path):
         epochs.append([(v, b["rgb"][k]) for b in loader for k, v in enumerate(b["id"])])
     fresh = VideoDataset(paths, **kwargs)
     fresh.set_epoch(1)
-    expected = [(v, b["rgb"][k]) for b in make_loader(fresh, batch_size=2, num_workers=2) for k, v in enumerate(b["id"])]
+    expected = [(v, b["rgb"][k])
+                for b in make_loader(fresh, batch_size=2, num_workers=2) for k, v in enumerate(b["id"])]
     assert [v for v, _ in epochs[1]] == [v for v, _ in expected] != [v for v, _ in epochs[0]]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(epochs[1], expected))
     assert ds.stats.videos == 2 * len(truth) and ds.stats.files == 2 * 4
@@ -400,3 +401,14 @@ def test_tfrecord_memory_filesystem():
     paths, truth = make_tfrecords("memory://dataset_test/tf", shards=2, per_shard=2)
     ds = VideoDataset("memory://dataset_test/tf", modalities=MODS, num_classes=C, seg_num=SEG, train=True)
     assert sorted(ids_of(ds)) == sorted(truth)
+
+
+def test_open_shard_yt8m_format(tmp_path):
+    from attncluster.data.yt8m import YT8MShard
+
+    paths, _ = make_tfrecords(tmp_path, shards=1, per_shard=2)
+    plain = str(tmp_path / "train0000")  # no suffix: auto means yt8m
+    (tmp_path / "t00.tfrecord").rename(plain)
+    assert isinstance(open_shard(plain, modalities=MODS, num_classes=C), YT8MShard)
+    assert isinstance(open_shard(plain, fmt="yt8m", modalities=MODS, num_classes=C), YT8MShard)
+    assert ids_of(VideoDataset(plain, fmt="yt8m", modalities=MODS, num_classes=C, seg_num=SEG)) == ["t0_0", "t0_1"]

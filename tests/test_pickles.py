@@ -157,7 +157,8 @@ def _bad(mutate):
 @pytest.mark.parametrize("mutate,needle", [
     (lambda r: r.pop("nframes"), "missing key 'nframes'"),
     (lambda r: r.pop("audio"), "missing key 'audio'"),
-    (lambda r: r.update(feature=r["feature"][:, :512]), "'feature' \\(rgb\\) has 512 features per frame, expected 1024"),
+    (lambda r: r.update(feature=r["feature"][:, :512]),
+     "'feature' \\(rgb\\) has 512 features per frame, expected 1024"),
     (lambda r: r.update(audio=r["audio"][:, 0]), "'audio' \\(audio\\) must be a 2-D array"),
     (lambda r: r.update(audio=r["audio"].astype(np.int32)), "dtype int32, expected uint8"),
     (lambda r: r.update(label=[1, 7]), "label 7 out of range, expected \\[0, 5\\)"),

@@ -9,6 +9,7 @@ to stderr. Damaged data raises :class:`~attncluster.errors.DataError` (the CLI e
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TextIO
 
@@ -51,14 +52,14 @@ def video_summary(video: RawVideo) -> dict:
 
 
 def inspect(paths: list[str], *, skip_corrupt: bool = False, num_classes: int | None = None,
-            out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+            out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print one JSON line per video of ``paths`` to ``out`` and a summary line to ``err``.
 
     Args:
         paths: files, globs, directories or ``.list`` files (see :func:`attncluster.data.paths.expand_paths`).
         skip_corrupt: skip and count damaged records instead of raising.
         num_classes: when given, labels must be below it.
-        out, err: where the lines go.
+        out, err: where the lines go; default: ``sys.stdout`` / ``sys.stderr`` as they are at call time.
 
     Returns:
         0 (damaged data without ``skip_corrupt`` raises instead).
@@ -66,14 +67,23 @@ def inspect(paths: list[str], *, skip_corrupt: bool = False, num_classes: int | 
     Raises:
         DataError: no files match, or a record is damaged and ``skip_corrupt`` is off.
     """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     files = expand_paths(paths, what="inspect")
     stats = ReadStats()
     videos = frames = 0
-    for path in files:
-        for video in open_shard(path, skip_corrupt=skip_corrupt, num_classes=num_classes, stats=stats):
-            out.write(json.dumps(video_summary(video)) + "\n")
-            videos += 1
-            frames += video.num_frames
+    try:
+        for path in files:
+            for video in open_shard(path, skip_corrupt=skip_corrupt, num_classes=num_classes, stats=stats):
+                out.write(json.dumps(video_summary(video)) + "\n")
+                videos += 1
+                frames += video.num_frames
+    except BrokenPipeError:
+        # The reader went away (``inspect ... | head``): stop quietly, as cat does, and keep Python's exit-time
+        # flush of stdout from raising again.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     # Counted here, not from stats: every reader reports corrupt records, not all count videos and frames.
     print(f"inspect: {len(files)} files, {videos} videos, {frames} frames, "
           f"{stats.corrupt} corrupt records skipped", file=err)

@@ -234,7 +234,7 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
                 progress.update(labels.shape[0] * info.world_size)
             if step % cfg.train.log_interval == 0:
                 elapsed = time.perf_counter() - t_log
-                values = {"epoch": epoch, "loss": float(loss),
+                values = {"epoch": epoch, "loss": loss.item(),
                           **batch_metrics(predict_scores(logits, cfg.train.loss).detach().cpu().numpy(),
                                           labels.cpu().numpy(), cfg.multi_label, cfg.eval.top_k),
                           "videos_per_s": videos / elapsed, "data_wait": waited / elapsed,

@@ -5,14 +5,14 @@ Sample contract (what one iteration step yields; the default collate stacks a ba
 | key | type | meaning |
 | --- | --- | --- |
 | ``id`` | str | video id |
-| ``<modality>`` | (seg_num, F) float32 tensor; uint8 with ``dequantize=False`` for quantized sources (float sources stay float32) | the sampled frames |
+| ``<modality>`` | (seg_num, F) float32 tensor; uint8 with ``dequantize=False`` if the source is quantized | frames |
 | ``labels`` | (num_classes,) float32 tensor | multi-hot |
 | ``num_frames`` | int | frames stored (after the ``max_frames`` cap), before sampling |
 
-Formats (``fmt``): ``"tfrecord"`` (YouTube-8M TFRecords, :mod:`attncluster.data.yt8m`), ``"pickle"`` (reference /
+Formats (``fmt``): ``"yt8m"`` (YouTube-8M TFRecords, :mod:`attncluster.data.yt8m`), ``"pickle"`` (reference /
 PaddleVideo pickles, :mod:`attncluster.data.pickles`), ``"features"`` (labels CSV + per-video ``.npz`` / ``.npy``,
 :mod:`attncluster.data.features`), or ``"auto"``: ``.pkl`` / ``.pickle`` -> pickle, ``.csv`` (or a directory
-holding ``labels.csv``) -> features, anything else -> tfrecord.
+holding ``labels.csv``) -> features, anything else -> yt8m.
 
 Every video is yielded exactly once per epoch across the whole job (``world_size`` ranks x ``num_workers``
 DataLoader workers = "consumers"). With at least as many shards as consumers, shards are dealt round-robin; with
@@ -37,7 +37,7 @@ from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, Shard, deq
 from attncluster.data.sampling import sample_indices
 from attncluster.errors import ConfigError, DataError
 
-FORMATS = ("auto", "tfrecord", "pickle", "features")
+FORMATS = ("auto", "yt8m", "pickle", "features")  # as config.DataConfig.format
 # Stream tags for the seeded RNGs. numpy pads seed sequences with zeros, so (seed, epoch) and (seed, epoch, 0)
 # would be the same stream; the trailing tags keep the record-order and jitter streams apart from each other and
 # from the shard-order stream (seed, epoch).
@@ -56,7 +56,7 @@ def _format_of(path: str, fmt: str) -> str:
         return "pickle"
     if lower.endswith(".csv"):
         return "features"
-    return "tfrecord"
+    return "yt8m"
 
 
 def open_shard(path: str, *, fmt: str = "auto", modalities: dict[str, int] | None, num_classes: int | None,
@@ -66,7 +66,7 @@ def open_shard(path: str, *, fmt: str = "auto", modalities: dict[str, int] | Non
 
     Args:
         path: shard file (local or fsspec URL); for ``features``, the labels CSV or its directory.
-        fmt: ``"auto"``, ``"tfrecord"``, ``"pickle"`` or ``"features"``.
+        fmt: ``"auto"``, ``"yt8m"`` (TFRecords), ``"pickle"`` or ``"features"``.
         modalities: modality name -> feature width (required for ``features``; None = the format's default).
         num_classes: labels must lie in ``[0, num_classes)``.
         class_names: for ``features`` only: labels in the CSV are these names.

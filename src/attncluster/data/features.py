@@ -47,7 +47,10 @@ def _read_if_exists(path: str) -> bytes | None:
         if is_url(path) and not path.startswith("file://"):
             import fsspec
 
-            fs, p = fsspec.core.url_to_fs(path)
+            try:
+                fs, p = fsspec.core.url_to_fs(path)
+            except (ImportError, ValueError) as e:
+                raise DataError(f"{path}: cannot open this URL ({e}); install the fsspec extra for it") from None
             with fs.open(p, "rb") as f:
                 return f.read()
         with open(path[len("file://"):] if path.startswith("file://") else path, "rb") as f:
@@ -268,7 +271,10 @@ def resolve_csv(path: str) -> str:
     if is_url(path) and not path.startswith("file://"):
         import fsspec
 
-        fs, p = fsspec.core.url_to_fs(path)
+        try:
+            fs, p = fsspec.core.url_to_fs(path)
+        except (ImportError, ValueError):  # unknown protocol: let path expansion report it
+            return path
         if fs.isdir(p) and fs.exists(f"{p.rstrip('/')}/{LABELS_CSV}"):
             return _join(path, LABELS_CSV)
         return path

@@ -19,13 +19,12 @@ code. Pickles are not seekable record by record: the whole file is loaded into m
 
 from __future__ import annotations
 
-import io
 import pickle
 from typing import Iterator
 
 import numpy as np
 
-from attncluster.data.paths import read_all
+from attncluster.data.paths import open_binary
 from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
 from attncluster.errors import DataError
 
@@ -73,20 +72,21 @@ def _one_line(e: BaseException) -> str:
 
 
 def load_pickle(path: str) -> object:
-    """Load a pickle file with the restricted unpickler.
+    """Load a pickle file with the restricted unpickler, streaming from the file (no second copy of its bytes).
 
     Python 2 pickles store ``str`` as 8-bit strings; ``latin1`` maps them to str losslessly (and is what numpy
     needs for py2 arrays). ``bytes`` is tried when latin1 fails, as the reference does.
     """
-    data = read_all(path)
     first_error: BaseException | None = None
-    for encoding in ("latin1", "bytes"):
-        try:
-            return _SafeUnpickler(io.BytesIO(data), path=path, encoding=encoding).load()
-        except DataError:
-            raise
-        except Exception as e:  # pickle raises many types on garbage: UnpicklingError, EOFError, ValueError, ...
-            first_error = first_error or e
+    with open_binary(path) as f:
+        for encoding in ("latin1", "bytes"):
+            try:
+                f.seek(0)
+                return _SafeUnpickler(f, path=path, encoding=encoding).load()
+            except DataError:
+                raise
+            except Exception as e:  # pickle raises many types on garbage: UnpicklingError, EOFError, ValueError, ...
+                first_error = first_error or e
     raise DataError(f"{path}: not a readable pickle ({_one_line(first_error)})")
 
 

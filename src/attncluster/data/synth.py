@@ -48,7 +48,8 @@ VOCABULARY_COLUMNS = ("Index", "TrainVideoCount", "KnowledgeGraphId", "Name", "W
                       "Vertical3", "WikiDescription")
 
 
-def class_prototypes(classes: int, dims: Mapping[str, int], *, prototype_seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def class_prototypes(classes: int, dims: Mapping[str, int], *,
+                     prototype_seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The prototypes p and q of every class.
 
     Args:

@@ -79,9 +79,14 @@ def _check_payload_crc(record: memoryview, length: int, path: str, index: int, o
     return None
 
 
-def _readinto_exact(f: BinaryIO, buf: bytearray) -> int:
+def _buffer(n: int) -> memoryview:
+    """A writable, uninitialised n-byte buffer (``bytearray(n)`` would first zero what the read overwrites)."""
+    return memoryview(np.empty(n, dtype=np.uint8))
+
+
+def _readinto_exact(f: BinaryIO, buf: bytearray | memoryview) -> int:
     """Fill ``buf`` from ``f``; return how many bytes were read (fewer only at end of file)."""
-    view = memoryview(buf)
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
     got = 0
     readinto = getattr(f, "readinto", None)
     while got < len(buf):
@@ -118,17 +123,20 @@ def _positional_reader(f: BinaryIO):
     return read_at
 
 
-def open_records(path: str) -> BinaryIO:
+def open_records(path: str, *, sequential: bool = False) -> BinaryIO:
     """Open a TFRecord file for record reads.
 
-    Local files are opened unbuffered: every record read is then exactly one ``readinto`` of the bytes needed, where
-    a 1 MiB read buffer would read (and copy) up to 1 MiB for each randomly accessed record. URLs go through fsspec,
-    whose block cache does the buffering.
+    Args:
+        path: local path or fsspec URL.
+        sequential: the file will be read front to back (:func:`scan_records`): keep the 1 MiB read buffer, which
+            turns the two small reads per small record (header, payload) into one large read per many records.
+            Otherwise (random access with :func:`read_payload`) a local file is opened unbuffered, so each record is
+            exactly one ``readinto`` of its bytes instead of a buffer refill of up to 1 MiB. URLs always go through
+            fsspec, whose block cache does the buffering.
     """
     f = open_binary(path)
-    if not is_url(path) or path.startswith("file://"):
-        if isinstance(f, io.BufferedReader):
-            return f.detach()  # the raw FileIO underneath
+    if not sequential and (not is_url(path) or path.startswith("file://")) and isinstance(f, io.BufferedReader):
+        return f.detach()  # the raw FileIO underneath
     return f
 
 
@@ -160,8 +168,8 @@ def index_records(f: BinaryIO, path: str, *, skip_corrupt: bool = False, stats: 
         try:
             left = size - pos
             if left < HEADER_BYTES:
-                raise record_error(
-                    path, index, pos, f"truncated record header: {left} bytes left, expected {HEADER_BYTES}", cls=RecordFramingError)
+                raise record_error(path, index, pos, f"truncated record header: {left} bytes left, expected "
+                                   f"{HEADER_BYTES}", cls=RecordFramingError)
             length = _check_header(read_at(pos, HEADER_BYTES), path, index, pos)
             if HEADER_BYTES + length + FOOTER_BYTES > left:
                 raise record_error(
@@ -202,21 +210,20 @@ def read_payload(f: BinaryIO, path: str, index: int, offset: int, length: int) -
     """
     offset = int(offset)
     length = int(length)
-    buf = bytearray(HEADER_BYTES + length + FOOTER_BYTES)
+    buf = _buffer(HEADER_BYTES + length + FOOTER_BYTES)
     f.seek(offset)
     got = _readinto_exact(f, buf)
     if got < len(buf):
         raise record_error(path, index, offset, f"truncated record: expected {len(buf)} bytes (header, "
                            f"{length} payload bytes, CRC), got {got}")
-    view = memoryview(buf)
-    stored_length = _check_header(view[:HEADER_BYTES], path, index, offset)
+    stored_length = _check_header(buf[:HEADER_BYTES], path, index, offset)
     if stored_length != length:
         raise record_error(path, index, offset, f"header says {stored_length} payload bytes, the index says {length}; "
                            "was the file changed while it was being read?")
-    error = _check_payload_crc(view, length, path, index, offset, HEADER_BYTES)
+    error = _check_payload_crc(buf, length, path, index, offset, HEADER_BYTES)
     if error is not None:
         raise error
-    return view[HEADER_BYTES:HEADER_BYTES + length]
+    return buf[HEADER_BYTES:HEADER_BYTES + length]
 
 
 def scan_records(f: BinaryIO, path: str) -> Iterator[tuple[int, int, memoryview | DataError]]:
@@ -240,18 +247,17 @@ def scan_records(f: BinaryIO, path: str) -> Iterator[tuple[int, int, memoryview 
                 raise _empty_file(path)
             return
         if got < HEADER_BYTES:
-            raise record_error(
-                path, index, pos, f"truncated record header: {got} bytes left, expected {HEADER_BYTES}", cls=RecordFramingError)
+            raise record_error(path, index, pos, f"truncated record header: {got} bytes left, expected {HEADER_BYTES}",
+                               cls=RecordFramingError)
         length = _check_header(header, path, index, pos)
-        buf = bytearray(length + FOOTER_BYTES)
+        buf = _buffer(length + FOOTER_BYTES)
         got = _readinto_exact(f, buf)
         if got < len(buf):
             raise record_error(
                 path, index, pos, f"truncated record: header says {length} payload bytes + {FOOTER_BYTES} CRC bytes, "
                 f"only {got} bytes left in the file", cls=RecordFramingError)
-        view = memoryview(buf)
-        error = _check_payload_crc(view, length, path, index, pos, 0)
-        yield index, pos, (error if error is not None else view[:length])
+        error = _check_payload_crc(buf, length, path, index, pos, 0)
+        yield index, pos, (error if error is not None else buf[:length])
         pos += HEADER_BYTES + length + FOOTER_BYTES
         index += 1
 
@@ -273,7 +279,7 @@ def iter_records(path: str, skip_corrupt: bool = False,
         DataError: an empty file (also with ``skip_corrupt``: it holds no record to skip), or, without
             ``skip_corrupt``, any damaged record.
     """
-    with open_records(path) as f:
+    with open_records(path, sequential=True) as f:
         try:
             for index, offset, payload in scan_records(f, path):
                 if isinstance(payload, DataError):
@@ -341,7 +347,8 @@ class TFRecordWriter:
         self.close()
 
 
-def write_records(path_or_file: str | os.PathLike | BinaryIO, payloads: Iterable[bytes | bytearray | memoryview]) -> int:
+def write_records(path_or_file: str | os.PathLike | BinaryIO,
+                  payloads: Iterable[bytes | bytearray | memoryview]) -> int:
     """Write ``payloads`` as a TFRecord file; return the number of records written."""
     with TFRecordWriter(path_or_file) as w:
         for payload in payloads:

@@ -16,7 +16,8 @@ The schema, as protobuf field numbers::
     FeatureLists    { map<string, FeatureList> feature_list = 1; }
     FeatureList     { repeated Feature feature = 1; }
     Feature         { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
-    BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1; }  Int64List { repeated int64 value = 1; }
+    BytesList { repeated bytes value = 1; }   FloatList { repeated float value = 1; }
+    Int64List { repeated int64 value = 1; }
 
 Speed: a frame-level video is ~300 identical nested messages per modality. Every frame of a modality is encoded with
 the same 9-byte header (``Feature{bytes_list{value: <F bytes>}}`` tags and lengths), so the frames sit at a fixed
@@ -368,11 +369,14 @@ def parse_yt8m(payload: Buffer, *, modalities: Mapping[str, int] | None = None, 
         A :class:`RawVideo`: uint8 (T, F) frames (zero-copy views into ``payload``) or float32 (1, F) means.
 
     Raises:
-        DataError: the payload does not parse, a modality is missing or has frames of the wrong size, the id is
-            missing, or a label is negative or not below ``num_classes``.
+        DataError: the payload does not parse, the id is missing, a modality is missing, has no frames or frames
+            of the wrong size, or a label is negative or not below ``num_classes``.
     """
+    modalities = DEFAULT_MODALITIES if modalities is None else modalities
+    if not modalities:
+        raise ValueError("parse_yt8m: modalities must name at least one modality")
     try:
-        return _parse(payload, DEFAULT_MODALITIES if modalities is None else modalities, num_classes, max_frames)
+        return _parse(payload, modalities, num_classes, max_frames)
     except _Malformed as e:
         raise record_error(path, index, offset, str(e)) from None
     except (ValueError, IndexError, struct.error) as e:  # defensive: any other decode failure is damaged data
@@ -558,8 +562,11 @@ class YT8MShard:
         modalities: modality name -> feature size; default ``{"rgb": 1024, "audio": 128}``.
         num_classes: when given, labels must be below it.
         skip_corrupt: skip damaged records (counted in ``stats.corrupt``) instead of raising :class:`DataError`.
-        stats: counts files opened, videos and frames read, and corrupt records skipped.
+        stats: counts files opened, videos and frames read, and corrupt records skipped (a damaged tail once).
         max_frames: keep at most this many frames per video (``None``: all).
+
+    Attributes:
+        last_error: with ``skip_corrupt``, the message of the last damaged record skipped (for warnings).
     """
 
     def __init__(self, path: str | os.PathLike, *, modalities: Mapping[str, int] | None = None,
@@ -567,6 +574,8 @@ class YT8MShard:
                  max_frames: int | None = MAX_FRAMES) -> None:
         self.path = os.fspath(path)
         self.modalities = dict(DEFAULT_MODALITIES if modalities is None else modalities)
+        if not self.modalities:
+            raise ValueError("YT8MShard: modalities must name at least one modality")
         self.num_classes = num_classes
         self.skip_corrupt = skip_corrupt
         self.stats = stats if stats is not None else ReadStats()
@@ -576,11 +585,12 @@ class YT8MShard:
         self._pid: int | None = None
         self._file_counted = False
         self._tail_counted = False  # a damaged tail is one corrupt record, however many passes meet it
+        self.last_error: str | None = None  # why the last record skipped with skip_corrupt was skipped
 
     # -- file handling ------------------------------------------------------------------------------------------
 
-    def _open(self):
-        f = open_records(self.path)
+    def _open(self, sequential: bool = False):
+        f = open_records(self.path, sequential=sequential)
         if not self._file_counted:
             self._file_counted = True
             self.stats.files += 1
@@ -613,10 +623,14 @@ class YT8MShard:
     def __repr__(self) -> str:
         return f"YT8MShard({self.path!r})"
 
-    def _count_tail(self) -> None:
+    def _skipped(self, error: DataError) -> None:
+        self.last_error = str(error)
+        self.stats.corrupt += 1
+
+    def _count_tail(self, error: DataError) -> None:
         if not self._tail_counted:
             self._tail_counted = True
-            self.stats.corrupt += 1
+            self._skipped(error)
 
     # -- Shard protocol -------------------------------------------------------------------------------------------
 
@@ -624,10 +638,14 @@ class YT8MShard:
     def index(self) -> np.ndarray:
         """(n, 2) int64: byte offset and payload length of every (intact) record."""
         if self._index is None:
-            found = ReadStats()
-            self._index = index_records(self._file(), self.path, skip_corrupt=self.skip_corrupt, stats=found)
-            if found.corrupt:
-                self._count_tail()
+            try:
+                self._index = index_records(self._file(), self.path)
+            except RecordFramingError as e:
+                if not self.skip_corrupt:
+                    raise
+                # The records before the damage are intact and still readable.
+                self._index = index_records(self._file(), self.path, skip_corrupt=True)
+                self._count_tail(e)
         return self._index
 
     def __len__(self) -> int:
@@ -650,31 +668,31 @@ class YT8MShard:
         offset, length = int(index[i, 0]), int(index[i, 1])
         try:
             return self._parse(read_payload(self._file(), self.path, i, offset, length), i, offset)
-        except DataError:
+        except DataError as e:
             if not self.skip_corrupt:
                 raise
-            self.stats.corrupt += 1
+            self._skipped(e)
             return None
 
     def __iter__(self) -> Iterator[RawVideo]:
         """Every intact video, front to back; damaged records are skipped with ``skip_corrupt``, else raise."""
-        f = self._open()  # a handle of its own, so that read() calls meanwhile do not move this one
+        f = self._open(sequential=True)  # a handle of its own, so that read() calls meanwhile do not move this one
         try:
             for i, offset, payload in scan_records(f, self.path):
                 try:
                     if isinstance(payload, DataError):
                         raise payload
                     video = self._parse(payload, i, offset)
-                except DataError:
+                except DataError as e:
                     if not self.skip_corrupt:
                         raise
-                    self.stats.corrupt += 1
+                    self._skipped(e)
                     continue
                 yield video
-        except RecordFramingError:
+        except RecordFramingError as e:
             if not self.skip_corrupt:
                 raise
-            self._count_tail()
+            self._count_tail(e)
         finally:
             f.close()
 
