@@ -58,7 +58,7 @@ def trained(tiny_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cli_run")
     p = run("train", "--config", "configs/quickstart.yaml", *overrides(tiny_data), "--run-dir", run_dir,
             "--device", "cpu", cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert "epoch 1 done" in p.stdout and "valid epoch 1" in p.stdout
+    assert "epoch 1/2 done" in p.stdout and "valid epoch 1" in p.stdout
     return run_dir
 
 

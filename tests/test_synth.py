@@ -93,6 +93,11 @@ def test_mean_pooling_cannot_tell_labels_from_decoys_but_conjunction_frames_can(
         decoys = present & ~labels
         assert present[labels].all()  # every label's prototypes show up in some frames
         assert 1 <= decoys.sum() <= 3  # and 1-3 other classes' prototypes do too
+        t = len(x)
+        for k in video.labels:  # a label's conjunction frames: one run of 10-20 % of the video
+            (conj,) = np.nonzero((x @ up[k] > threshold[k]) & (x @ uq[k] > threshold[k]))
+            assert conj.max() - conj.min() + 1 == len(conj)
+            assert max(1, round(0.1 * t)) <= len(conj) <= round(0.2 * t)
         mean_score = (x @ upq.T).mean(0)  # mean pooling, then the best linear read-out for class c
         max_score = (x @ upq.T).max(0)  # the best single frame for class c
         mean_true += mean_score[labels].tolist()

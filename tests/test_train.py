@@ -88,13 +88,17 @@ def test_run_directory_checkpoints_and_metrics(tiny_cfg, tmp_path):
     assert not list(ck.glob("*.tmp")) and not list(ck.glob(".*"))
 
 
-def test_training_learns_the_synthetic_task(tiny_data, tmp_path):
-    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 6, "model.cluster_nums": 8,
-                                                         "model.hidden_sizes": "[64]", "train.valid_interval": 6,
-                                                         "train.learning_rate": 3e-3}))
-    metrics = fit(cfg, run_dir=tmp_path, device="cpu", log=quiet)
+def test_training_learns_the_synthetic_task(tmp_path):
+    from attncluster.data.synth import write_synthetic
+
+    write_synthetic(tmp_path / "train", videos=200, classes=5, shards=2, seed=0, max_frames=24)
+    write_synthetic(tmp_path / "valid", videos=40, classes=5, shards=1, seed=1, max_frames=24, prefix="validate")
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"train.epochs": 4, "model.cluster_nums": 8, "model.seg_num": 16,
+                                                        "model.hidden_sizes": "[64]", "train.valid_interval": 4,
+                                                        "train.learning_rate": 3e-3}))
+    metrics = fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
     # chance GAP with 5 classes and 1-4 labels per video is about 0.5; learning must clearly beat it
-    assert metrics["gap"] > 0.7
+    assert metrics["gap"] > 0.8
 
 
 def test_finetune_reinitialises_layers_of_another_shape(tiny_cfg, tmp_path):

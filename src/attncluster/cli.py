@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or .pdparams")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="shards, globs, directories or .list files")
     p.add_argument("--output", required=True, metavar="FILE", help="output file, .csv or .jsonl")
-    p.add_argument("--top-k", type=int, default=20, metavar="K", help="classes per video (default 20)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="classes per video (default 20, or every class when the model has fewer)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv (Index, Name columns) for label names")
     _add_device(p)
     p.set_defaults(func=cmd_predict)

@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
-# Rows per chunk are chosen so that a chunk holds about this many scores (32 MiB of float32).
-_CHUNK_ELEMENTS = 1 << 23
+# Rows per chunk are chosen so that a chunk holds about this many scores (64 MiB of float32).
+_CHUNK_ELEMENTS = 1 << 24
 
 __all__ = ["MetricAccumulator", "gap", "hit_at_one", "mean_ap", "perr", "top_k_accuracy"]
 
@@ -118,6 +118,11 @@ def _multi_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     return positive
 
 
+def _count_true(y: np.ndarray, axis: int) -> np.ndarray:
+    """np.count_nonzero(y, axis) for a bool matrix, about twice as fast."""
+    return np.add.reduce(y.view(np.uint8), axis=axis, dtype=np.int64)
+
+
 def _check_top_k(top_k: int, name: str = "top_k") -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k <= 0:
         raise ValueError(f"{name} must be a positive integer, got {top_k!r}")
@@ -171,16 +176,32 @@ def _perr_hits(x: np.ndarray, y: np.ndarray, vals: np.ndarray, rel: np.ndarray, 
     k = vals.shape[1]
     within = np.arange(k) < kv[:, None]
     hits = np.count_nonzero(rel & (vals > 0) & within, axis=1)
-    long = np.flatnonzero(kv > k)  # more labels than kept pairs: rank those (rare) rows fully
+    long = np.flatnonzero(kv > k)  # more labels than ranked classes: rank those rows deeper
     if long.size:
-        sub = x[long]
-        order = np.argsort(-sub, axis=1, kind="stable")
-        good = np.take_along_axis(y[long] & (sub > 0), order, axis=1)
-        hits[long] = np.count_nonzero(good & (np.arange(x.shape[1]) < kv[long][:, None]), axis=1)
+        deep = int(kv[long].max())
+        idx, vals = _top_k_sorted(x[long], deep)
+        good = np.take_along_axis(y[long], idx, axis=1) & (vals > 0)
+        hits[long] = np.count_nonzero(good & (np.arange(deep) < kv[long][:, None]), axis=1)
     return hits
 
 
 # --------------------------------------------------------------------------------------------------- pooled AP
+def _group_score_key(scores: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, Any]:
+    """A 1-D key whose ascending order is (group ascending, score descending), and a key -> group function.
+
+    Equal keys mean equal (group, score). Sorting plain keys is several times faster than an argsort.
+    """
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: not float32, handled below
+        s32 = scores.astype(np.float32)
+    if np.array_equal(s32, scores):  # float32 scores (the usual case): pack group and score bits in an int64
+        bits = s32.view(np.int32).astype(np.int64)
+        ordered = np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)  # monotonic in the value; -0.0 and 0.0 -> 0
+        key = (group.astype(np.int64) << 33) + (np.int64(1 << 31) - ordered)
+        return key, lambda k: k >> 33
+    # complex numbers sort by real part, then imaginary part
+    return group.astype(np.float64) - 1j * scores, lambda k: k.real.astype(np.int64)
+
+
 def _ap_sums(scores: np.ndarray, rel: np.ndarray, group: np.ndarray | None, num_groups: int) -> np.ndarray:
     """Per group, the sum of precision-at-hit over the group's list ranked by score, ties averaged exactly.
 
@@ -197,39 +218,34 @@ def _ap_sums(scores: np.ndarray, rel: np.ndarray, group: np.ndarray | None, num_
         (num_groups,) float64.
     """
     out = np.zeros(num_groups)
-    m_total = scores.size
-    if m_total == 0:
+    if scores.size == 0:
         return out
     if group is None:
-        order = np.argsort(-scores, kind="stable")
-        g = None
+        key, key_group = -scores, None
     else:
-        order = np.argsort(-scores, kind="stable")
-        order = order[np.argsort(group[order], kind="stable")]  # group ascending, score descending
-        g = group[order]
-    s = scores[order]
-    r = rel[order]
-    new_block = np.empty(m_total, dtype=bool)
+        key, key_group = _group_score_key(scores, group)
+    keys = np.sort(key)
+    positive_keys = np.sort(key[rel])
+    new_block = np.empty(keys.size, dtype=bool)
     new_block[0] = True
-    np.not_equal(s[1:], s[:-1], out=new_block[1:])
-    before = np.cumsum(r, dtype=np.int64) - r  # positives before each position
-    if g is None:
-        group_first = np.zeros(m_total, dtype=np.int64)
+    np.not_equal(keys[1:], keys[:-1], out=new_block[1:])
+    first = np.flatnonzero(new_block)  # rank (0-based) of the first pair of each block of equal keys
+    del new_block
+    block_key = keys[first]
+    size = np.diff(np.append(first, keys.size))
+    npos = np.searchsorted(positive_keys, block_key, "right") - np.searchsorted(positive_keys, block_key, "left")
+    pos_cum = np.cumsum(npos) - npos  # positives in earlier blocks
+    if key_group is None:
         block_group = None
+        start, pos_before = first, pos_cum
     else:
-        new_group = np.empty(m_total, dtype=bool)
+        block_group = key_group(block_key)
+        new_group = np.empty(first.size, dtype=bool)
         new_group[0] = True
-        np.not_equal(g[1:], g[:-1], out=new_group[1:])
-        new_block |= new_group
-        positions = np.arange(m_total)
-        group_first = np.maximum.accumulate(np.where(new_group, positions, 0))
-    first = np.flatnonzero(new_block)  # first position of each block
-    size = np.diff(np.append(first, m_total))
-    npos = np.add.reduceat(r.astype(np.int64), first)
-    start = first - group_first[first]  # pairs ranked above the block within its group
-    pos_before = before[first] - before[group_first[first]]  # positives ranked above the block within its group
-    if g is not None:
-        block_group = g[first]
+        np.not_equal(block_group[1:], block_group[:-1], out=new_group[1:])
+        head = np.maximum.accumulate(np.where(new_group, np.arange(first.size), 0))  # first block of the group
+        start = first - first[head]  # pairs ranked above the block within its group
+        pos_before = pos_cum - pos_cum[head]  # positives ranked above the block within its group
 
     def add(blocks: np.ndarray, values: np.ndarray) -> None:
         if block_group is None:
@@ -295,7 +311,8 @@ class MetricAccumulator:
         self.num_classes = _check_top_k(num_classes, "num_classes")
         self.top_k = _check_top_k(top_k)
         self.multi_label = bool(multi_label)
-        self._keep_pairs = True
+        self._keep_pairs = True  # False: Hit@1 / PERR only (the one-shot functions)
+        self._batch_gap = True  # False: update() skips the batch's own GAP (the one-shot functions)
         self.reset()
 
     @property
@@ -344,7 +361,7 @@ class MetricAccumulator:
             ys = _multi_hot(y_all[begin : begin + rows], c)
             idx, vals = _top_k_sorted(xs, search)
             rel = np.take_along_axis(ys, idx, axis=1)
-            kv = np.count_nonzero(ys, axis=1)
+            kv = _count_true(ys, axis=1)
             if not self.multi_label:
                 if np.any(kv != 1):
                     bad = begin + int(np.flatnonzero(kv != 1)[0])
@@ -353,7 +370,7 @@ class MetricAccumulator:
                 top5 += int(np.count_nonzero(rel[:, :5].any(axis=1)))
             hit1 += int(np.count_nonzero(rel[:, 0]))
             hits_by_k += np.bincount(kv, weights=_perr_hits(xs, ys, vals, rel, kv), minlength=c + 1).astype(np.int64)
-            positives += np.count_nonzero(ys, axis=0)
+            positives += _count_true(ys, axis=0)
             if self._keep_pairs:
                 scores.append(vals[:, :kept].astype(np.float64).ravel())
                 is_label.append(rel[:, :kept].ravel())
@@ -373,7 +390,8 @@ class MetricAccumulator:
             self._scores.extend(scores)
             self._is_label.extend(is_label)
             self._classes.extend(classes)
-            batch["gap"] = _gap_value(np.concatenate(scores), np.concatenate(is_label), int(positives.sum()))
+            if self._batch_gap:
+                batch["gap"] = _gap_value(np.concatenate(scores), np.concatenate(is_label), int(positives.sum()))
         if loss is not None:
             batch_loss = float(np.mean(_to_numpy(loss)))
             self._loss_sum += batch_loss * n
@@ -522,6 +540,7 @@ def _one_pass(predictions: Any, labels: Any, top_k: int, keep_pairs: bool) -> Me
     x = _as_scores(predictions)
     acc = MetricAccumulator(x.shape[1], top_k)
     acc._keep_pairs = keep_pairs
+    acc._batch_gap = False
     acc.update(x, labels)
     return acc
 

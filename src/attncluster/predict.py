@@ -52,12 +52,15 @@ def predict(
     weights: str,
     data: list[str],
     output: str,
-    top_k: int = 20,
+    top_k: int | None = None,
     vocab: str | None = None,
     device: str | None = None,
     log=print,
 ) -> int:
-    """The ``predict`` verb. Writes ``output`` (.csv Kaggle format or .jsonl); returns the number of videos."""
+    """The ``predict`` verb. Writes ``output`` (.csv Kaggle format or .jsonl); returns the number of videos.
+
+    ``top_k`` defaults to 20 (the Kaggle submission format), or to every class when the model has fewer.
+    """
     from attncluster.checkpoint import load_weights
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.model import AttentionCluster
@@ -65,6 +68,8 @@ def predict(
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
+    if top_k is None:
+        top_k = min(20, cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else None

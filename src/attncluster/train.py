@@ -118,8 +118,13 @@ def fit(
     weights: str | None = None,
     device: str | None = None,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg``; returns the last validation metrics (empty without validation data)."""
+    """Train ``cfg``; returns the last validation metrics (empty without validation data).
+
+    ``on_step(step, model, loss)``, when given, is called on every rank after every optimizer step with the global
+    step number, the unwrapped model and this rank's (detached) batch loss: a hook for tests and monitoring.
+    """
     info = distributed.env_info()
     if cfg.train.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide evenly over "
@@ -129,13 +134,14 @@ def fit(
     dev = distributed.device_for(device, info)
     distributed.setup(dev.type)
     try:
-        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log)
+        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step)
     finally:
         distributed.cleanup()
 
 
 def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | None, dev: torch.device,
-         info: distributed.DistInfo, log: Callable[[str], None]) -> dict[str, Any]:
+         info: distributed.DistInfo, log: Callable[[str], None],
+         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None) -> dict[str, Any]:
     from attncluster.data.dataset import VideoDataset, make_loader
 
     main = info.rank == 0
@@ -228,18 +234,20 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
             scaler.update()
             scheduler.step()
             step += 1
+            if on_step is not None:
+                on_step(step, model, loss.detach())
             videos += labels.shape[0] * info.world_size
             epoch_videos += labels.shape[0] * info.world_size
             if progress is not None:
                 progress.update(labels.shape[0] * info.world_size)
             if step % cfg.train.log_interval == 0:
                 elapsed = time.perf_counter() - t_log
-                values = {"epoch": epoch, "loss": loss.item(),
+                values = {"epoch": epoch + 1, "loss": loss.item(),
                           **batch_metrics(predict_scores(logits, cfg.train.loss).detach().cpu().numpy(),
                                           labels.cpu().numpy(), cfg.multi_label, cfg.eval.top_k),
                           "videos_per_s": videos / elapsed, "data_wait": waited / elapsed,
                           "lr": optimizer.param_groups[0]["lr"]}
-                say(f"epoch {epoch} step {step} " + " ".join(
+                say(f"epoch {epoch + 1} step {step} " + " ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k != "epoch"))
                 logger.record("train", step, values)
                 t_log, videos, waited = time.perf_counter(), 0, 0.0
@@ -247,15 +255,15 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
             progress.close()
         if epoch_videos == 0:
             raise ConfigError(f"data.train: no full batch of {rank_batch} videos per rank; lower train.batch_size")
-        say(f"epoch {epoch} done: {epoch_videos} videos in {time.perf_counter() - epoch_start:.1f}s")
+        say(f"epoch {epoch + 1}/{cfg.train.epochs} done: {epoch_videos} videos in {time.perf_counter() - epoch_start:.1f}s")
 
         metrics: dict[str, Any] = {}
         if valid_ds is not None and (epoch + 1) % cfg.train.valid_interval == 0:
             valid_loader = make_loader(valid_ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=pin)
             metrics = run_evaluation(net, valid_loader, cfg, dev)
             last_valid = metrics
-            say(f"valid epoch {epoch}: {format_metrics(metrics)}")
-            logger.record("valid", step, {"epoch": epoch, **metrics})
+            say(f"valid epoch {epoch + 1}: {format_metrics(metrics)}")
+            logger.record("valid", step, {"epoch": epoch + 1, **metrics})
         is_best = bool(metrics) and (best is None or metrics[best_key] > best)
         if is_best:
             best = metrics[best_key]

@@ -5,13 +5,15 @@ The files use the exact YouTube-8M schema (``tf.train.SequenceExample``: context
 
 The structure. Frames are background noise. Each class k has two sparse prototype vectors p_k and q_k per modality.
 
-* For each of a video's labels k, a few frames (10-20 %) carry ``p_k + q_k``: the *conjunction* frames.
-* For each of 1-3 *decoy* classes j (not labels of the video), as many frames carry ``p_j`` alone and as many other
-  frames carry ``q_j`` alone.
+* For each of a video's labels k, a run of consecutive frames (10-20 % of the video, an "event") carries
+  ``p_k + q_k``: the *conjunction* frames.
+* For each of 1-3 *decoy* classes j (not labels of the video), a run as long carries ``p_j`` alone and another,
+  disjoint run carries ``q_j`` alone.
 
 Averaged over frames, a label and a decoy contribute the same ``(m / T) * (p + q)``, so no classifier on mean-pooled
 features can tell which of the classes present are labels. A per-frame linear score along ``p_k + q_k`` is twice as
-high on a conjunction frame as on a decoy frame, so attention pooling finds the labels.
+high on a conjunction frame as on a decoy frame, so attention pooling finds the labels. Runs rather than scattered
+frames: stratified sampling of ``seg_num`` frames (one per stratum) then rarely misses an event, as in real videos.
 
 Prototypes depend only on ``prototype_seed`` and the class (not on ``seed`` or the number of videos), so a train and a
 validation split written with different seeds describe the same classes.
@@ -35,11 +37,12 @@ from attncluster.errors import ConfigError
 # Tunable signal: amplitude ~1 on a few dims against small noise, in dequantized units (the range is [-2, 2]).
 NOISE_STD = 0.5  # background: N(0, NOISE_STD) on every dim of every frame
 PROTOTYPE_AMPLITUDE = 1.0  # each prototype is +-PROTOTYPE_AMPLITUDE on its support, 0 elsewhere
-PROTOTYPE_DIM_FRACTION = 1 / 16  # support size as a fraction of the modality's dims ...
+PROTOTYPE_DIM_FRACTION = 1 / 8  # support size as a fraction of the modality's dims ...
 MIN_PROTOTYPE_DIMS = 4  # ... but at least this many dims
 SIGNAL_FRAME_FRACTION = (0.10, 0.20)  # per label / decoy, this fraction of frames (at least 1) carries the signal
 LABELS_PER_VIDEO = (1, 4)  # inclusive range
 DECOYS_PER_VIDEO = (1, 3)  # inclusive range (fewer when there are not enough classes)
+CONTIGUOUS_SIGNAL = True  # signal frames form one run (an "event") per label / decoy prototype, see _video
 
 ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ID_LENGTH = 4  # as the anonymised ids of the 2018 release
@@ -107,14 +110,28 @@ def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.n
     # Which frames carry which prototype; the same moments in every modality.
     placements: list[tuple[np.ndarray, int, str]] = []  # (frames, class, "pq" | "p" | "q")
     for k in labels:
-        placements.append((rng.choice(t, _signal_frames(rng, t), replace=False), k, "pq"))
+        m = _signal_frames(rng, t)
+        if CONTIGUOUS_SIGNAL:
+            start = int(rng.integers(0, t - m + 1))
+            frames = np.arange(start, start + m)
+        else:
+            frames = rng.choice(t, m, replace=False)
+        placements.append((frames, k, "pq"))
     for j in decoys:
         m = min(_signal_frames(rng, t), t // 2)  # p-frames and q-frames must be different frames
         if m == 0:
             continue  # a 1-frame video has no room for a decoy
-        frames = rng.choice(t, 2 * m, replace=False)
-        placements.append((frames[:m], j, "p"))
-        placements.append((frames[m:], j, "q"))
+        if CONTIGUOUS_SIGNAL:
+            # Two disjoint runs: gaps before, between and after them add up to the slack t - 2m.
+            c0, c1 = np.sort(rng.integers(0, t - 2 * m + 1, 2)).tolist()
+            first, second = np.arange(c0, c0 + m), np.arange(c1 + m, c1 + 2 * m)
+            if rng.random() < 0.5:
+                first, second = second, first
+        else:
+            frames = rng.choice(t, 2 * m, replace=False)
+            first, second = frames[:m], frames[m:]
+        placements.append((first, j, "p"))
+        placements.append((second, j, "q"))
 
     out = {}
     for name, dim in dims.items():
