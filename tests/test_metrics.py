@@ -425,6 +425,9 @@ def test_accumulator_merge_and_state_dict_equal_single_accumulator():
     assert without_loss(restored[0].merge(restored[1]).result()) == expected
     as_tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in first.state_dict().items()}
     assert without_loss(MetricAccumulator.from_state_dict(as_tensors).merge(second).result()) == expected
+    # a rank that saw no videos adds nothing
+    empty = MetricAccumulator.from_state_dict(MetricAccumulator(15).state_dict())
+    assert without_loss(empty.merge(whole).merge(MetricAccumulator(15)).result()) == expected
     assert all(isinstance(v, np.ndarray) for v in whole.state_dict().values())
 
 

@@ -15,9 +15,9 @@ import torch
 
 from attncluster.config import Config, load_config
 
-TRAIN_VIDEOS = 3000
+TRAIN_VIDEOS = 2000
 VALID_VIDEOS = 500
-MAX_FRAMES = 150
+MAX_FRAMES = 100
 
 
 def quickstart_config_path() -> Path:

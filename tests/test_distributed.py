@@ -1,0 +1,348 @@
+"""Distributed data parallel on CPU (gloo), with real processes.
+
+Two ways to start ranks, both with hard time limits so that a hang fails instead of blocking the suite:
+
+* ``torchrun`` (``python -m torch.distributed.run``) around ``python -m attncluster ...``: the command users run;
+  used where the launcher's behaviour is the point (eval, the batch-size error, a failing rank).
+* ``torch.multiprocessing`` workers that join the process group through the same environment variables torchrun
+  sets (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) and call the library API in-process, where a test
+  needs to look inside a rank (weights after every step, ids read per rank). They are started from a forkserver that
+  has imported torch once, so each start costs a fork rather than a fresh ``import torch`` per rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as tmp_mp
+
+from attncluster.checkpoint import load_checkpoint
+from attncluster.config import load_config
+from conftest import TINY_CLASSES, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+WORLD = 2
+TIMEOUT = 240  # seconds for one multi-process job; a hang fails the test after this
+quiet = lambda msg: None  # noqa: E731
+
+# Environment a launcher sets; cleared from what child processes inherit so only ours count.
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def torchrun(*args, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m attncluster ARGS`` on loopback; worker lines are prefixed ``[defaultN]:``.
+
+    The launcher and its workers run in a session of their own, so a hang is killed as a whole at ``timeout``.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "--tee", "3", "-m", "attncluster", *map(str, args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=REPO,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout}s: {' '.join(cmd)}\nstdout:\n{out[-3000:]}\n"
+                    f"stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def rank_lines(text: str, rank: int) -> list[str]:
+    """What rank ``rank`` printed, without torchrun's ``[defaultN]:`` prefix."""
+    prefix = f"[default{rank}]:"
+    return [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+
+
+def run_ranks(fn, *args, timeout: int = TIMEOUT) -> None:
+    """Run ``fn(rank, *args)`` in WORLD processes; re-raises a rank's exception; kills them all at ``timeout``."""
+    multiprocessing.set_forkserver_preload(["attncluster.train", "attncluster.data.yt8m", "torch._dynamo"])
+    ctx = tmp_mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="forkserver")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{fn.__name__}: ranks did not finish in {timeout}s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+
+
+def _as_torchrun_child() -> None:
+    """A rank started from the forkserver inherits its start method; a torchrun rank is a fresh interpreter, whose
+    DataLoader workers fork (Linux default). Do the same, so workers do not each start a new forkserver and
+    import torch."""
+    torch.set_num_threads(1)
+    multiprocessing.set_start_method("fork", force=True)
+
+
+def _join_group(rank: int, port: int) -> None:
+    """In a worker: the environment torchrun would give this rank."""
+    _as_torchrun_child()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+
+
+def checksum(params) -> str:
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def overrides(data, **extra) -> list[str]:
+    out = []
+    for o in tiny_overrides(data, **extra):
+        out += ["-o", o]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- training, resume
+
+
+def _train_worker(rank: int, port: int, overrides_: list[str], run_dirs: list[str], resume: str | None,
+                  out: str) -> None:
+    _join_group(rank, port)
+    from attncluster.train import fit
+
+    steps: list[tuple[int, str, float]] = []
+    logs: list[str] = []
+
+    def on_step(step, model, loss):
+        steps.append((step, checksum(model.parameters()), float(loss)))
+
+    fit(load_config(None, overrides_), run_dir=run_dirs[rank], resume=resume, device="cpu", log=logs.append,
+        on_step=on_step)
+    torch.save({"steps": steps, "logs": logs}, Path(out) / f"rank{rank}.pt")
+
+
+def _train(tmp: Path, name: str, cfg_overrides: list[str], resume: str | None = None) -> tuple[list[dict], list[Path]]:
+    """A 2-rank fit(); rank r writes to tmp/name/rank<r> (so a file rank 1 wrote would show). Returns per-rank records."""
+    out = tmp / name
+    out.mkdir()
+    run_dirs = [out / f"rank{r}" for r in range(WORLD)]
+    run_ranks(_train_worker, free_port(), cfg_overrides, [str(d) for d in run_dirs], resume, str(out))
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], run_dirs
+
+
+def _model_checksum(ckpt_path: Path, cfg) -> str:
+    from attncluster.model import AttentionCluster
+
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    return checksum(model.parameters())
+
+
+def test_ddp_ranks_hold_identical_weights_after_every_step_and_resume_continues(tiny_data, tmp_path):
+    extra = {"train.log_interval": 1, "train.epochs": 2}
+    cfg_overrides = tiny_overrides(tiny_data, **extra)
+    cfg = load_config(None, cfg_overrides)
+    (r0, r1), dirs = _train(tmp_path, "full", cfg_overrides)
+
+    steps0, steps1 = r0["steps"], r1["steps"]
+    n = len(steps0)
+    assert n >= 4 and [s for s, _, _ in steps0] == list(range(1, n + 1))
+    assert [s for s, _, _ in steps1] == [s for s, _, _ in steps0]  # the ranks stopped at the same step every epoch
+    for (step, a, _), (_, b, _) in zip(steps0, steps1):
+        assert a == b, f"weights differ between ranks after step {step}"
+    assert len({c for _, c, _ in steps0}) == n  # the weights changed at every step
+    # The ranks trained on different videos (different losses), so equal weights are DDP's doing, not a coincidence.
+    assert any(abs(l0 - l1) > 1e-6 for (_, _, l0), (_, _, l1) in zip(steps0, steps1))
+
+    # Only rank 0 logs and writes: rank 1's run directory was never created, rank 0's holds the whole run.
+    assert not dirs[1].exists()
+    assert r1["logs"] == []
+    assert any("epoch 2/2 done" in m for m in r0["logs"]), r0["logs"]
+    run0 = dirs[0]
+    assert sorted(p.name for p in (run0 / "checkpoints").iterdir()) == ["best.pt", "epoch_001.pt", "epoch_002.pt",
+                                                                         "last.pt"]
+    assert (run0 / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run0 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, n + 1))  # once per step, not twice
+    assert [r["epoch"] for r in records if r["type"] == "valid"] == [1, 2]
+    last = load_checkpoint(run0 / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["step"] == n and len(last["rng"]) == WORLD
+    assert _model_checksum(run0 / "checkpoints" / "last.pt", cfg) == steps0[-1][1]
+
+    # --resume under 2 processes from the end of epoch 1 continues exactly where the full run went.
+    first = load_checkpoint(run0 / "checkpoints" / "epoch_001.pt")
+    k = first["step"]
+    assert first["epoch"] == 1 and 0 < k < n
+    (q0, q1), rdirs = _train(tmp_path, "resumed", cfg_overrides, resume=str(run0 / "checkpoints" / "epoch_001.pt"))
+    assert [s for s, _, _ in q0["steps"]] == list(range(k + 1, n + 1))
+    assert q0["steps"] == steps0[k:]  # same step numbers, same weights, same losses as the uninterrupted run
+    assert q1["steps"] == steps1[k:]
+    assert any(f"resumed from {run0 / 'checkpoints' / 'epoch_001.pt'}: epoch 1, step {k}" in m for m in q0["logs"])
+    assert q1["logs"] == [] and not rdirs[1].exists()
+    resumed_last = load_checkpoint(rdirs[0] / "checkpoints" / "last.pt")
+    assert resumed_last["epoch"] == 2 and resumed_last["step"] == n
+    assert sorted(p.name for p in (rdirs[0] / "checkpoints").iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]
+    for key, value in last["model"].items():
+        assert torch.equal(value, resumed_last["model"][key]), key
+
+
+# ------------------------------------------------------------------------------------- exactly-once coverage
+
+
+def _ids_worker(rank: int, specs: dict[str, str], epochs: list[int], out: str) -> None:
+    _as_torchrun_child()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD))  # VideoDataset reads its place in the job from here
+    from attncluster.data.dataset import VideoDataset, make_loader
+
+    seen: dict[str, list[list[str]]] = {}
+    for name, spec in specs.items():
+        ds = VideoDataset(spec, modalities={"rgb": 1024, "audio": 128}, num_classes=TINY_CLASSES, seg_num=4,
+                          train=True, seed=7)
+        assert (ds.rank, ds.world_size) == (rank, WORLD)
+        seen[name] = []
+        for epoch in epochs:
+            ds.set_epoch(epoch)
+            seen[name].append([i for batch in make_loader(ds, 5, num_workers=2) for i in batch["id"]])
+    Path(out, f"ids{rank}.json").write_text(json.dumps(seen))
+
+
+def _shard_ids(paths) -> list[str]:
+    from attncluster.data.yt8m import YT8MShard
+
+    return [v.id for p in paths for v in YT8MShard(p)]
+
+
+def test_every_video_once_per_epoch_over_two_ranks_and_two_workers(tiny_data, tmp_path):
+    from attncluster.data.synth import write_synthetic
+
+    # 3 shards < 4 consumers (every consumer walks every shard, keeps every 4th record) and
+    # 5 unequal shards >= 4 consumers (whole shards dealt round robin).
+    many = write_synthetic(tmp_path / "many", videos=53, classes=TINY_CLASSES, shards=5, seed=3, max_frames=12)
+    few = sorted(str(p) for p in (tiny_data / "train").glob("*.tfrecord"))
+    specs = {"few": str(tiny_data / "train"), "many": str(tmp_path / "many")}
+    expected = {"few": _shard_ids(few), "many": _shard_ids(many)}
+    epochs = [0, 1, 0]
+    run_ranks(_ids_worker, specs, epochs, str(tmp_path))
+    seen = [json.loads((tmp_path / f"ids{r}.json").read_text()) for r in range(WORLD)]
+
+    for name, ids in expected.items():
+        assert len(set(ids)) == len(ids)
+        for e in range(len(epochs)):
+            per_rank = [seen[r][name][e] for r in range(WORLD)]
+            assert all(per_rank), f"{name}: a rank read nothing"
+            assert Counter(per_rank[0] + per_rank[1]) == Counter(ids), f"{name} epoch {epochs[e]}: not exactly once"
+        for r in range(WORLD):
+            runs = seen[r][name]
+            assert runs[0] == runs[2], f"{name}: same seed and epoch must give the same order"
+        # a new epoch reshuffles (shard order and record order)
+        assert any(seen[r][name][0] != seen[r][name][1] for r in range(WORLD)), f"{name}: epoch 1 not reshuffled"
+        assert seen[0][name][0] + seen[1][name][0] != ids, f"{name}: epoch 0 read in file order"
+
+
+# --------------------------------------------------------------------------------------------- eval under DDP
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory):
+    from attncluster.train import fit
+
+    run = tmp_path_factory.mktemp("ddp_ckpt")
+    fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.valid_interval": 0})),
+        run_dir=run, device="cpu", log=quiet)
+    return run
+
+
+def test_eval_under_two_processes_equals_single_process(checkpoint, tmp_path, monkeypatch):
+    from attncluster.data.synth import write_synthetic
+    from attncluster.evaluate import evaluate
+
+    # 5 shards of unequal size over 2 ranks x 2 workers, batches of 8: the ranks hold different numbers of
+    # videos and batches, and the last batches are partial.
+    write_synthetic(tmp_path / "data", videos=47, classes=TINY_CLASSES, shards=5, seed=11, max_frames=20,
+                    prefix="validate")
+    cfg_path, weights = checkpoint / "config.yaml", checkpoint / "checkpoints" / "last.pt"
+    opts = ["-o", "data.num_workers=2", "-o", "eval.batch_size=8"]
+    p = torchrun("eval", "--config", cfg_path, "--weights", weights, "--data", tmp_path / "data", *opts,
+                 "--output", tmp_path / "ddp.json", "--device", "cpu")
+    assert p.returncode == 0, p.stderr[-4000:]
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config(cfg_path, ["data.num_workers=0", "eval.batch_size=16"])
+    single = evaluate(cfg, str(weights), data=[str(tmp_path / "data")], device="cpu", log=quiet)
+
+    assert ddp["num_videos"] == single["num_videos"] == 47
+    for key in ("gap", "hit_at_1", "perr"):
+        assert ddp[key] == single[key], key
+    for key in ("map", "loss"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
+    # only rank 0 reports
+    assert [line for line in rank_lines(p.stdout, 0) if line.startswith("eval: ")]
+    assert not rank_lines(p.stdout, 1)
+
+
+# ----------------------------------------------------------------------------------------------------- failures
+
+
+def test_global_batch_not_divisible_by_world_size_is_a_one_line_error(tiny_data, tmp_path):
+    p = torchrun("train", "--config", "configs/quickstart.yaml", *overrides(tiny_data, **{"train.batch_size": 15}),
+                 "--run-dir", tmp_path / "run", "--device", "cpu", timeout=120)
+    assert p.returncode != 0
+    message = "error: train.batch_size=15 is the global batch and must divide evenly over WORLD_SIZE=2 ranks"
+    for rank in range(WORLD):
+        lines = [line for line in rank_lines(p.stderr, rank) if line.strip()]
+        # a rank either printed exactly our one line, or was stopped by torchrun before it got to print it
+        assert lines in ([message], []), lines
+    assert message in p.stderr
+    assert "/attncluster/" not in p.stderr + p.stdout  # no traceback through our code
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
+    from attncluster.data.dataset import VideoDataset
+    from attncluster.data.synth import write_synthetic
+
+    shards = write_synthetic(tmp_path / "train", videos=32, classes=TINY_CLASSES, shards=2, seed=5, max_frames=12)
+    # Which shard rank 1 reads in epoch 0 (whole shards are dealt to ranks by the (seed, epoch) shard order).
+    seed = 0
+    ds = VideoDataset(str(tmp_path / "train"), modalities={"rgb": 1024, "audio": 128}, num_classes=TINY_CLASSES,
+                      seg_num=4, train=True, seed=seed, rank=1, world_size=WORLD)
+    first_id = next(iter(ds))["id"]
+    bad = next(s for s in shards if first_id in _shard_ids([s]))
+    Path(bad).write_bytes(b"this is not a TFRecord file" * 8)  # rank 1 fails when it opens its shard
+
+    start = time.monotonic()
+    p = torchrun("train", "--config", "configs/quickstart.yaml",
+                 *overrides(tmp_path, **{"train.valid_interval": 0, "train.seed": seed, "train.epochs": 1,
+                                         "train.batch_size": 4}),
+                 "--run-dir", tmp_path / "run", "--device", "cpu", timeout=180)
+    elapsed = time.monotonic() - start
+    assert p.returncode != 0
+    errors = [line for line in rank_lines(p.stderr, 1) if line.startswith("error: ")]
+    assert len(errors) == 1 and Path(bad).name in errors[0], p.stderr[-4000:]
+    assert not [line for line in rank_lines(p.stderr, 0) if line.startswith("error: ")]
+    assert elapsed < 180
