@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 import re
 import shutil
@@ -79,7 +78,7 @@ def memory(tiny_data):
         for f in sorted((tiny_data / split).iterdir()):
             fs.pipe(f"{root}/{split}/{f.name}", f.read_bytes())
     # relative lines resolve against the list file's folder; absolute URLs stay as they are
-    fs.pipe(f"{root}/valid.list", f"# validation shards\nvalid/validate0000.tfrecord\n".encode())
+    fs.pipe(f"{root}/valid.list", b"# validation shards\nvalid/validate0000.tfrecord\n")
     fs.pipe(f"{root}/train.list", "".join(f"memory://{root}/train/{Path(p).name}\n"
                                           for p in local_shards(tiny_data / "train")).encode())
     yield f"memory://{root}"
@@ -154,6 +153,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     """http.server's file handler plus single byte-range requests (``Range: bytes=a-b``), as object stores serve."""
 
     requests: list[tuple[str, str, str | None]] = []
+    range_bytes: dict[str, int] = {}  # path -> bytes sent in answer to range requests (the data reads)
 
     def log_message(self, *args) -> None:
         pass
@@ -173,6 +173,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             data = f.read(end - start + 1)
+        type(self).range_bytes[self.path] = type(self).range_bytes.get(self.path, 0) + len(data)
         self.send_response(206)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
@@ -189,6 +190,15 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # clients that only probe a file (exists, isdir) hang up mid-transfer; that is fine
 
 
+class HttpRoot(str):
+    """The server's base URL (a str), with ``.dir``: the local folder it serves."""
+
+    def __new__(cls, base: str, folder: Path):
+        obj = super().__new__(cls, base)
+        obj.dir = folder
+        return obj
+
+
 @pytest.fixture(scope="module")
 def http_root(tiny_data, tmp_path_factory):
     """tiny_data served from http://127.0.0.1:PORT/ with list files of relative names and of absolute URLs."""
@@ -202,7 +212,7 @@ def http_root(tiny_data, tmp_path_factory):
     base = f"http://127.0.0.1:{server.server_address[1]}"
     (root / "train.list").write_text("".join(f"train/{Path(p).name}\n" for p in local_shards(root / "train")))
     (root / "valid.list").write_text(f"{base}/valid/validate0000.tfrecord\n")
-    yield base
+    yield HttpRoot(base, root)
     server.shutdown()
     server.server_close()
     thread.join(10)
@@ -234,3 +244,26 @@ def test_training_and_eval_over_http_equal_local(http_root, tiny_data, local_run
     remote = evaluate(cfg, weights, data=[f"{http_root}/valid.list"], device="cpu", log=quiet)
     assert remote == evaluate(cfg, weights, data=[str(tiny_data / "valid")], device="cpu", log=quiet)
     assert remote["num_videos"] == 40
+
+
+def test_shuffled_reads_over_http_fetch_each_byte_about_once(http_root, monkeypatch):
+    """Training reads records in a shuffled order; over HTTP(S) (as over S3 and GCS) each read is a range request.
+    A shard of many read blocks must still cost about one transfer of its bytes per epoch, not a block per record.
+    (The read block is made small here so that a small shard spans many blocks, as real ~130 MB shards do.)"""
+    from attncluster.data import paths
+    from attncluster.data.dataset import VideoDataset
+    from attncluster.data.synth import write_synthetic
+
+    monkeypatch.setattr(paths, "READ_BUFFER", 1 << 18)
+    [shard] = write_synthetic(http_root.dir / "big", videos=12, classes=3, shards=1, seed=2, min_frames=150,
+                              max_frames=200)
+    size = os.path.getsize(shard)
+    assert size > 6 * paths.READ_BUFFER
+    name = f"/big/{Path(shard).name}"
+    _RangeHandler.range_bytes.clear()
+    ds = VideoDataset(f"{http_root}{name}", modalities={"rgb": 1024, "audio": 128}, num_classes=3, seg_num=4,
+                      train=True, seed=0)
+    ds.set_epoch(0)
+    assert len([s["id"] for s in ds]) == 12
+    fetched = _RangeHandler.range_bytes[name]
+    assert size <= fetched <= 1.1 * size, f"read {fetched / size:.1f}x the shard's bytes"
