@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(e: BaseException) -> str:
+    """The one-line message of a user error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(e)
+    if "Original Traceback" in text:  # torch wraps worker exceptions: "Caught X in DataLoader worker ..."
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("attncluster.errors.", type(e).__name__)) else last
+    return " ".join(text.split("\n"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except AttnClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: stopped; checkpoints already written are complete and valid", file=sys.stderr)

@@ -68,7 +68,12 @@ def device_for(device: str | None, info: DistInfo) -> torch.device:
     """The device this rank uses: ``cuda`` means this rank's local GPU; default cuda when available."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and info.is_distributed:
+    if info.is_distributed and device.startswith("cuda"):
+        if device != "cuda":
+            from attncluster.errors import ConfigError
+
+            raise ConfigError(f"--device {device}: under torchrun each rank uses the GPU of its LOCAL_RANK; "
+                              "pass --device cuda (or nothing)")
         return torch.device("cuda", info.local_rank)
     return torch.device(device)
 

@@ -65,6 +65,8 @@ def predict(
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.model import AttentionCluster
 
+    if distributed.env_info().is_distributed:
+        raise ConfigError("predict runs in one process (it streams to one file); run it without torchrun")
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
