@@ -70,8 +70,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_state_dict_any(path: str | Path, drop_rate: float = 0.5) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Model weights from any supported file. Returns (state_dict, info) where info may carry a model config."""
+def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
+                        feature_dims: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model weights from any supported file. Returns (state_dict, info) where info may carry a model config.
+
+    ``drop_rate`` and ``feature_dims`` (modalities in the reference's order) only matter for ``.pdparams``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: weights file not found")
@@ -92,7 +96,8 @@ def load_state_dict_any(path: str | Path, drop_rate: float = 0.5) -> tuple[dict[
     if path.suffix == ".pdparams":
         from attncluster.paddle import convert_paddle_state, load_paddle_state
 
-        state, kwargs = convert_paddle_state(load_paddle_state(str(path)), drop_rate=drop_rate)
+        state, kwargs = convert_paddle_state(load_paddle_state(str(path)), feature_dims=feature_dims,
+                                             drop_rate=drop_rate)
         return state, {"model_config": kwargs, "source": "paddle"}
     ckpt = load_checkpoint(path)
     return ckpt["model"], {k: v for k, v in ckpt.items() if k != "model"}
@@ -109,7 +114,7 @@ def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
 
 def load_weights(model: nn.Module, path: str | Path, drop_rate: float = 0.5) -> dict[str, Any]:
     """Load weights strictly (eval, predict): any difference from the config's model is a one-line error."""
-    state, info = load_state_dict_any(path, drop_rate)
+    state, info = load_state_dict_any(path, drop_rate, getattr(model, "feature_dims", None))
     missing, unexpected, mis = shape_mismatches(model, state)
     if missing or unexpected or mis:
         parts = []
@@ -129,7 +134,7 @@ def load_for_finetune(model: nn.Module, path: str | Path, log=print) -> list[str
 
     Returns the names that were re-initialised (each is also reported through ``log``).
     """
-    state, _ = load_state_dict_any(path)
+    state, _ = load_state_dict_any(path, getattr(model, "drop_rate", 0.5), getattr(model, "feature_dims", None))
     own = model.state_dict()
     missing, unexpected, mis = shape_mismatches(model, state)
     if unexpected and not any(k in own for k in state):
