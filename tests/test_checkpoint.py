@@ -75,3 +75,10 @@ def test_strict_weights_name_the_mismatch(tmp_path):
     with pytest.raises(ConfigError, match=r"m.pt: checkpoint does not match the config's model: shapes differ.*logits.weight") as e:
         load_weights(other, tmp_path / "m.pt")
     assert "\n" not in str(e.value)
+
+
+def test_corrupt_safetensors_is_a_data_error(tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(DataError, match="w.safetensors: not a readable safetensors file"):
+        load_weights(_model(), bad)

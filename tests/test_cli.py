@@ -157,3 +157,26 @@ def test_finetune_through_cli_names_reinitialised_layers(trained, tiny_data, tmp
     # synthetic labels are < 5, so they fit 7 classes
     assert p.returncode == 0, p.stderr
     assert "re-initialised logits.weight" in p.stdout and "re-initialised logits.bias" in p.stdout
+
+
+def test_convert_paddle_command(tmp_path):
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from attncluster.checkpoint import load_weights
+    from attncluster.model import AttentionCluster
+    from test_paddle import CLASSES, CLUSTERS, DIMS, HIDDEN, inputs, paddle_infer, paddle_params, run_torch
+
+    params = paddle_params()
+    src = tmp_path / "AttentionCluster.pdparams"
+    src.write_bytes(pickle.dumps(params, protocol=2))
+    run("convert-paddle", src, "--output", tmp_path / "m.pt", "--feature-dims", "rgb:16,audio:8")
+    model = AttentionCluster(feature_dims=DIMS, cluster_nums=CLUSTERS, num_classes=CLASSES, hidden_sizes=HIDDEN)
+    load_weights(model, tmp_path / "m.pt")
+    np.testing.assert_allclose(run_torch(model, inputs()), paddle_infer(params, inputs()), atol=1e-5)
+    assert torch.load(tmp_path / "m.pt", weights_only=False)["source"] == "paddle"
+    # the default reference dims do not fit these small weights: one line naming the mis-shaped tensors
+    assert_one_line_error(run("convert-paddle", src, "--output", tmp_path / "x.pt", check=False),
+                          "mis-shaped", "satt0.conv.weight")

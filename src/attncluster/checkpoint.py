@@ -80,16 +80,14 @@ def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
     if not path.is_file():
         raise ConfigError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-        except (SafetensorsError, OSError) as e:
+        except (SafetensorError, OSError) as e:
             raise DataError(f"{path}: not a readable safetensors file ({e})") from None
         info = {"model_config": json.loads(meta["attncluster_model"])} if "attncluster_model" in meta else {}
         return state, info
