@@ -515,8 +515,47 @@ def child_profile(spec: dict) -> dict:
     return {"videos": n, "total_us_per_video": total / n * 1e6, "top": rows[:spec["top"]]}
 
 
+def child_collate(spec: dict) -> dict:
+    """What batching costs in a DataLoader worker: the one-core reader with no collate, with torch.stack into
+    ordinary memory, and with torch.stack into a fresh shared-memory segment (what default_collate does inside a
+    worker, so that the batch can be handed to the main process), for float32 and uint8 samples."""
+    import resource
+
+    _pin(spec["core"])
+    import torch
+
+    torch.set_num_threads(1)
+
+    def shared_stack(xs):
+        out = xs[0].new(xs[0]._typed_storage()._new_shared(sum(x.numel() for x in xs))).resize_(len(xs), *xs[0].shape)
+        return torch.stack(xs, 0, out=out)
+
+    stacks = {"none": None, "plain": lambda xs: torch.stack(xs, 0), "shared memory": shared_stack}
+    out = {}
+    for _ in _dataset(spec, spec["paths"][:1]):  # warm-up: imports, first-use caches, page cache
+        pass
+    for deq in (True, False):
+        for name, stack in stacks.items():
+            ds = _dataset(spec, spec["paths"], dequantize=deq)
+            r0, c0, n, buf = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), 0, []
+            for sample in ds:
+                buf.append(sample)
+                n += 1
+                if len(buf) == spec["batch_size"]:
+                    if stack is not None:
+                        batch = {k: stack([b[k] for b in buf]) for k in (*MODALITIES, "labels")}
+                        del batch
+                    buf = []
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            out[f"{'float32' if deq else 'uint8'}/{name}"] = {
+                "cpu_us_per_video": (time.process_time() - c0) / n * 1e6,
+                "sys_us_per_video": (r1.ru_stime - r0.ru_stime) / n * 1e6,
+                "page_faults_per_video": (r1.ru_minflt - r0.ru_minflt) / n}
+    return out
+
+
 CHILDREN = {"ours": child_ours, "loader": child_loader, "tfdata": child_tfdata, "tfrecord": child_tfrecord,
-            "memory": child_memory, "stages": child_stages, "profile": child_profile}
+            "memory": child_memory, "stages": child_stages, "profile": child_profile, "collate": child_collate}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -734,6 +773,20 @@ def main(argv=None) -> dict:
                           f"{r['cumtime_us']:.1f}", f"{r['pct']:.1f}"] for r in pr["top"]]))
             result["profile_top"] = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}
                                      for r in pr["top"][:8]]
+
+    if not args.no_profile:
+        co = run_child(script, dict(base, kind="collate", paths=paths[:max(1, len(paths) // 4)],
+                                    batch_size=args.batch_size))
+        if "error" in co:
+            print(f"collate: FAILED: {co['error']}")
+        else:
+            print()
+            print(f"What batching costs (one core, batches of {args.batch_size}; 'shared memory' is what "
+                  "default_collate does inside a DataLoader worker):")
+            print(table(["samples", "collate", "CPU us/video", "of which system", "page faults/video"],
+                        [[*k.split("/"), f"{v['cpu_us_per_video']:.0f}", f"{v['sys_us_per_video']:.0f}",
+                          f"{v['page_faults_per_video']:.0f}"] for k, v in co.items()]))
+            result["collate_cpu_us_per_video"] = {k: round(v["cpu_us_per_video"], 1) for k, v in co.items()}
 
     line = json.dumps(result)
     print(line)

@@ -58,7 +58,7 @@ COMPILE=()
 if [ "${GPU_BENCH_COMPILE:-0}" = "1" ]; then COMPILE=(--compile); fi
 
 step model 190 "$PY" benchmarks/bench_model.py --device cuda --batch-sizes 256 1024 --precisions fp32 bf16 \
-    --steps 20 --warmup 5 --loop-steps 5 --rounds 3 --no-rss ${COMPILE[@]+"${COMPILE[@]}"} --json "$OUT/gpu-model.json"
+    --sample-seconds 0.2 --warmup 5 --rounds 5 --no-rss --fused-adam ${COMPILE[@]+"${COMPILE[@]}"} --json "$OUT/gpu-model.json"
 
 step data 100 "$PY" benchmarks/bench_data.py --workers 1 4 8 16 --videos 8192 --shards 32 --rounds 1 \
     --min-seconds 3 --memory-videos 100 --profile-videos 500 --no-tf --no-tfrecord --json "$OUT/gpu-data.json"

@@ -106,6 +106,8 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     grad_clip: float = 0.0
+    num_threads: int = 0
+
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
@@ -120,6 +122,7 @@ class TrainConfig:
         _check(self.valid_interval >= 0, "train.valid_interval", f"must be >= 0 (0 = never), got {self.valid_interval}")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _check(self.num_threads >= 0, "train.num_threads", f"must be >= 0 (0 = auto), got {self.num_threads}")
 
 
 @dataclass

@@ -33,6 +33,15 @@ from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
 from attncluster.model import AttentionCluster
 
 
+def cpu_threads(cfg: Config, world_size: int) -> int:
+    """Intra-op threads for CPU training: ``train.num_threads``, or (0 = auto) this process's share of the cores
+    left after the DataLoader workers, at least 1. Oversubscribed OpenMP threads spin and can halve the speed."""
+    if cfg.train.num_threads:
+        return cfg.train.num_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // world_size - cfg.data.num_workers)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -152,6 +161,8 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     logger = RunLogger(run_dir, main, log)
     say = logger.echo
 
+    if dev.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, info.world_size))
     seed_everything(cfg.train.seed + info.rank)  # dropout differs per rank; DDP broadcasts rank 0's weights
     model = AttentionCluster(**cfg.model.model_kwargs())
     if weights:
