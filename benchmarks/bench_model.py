@@ -5,10 +5,11 @@ parameters). A training step is forward, BCE loss, backward and an Adam step; in
 ``torch.inference_mode()``.
 
 Side by side, in the same run, timed in samples that alternate between the implementations (the machine is noisy:
-the figures that count are the ratios of neighbouring samples): a straightforward port written here that loops over the attention units in Python like the Paddle
-reference (per unit: a linear score, a softmax over time, an elementwise-multiply-and-sum weighted pooling, the shift,
-the L2 normalisation; then a concatenation), with the same parameter values and the same MLP head. Its output is
-checked against ``AttentionCluster`` before timing.
+the figures that count are the ratios of neighbouring samples): a straightforward port written here that loops over
+the attention units in Python like the Paddle reference (per unit: a linear score, a softmax over time, an
+elementwise-multiply-and-sum weighted pooling, the shift, the L2 normalisation; then a concatenation), with the same
+parameter values and the same MLP head. Its output is checked against ``AttentionCluster`` before timing. ``attn-*``
+modes time the attention clusters alone, the part where the two differ.
 
 Also: achieved GFLOP/s against the machine's measured ``torch.mm`` GFLOP/s (FLOPs counted analytically: attention
 scores 2*N*L*F*C, pooling 2*N*L*C*F, MLP 2*N*in*out per layer, x3 for training), peak RSS of a training step at
@@ -454,11 +455,13 @@ def main(argv=None) -> dict:
     load = os.getloadavg()
     print()
     print(f"Model: YouTube-8M config, {n_params / 1e6:.1f} M parameters, seg_num {SEG_NUM}; {args.rounds} round(s), "
-          f"samples of >= {args.sample_seconds:g}s alternating between implementations; {torch.get_num_threads()} threads; "
+          f"samples of >= {args.sample_seconds:g}s alternating between implementations; "
+          f"{torch.get_num_threads()} threads; "
           f"load average {load_start[0]:.1f} at start, {load[0]:.1f} at end")
     print("matmul peak (best of the start and the end of the run): " + ", ".join(
         f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
-    print(f"FLOPs per video: {flops_per_video('infer') / 1e6:.0f} M forward ({flops_per_video('attn-infer') / 1e6:.0f} M "
+    print(f"FLOPs per video: {flops_per_video('infer') / 1e6:.0f} M forward "
+          f"({flops_per_video('attn-infer') / 1e6:.0f} M "
           f"in the attention clusters), {flops_per_video('train') / 1e6:.0f} M per training step. attn-* modes time "
           "the attention clusters alone (forward_features, and its backward).")
     print(table(["precision", "batch", "mode", "implementation", "videos/s (median)", "vs loop port",
@@ -476,7 +479,8 @@ def main(argv=None) -> dict:
                     got = ratio(a, b)
                     # Amdahl: the loop port and AttentionCluster share the MLP head (and, training, the Adam step).
                     # Were AttentionCluster's attention free, the speedup would be at most this:
-                    shared = statistics.median(times[a]) - statistics.median(times[(ours, precision, batch, "attn-" + mode)])
+                    attn_only = (ours, precision, batch, "attn-" + mode)
+                    shared = statistics.median(times[a]) - statistics.median(times[attn_only])
                     bound = statistics.median(times[b]) / max(shared, 1e-9)
                     verdict[f"{precision}/{batch}/{mode}"] = {
                         "speedup": round(got, 2), "target": want, "met": got >= want,
@@ -509,7 +513,8 @@ def main(argv=None) -> dict:
         precision = args.precisions[-1]
         result["profile"] = {ours: profile_step(runners[(ours, precision, batch)], f"{ours} {precision} batch {batch}")}
         if loop in impls:
-            result["profile"][loop] = profile_step(runners[(loop, precision, batch)], f"{loop} {precision} batch {batch}")
+            result["profile"][loop] = profile_step(runners[(loop, precision, batch)],
+                                                   f"{loop} {precision} batch {batch}")
         for v in result["profile"].values():
             for r in v:
                 for k in ("self_ms_per_step", "pct"):

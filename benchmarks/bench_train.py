@@ -2,8 +2,8 @@
 
 The loop is train.py's, piece for piece: ``VideoDataset(train=True, dequantize=False)`` (uint8 frames),
 ``make_loader(..., drop_last=True)``, ``batch_to_device`` (dequantized on the device), ``autocast_for``,
-``compute_loss`` (BCE), ``build_optimizer`` (Adam) from the default YouTube-8M config; over synthetic frame-level
-shards in the real schema (5..300 frames, 3862 classes).
+``compute_loss`` (BCE), ``build_optimizer`` (Adam) and, on CPU, ``cpu_threads``, from the default YouTube-8M config;
+over synthetic frame-level shards in the real schema (5..300 frames, 3862 classes).
 
 Two figures from the same run:
 
@@ -38,7 +38,7 @@ from attncluster.data.dataset import VideoDataset, make_loader  # noqa: E402
 from attncluster.data.transfer import batch_to_device  # noqa: E402
 from attncluster.evaluate import autocast_for, compute_loss  # noqa: E402
 from attncluster.model import AttentionCluster  # noqa: E402
-from attncluster.train import build_optimizer  # noqa: E402
+from attncluster.train import build_optimizer, cpu_threads  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--videos", type=int, default=2048, help="videos in the synthetic shards (cycled over epochs)")
     p.add_argument("--shards", type=int, default=None, help="default: 8, or 2 per worker if that is more")
     p.add_argument("--pin-memory", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads in the main process")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads in the main process (default on CPU: as train.py, the cores left "
+                        "after the workers)")
     p.add_argument("--gen-procs", type=int, default=None, help="processes writing the shards (default: cores)")
     p.add_argument("--cache", default=default_cache())
     p.add_argument("--quick", action="store_true", help="smoke run: 256 videos, 3 timed steps, batch 16")
@@ -72,17 +74,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    device = torch.device(args.device)
+    cfg = Config()
+    cfg.train.precision = args.precision
+    cfg.data.num_workers = args.workers
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    elif device.type == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, 1))  # as train.py: the cores left after the loader workers
     info = machine_info()
     load_start = os.getloadavg()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({torch.get_num_threads()} threads)"
           + (f", GPU {info['gpu']}" if "gpu" in info else "") + f"; device {device}, {args.precision}, "
           f"batch {args.batch_size}, {args.workers} workers" + (", compiled" if args.compile else ""))
 
-    cfg = Config()
-    cfg.train.precision = args.precision
     modalities = list(cfg.model.feature_dims)
     root = os.path.join(args.cache, f"frames-v{args.videos}-s{args.shards}-c{cfg.model.num_classes}")
     paths = ensure_frame_shards(root, videos=args.videos, shards=args.shards, classes=cfg.model.num_classes,

@@ -12,7 +12,8 @@
 # What it measures:
 #   1. model step (bench_model.py): batch 256 and 1024, fp32 vs bf16 autocast, training step and inference,
 #      AttentionCluster vs the loop port, GFLOP/s against torch.mm on the same GPU, a torch.profiler table.
-#   2. reader (bench_data.py): DataLoader scaling over 1, 4, 8, 16 workers on this machine's CPUs (no TF columns).
+#   2. reader (bench_data.py): DataLoader scaling over 1, 4, 8, 16 workers on this machine's CPUs (no TF columns;
+#      memory and profile sections are CPU-only facts, measured in docs/benchmarks.md).
 #   3. end to end (bench_train.py): 16 loader workers, batch 1024, bf16 and fp32, videos/s and the share of time
 #      waiting for data, next to the model step alone.
 set -euo pipefail
@@ -28,6 +29,12 @@ STATUS=()
 
 echo "== GPU"
 nvidia-smi -L || echo "nvidia-smi not available"
+# DataLoader workers hand batches over in /dev/shm: 16 workers x 4 prefetched uint8 batches of 1024 videos is ~7.5 GB.
+df -h /dev/shm 2>/dev/null || true
+SHM_KB=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $2}')
+if [ -n "${SHM_KB:-}" ] && [ "$SHM_KB" -lt 16000000 ]; then
+    echo "WARNING: /dev/shm is under 16 GB; the 16-worker end-to-end runs may fail (docker: --shm-size=32g)"
+fi
 "$PY" - <<'EOF'
 import os, sys, torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}, "
@@ -57,17 +64,18 @@ step() {
 COMPILE=()
 if [ "${GPU_BENCH_COMPILE:-0}" = "1" ]; then COMPILE=(--compile); fi
 
-step model 190 "$PY" benchmarks/bench_model.py --device cuda --batch-sizes 256 1024 --precisions fp32 bf16 \
-    --sample-seconds 0.2 --warmup 5 --rounds 5 --no-rss --fused-adam ${COMPILE[@]+"${COMPILE[@]}"} --json "$OUT/gpu-model.json"
+step model 170 "$PY" benchmarks/bench_model.py --device cuda --batch-sizes 256 1024 --precisions fp32 bf16 \
+    --sample-seconds 0.2 --warmup 5 --rounds 5 --no-rss --fused-adam ${COMPILE[@]+"${COMPILE[@]}"} \
+    --json "$OUT/gpu-model.json"
 
-step data 100 "$PY" benchmarks/bench_data.py --workers 1 4 8 16 --videos 8192 --shards 32 --rounds 1 \
-    --min-seconds 3 --memory-videos 100 --profile-videos 500 --no-tf --no-tfrecord --json "$OUT/gpu-data.json"
+step data 120 "$PY" benchmarks/bench_data.py --workers 1 4 8 16 --videos 8192 --shards 32 --rounds 1 \
+    --min-seconds 3 --no-memory --no-profile --no-tf --no-tfrecord --json "$OUT/gpu-data.json"
 
 # 32768 videos in 32 shards: each of the 16 workers gets 2 shards = 2048 videos = exactly 2 batches of 1024.
-step train-bf16 95 "$PY" benchmarks/bench_train.py --device cuda --precision bf16 --workers 16 --batch-size 1024 \
+step train-bf16 90 "$PY" benchmarks/bench_train.py --device cuda --precision bf16 --workers 16 --batch-size 1024 \
     --videos 32768 --shards 32 --steps 60 --warmup-steps 10 --json "$OUT/gpu-train-bf16.json"
 
-step train-fp32 55 "$PY" benchmarks/bench_train.py --device cuda --precision fp32 --workers 16 --batch-size 1024 \
+step train-fp32 50 "$PY" benchmarks/bench_train.py --device cuda --precision fp32 --workers 16 --batch-size 1024 \
     --videos 32768 --shards 32 --steps 40 --warmup-steps 5 --json "$OUT/gpu-train-fp32.json"
 
 echo
