@@ -24,10 +24,14 @@ def dequantize(q):
         import torch
 
         if isinstance(q, torch.Tensor):
-            return q.to(torch.float32) * DEQUANT_SCALE + DEQUANT_BIAS
+            return q.to(torch.float32).mul_(DEQUANT_SCALE).add_(DEQUANT_BIAS)
     except ImportError:  # pragma: no cover
         pass
-    return np.asarray(q, dtype=np.float32) * np.float32(DEQUANT_SCALE) + np.float32(DEQUANT_BIAS)
+    # In place on one fresh float32 copy: no temporaries on the reader's hot path (bit-identical to x * a + b).
+    out = np.asarray(q).astype(np.float32)
+    out *= np.float32(DEQUANT_SCALE)
+    out += np.float32(DEQUANT_BIAS)
+    return out
 
 
 @dataclass
