@@ -474,3 +474,26 @@ def test_empty_shard_file(tmp_path):
 def test_missing_file():
     with pytest.raises(DataError, match="nope.tfrecord: file not found"):
         list(YT8MShard("/nonexistent/nope.tfrecord"))
+
+
+def test_fast_stride_path_gives_exactly_the_per_frame_walk(tmp_path, monkeypatch):
+    """The vectorised fixed-stride frame reader returns the same frames as the plain per-frame protobuf walk."""
+    from attncluster.data import yt8m
+    from attncluster.data.synth import write_synthetic
+
+    shard = write_synthetic(tmp_path, videos=12, classes=6, shards=1, seed=3, max_frames=40)[0]
+    fast_videos = list(YT8MShard(shard))
+    slow_calls = []
+
+    def slow_only(*args):
+        slow_calls.append(args[3])
+        return yt8m._frames_slow(*args)
+
+    monkeypatch.setattr(yt8m, "_frames", slow_only)
+    slow_videos = list(YT8MShard(shard))
+    assert len(slow_calls) == 2 * len(fast_videos)  # rgb and audio of every video went the slow way
+    for a, b in zip(fast_videos, slow_videos, strict=True):
+        assert a.id == b.id and np.array_equal(a.labels, b.labels)
+        for m in ("rgb", "audio"):
+            assert a.features[m].dtype == b.features[m].dtype == np.uint8
+            np.testing.assert_array_equal(a.features[m], b.features[m])
