@@ -187,7 +187,7 @@ def test_kinetics_style_single_label_features_end_to_end(tmp_path):
     from attncluster.evaluate import evaluate
 
     train_csv = _kinetics_style(tmp_path / "train", 64, seed=0)
-    valid_csv = _kinetics_style(tmp_path / "val", 24, seed=1)
+    _kinetics_style(tmp_path / "val", 24, seed=1)
     (tmp_path / "classes.txt").write_text("".join(f"class_{k}\n" for k in range(4)))
     cfg_path = Path(__file__).parents[1] / "configs" / "kinetics.yaml"
     cfg = load_config(cfg_path, [f"data.train={train_csv}", f"data.valid={tmp_path / 'val'}", "data.num_workers=0",

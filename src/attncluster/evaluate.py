@@ -7,7 +7,6 @@ predictions and counts) are gathered and merged, so the numbers equal a single-p
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -124,7 +123,3 @@ def _class_names(cfg: Config) -> list[str] | None:
 
         raise ConfigError(f"{cfg.data.class_names}: lists {len(names)} class names, model.num_classes is {cfg.model.num_classes}")
     return names
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

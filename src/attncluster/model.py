@@ -16,7 +16,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 L2_EPS = 1e-12  # Paddle l2_normalize epsilon, inside the square root

@@ -10,7 +10,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from attncluster.config import Config, load_config

@@ -19,12 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from attncluster.data.paths import is_url, read_text
-from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
+from attncluster.data.records import MAX_FRAMES, IndexedShard, RawVideo, ReadStats
 from attncluster.errors import ConfigError, DataError
 
 LABELS_CSV = "labels.csv"
@@ -151,7 +151,7 @@ def parse_labels_csv(csv_path: str, *, num_classes: int | None, class_names: Seq
     return rows
 
 
-class FeatureShard:
+class FeatureShard(IndexedShard):
     """A labels CSV and its per-video feature files as a :class:`~attncluster.data.records.Shard`.
 
     Records are the CSV rows, in order. The CSV is parsed on construction; feature files are read lazily, one
@@ -205,33 +205,12 @@ class FeatureShard:
     def video_ids(self) -> list[str]:
         return [r.video_id for r in self._rows]
 
-    def read(self, i: int) -> RawVideo | None:
-        """Row ``i``'s video, features truncated to the shortest modality and ``max_frames``; None if skipped."""
-        if not 0 <= i < len(self._rows):
-            raise IndexError(f"{self.path}: record {i} out of range (shard has {len(self._rows)})")
+    def _video(self, i: int) -> RawVideo:
+        """Row ``i``'s video, features truncated to the shortest modality and ``max_frames``."""
         row = self._rows[i]
-        try:
-            if row.error is not None:
-                raise DataError(row.error)
-            features = self._load(row)
-        except DataError as e:
-            if not self.skip_corrupt:
-                raise
-            self.last_error = str(e)
-            if self.stats is not None:
-                self.stats.corrupt += 1
-            return None
-        video = RawVideo(id=row.video_id, features=features, labels=row.labels)
-        if self.stats is not None:
-            self.stats.videos += 1
-            self.stats.frames += video.num_frames
-        return video
-
-    def __iter__(self) -> Iterator[RawVideo]:
-        for i in range(len(self)):
-            video = self.read(i)
-            if video is not None:
-                yield video
+        if row.error is not None:
+            raise DataError(row.error)
+        return RawVideo(id=row.video_id, features=self._load(row), labels=row.labels)
 
     def _load(self, row: _Row) -> dict[str, np.ndarray]:
         where = f"(video {row.video_id!r}, {self.path} line {row.line})"

@@ -20,12 +20,11 @@ code. Pickles are not seekable record by record: the whole file is loaded into m
 from __future__ import annotations
 
 import pickle
-from typing import Iterator
 
 import numpy as np
 
 from attncluster.data.paths import open_binary
-from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
+from attncluster.data.records import MAX_FRAMES, IndexedShard, RawVideo, ReadStats
 from attncluster.errors import DataError
 
 DEFAULT_MODALITIES = {"rgb": 1024, "audio": 128}
@@ -111,7 +110,7 @@ def _int(value: object) -> int | None:
     return None
 
 
-class PickleShard:
+class PickleShard(IndexedShard):
     """One reference/PaddleVideo pickle as a :class:`~attncluster.data.records.Shard`.
 
     The whole file is loaded into memory on construction (inherent to pickles); records are checked when read.
@@ -150,31 +149,8 @@ class PickleShard:
     def __len__(self) -> int:
         return len(self._records)
 
-    def read(self, i: int) -> RawVideo | None:
-        """Record ``i`` as a RawVideo (features truncated to ``min(nframes, max_frames)``), or None if skipped."""
-        if not 0 <= i < len(self._records):
-            raise IndexError(f"{self.path}: record {i} out of range (shard has {len(self._records)})")
-        try:
-            video = self._parse(i)
-        except DataError as e:
-            if not self.skip_corrupt:
-                raise
-            self.last_error = str(e)
-            if self.stats is not None:
-                self.stats.corrupt += 1
-            return None
-        if self.stats is not None:
-            self.stats.videos += 1
-            self.stats.frames += video.num_frames
-        return video
-
-    def __iter__(self) -> Iterator[RawVideo]:
-        for i in range(len(self)):
-            video = self.read(i)
-            if video is not None:
-                yield video
-
-    def _parse(self, i: int) -> RawVideo:
+    def _video(self, i: int) -> RawVideo:
+        """Record ``i`` (features truncated to ``min(nframes, max_frames)``)."""
         rec = self._records[i]
         where = f"{self.path}: record {i}"
         if not isinstance(rec, dict):

@@ -65,6 +65,51 @@ class ReadStats:
     corrupt: int = 0
 
 
+class IndexedShard:
+    """Shared ``read`` / ``__iter__`` for shards whose records are known up front (pickles, feature CSVs).
+
+    Subclasses set ``path``, ``skip_corrupt``, ``stats`` and ``last_error``, and implement ``__len__`` and
+    ``_video(i)``, which raises DataError for a damaged record.
+    """
+
+    path: str
+    skip_corrupt: bool
+    stats: ReadStats | None
+    last_error: str | None
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _video(self, i: int) -> RawVideo:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self, i: int) -> RawVideo | None:
+        """Record ``i``; None only when it is damaged and ``skip_corrupt`` is set (counted in ``stats.corrupt``)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.path}: record {i} out of range (shard has {len(self)})")
+        from attncluster.errors import DataError
+
+        try:
+            video = self._video(i)
+        except DataError as e:
+            if not self.skip_corrupt:
+                raise
+            self.last_error = str(e)
+            if self.stats is not None:
+                self.stats.corrupt += 1
+            return None
+        if self.stats is not None:
+            self.stats.videos += 1
+            self.stats.frames += video.num_frames
+        return video
+
+    def __iter__(self) -> Iterator[RawVideo]:
+        for i in range(len(self)):
+            video = self.read(i)
+            if video is not None:
+                yield video
+
+
 class Shard(Protocol):
     """One file of records. ``read(i)`` returns None only for a damaged record skipped with skip_corrupt."""
 
