@@ -274,7 +274,7 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
         metrics: dict[str, Any] = {}
         if valid_ds is not None and (epoch + 1) % cfg.train.valid_interval == 0:
             valid_loader = make_loader(valid_ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=pin)
-            metrics = run_evaluation(net, valid_loader, cfg, dev)
+            metrics = run_evaluation(model, valid_loader, cfg, dev)  # unwrapped: ranks may hold uneven batches
             last_valid = metrics
             say(f"valid epoch {epoch + 1}: {format_metrics(metrics)}")
             logger.record("valid", step, {"epoch": epoch + 1, **metrics})
