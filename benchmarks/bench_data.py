@@ -161,6 +161,15 @@ def run_child(script: str, spec: dict, timeout: float = 900) -> dict:
     return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
 
 
+def report(result: dict, json_path: str | None) -> None:
+    """Print a benchmark's result as one JSON line, and write it to ``json_path`` when given."""
+    line = json.dumps(result)
+    print(line)
+    if json_path:
+        with open(json_path, "w") as f:
+            f.write(line + "\n")
+
+
 def emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
@@ -792,11 +801,7 @@ def main(argv=None) -> dict:
                           f"{v['page_faults_per_video']:.0f}"] for k, v in co.items()]))
             result["collate_cpu_us_per_video"] = {k: round(v["cpu_us_per_video"], 1) for k, v in co.items()}
 
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
+    report(result, args.json)
     return result
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_data import RESULT_TAG, emit, machine_info, table  # noqa: E402
+from bench_data import RESULT_TAG, emit, machine_info, report, table  # noqa: E402
 
 from attncluster.model import L2_EPS, AttentionCluster  # noqa: E402
 
@@ -519,11 +519,7 @@ def main(argv=None) -> dict:
             for r in v:
                 for k in ("self_ms_per_step", "pct"):
                     r[k] = round(r[k], 2)
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
+    report(result, args.json)
     return result
 
 

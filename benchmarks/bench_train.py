@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_data import default_cache, ensure_frame_shards, machine_info, table  # noqa: E402
+from bench_data import default_cache, ensure_frame_shards, machine_info, report, table  # noqa: E402
 
 from attncluster.config import Config  # noqa: E402
 from attncluster.data.dataset import VideoDataset, make_loader  # noqa: E402
@@ -189,11 +188,7 @@ def main(argv=None) -> dict:
               "load_average": [round(load_start[0], 2), round(load[0], 2)],
               "end_to_end_videos_per_s": round(e2e, 2), "data_wait_share": round(wait_share, 4),
               "model_step_videos_per_s": round(alone, 2), "pipeline_efficiency": round(e2e / alone, 3)}
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(line + "\n")
+    report(result, args.json)
     return result
 
 
