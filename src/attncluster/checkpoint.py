@@ -134,16 +134,15 @@ def load_for_finetune(model: nn.Module, path: str | Path, log=print) -> list[str
     """
     state, _ = load_state_dict_any(path, getattr(model, "drop_rate", 0.5), getattr(model, "feature_dims", None))
     own = model.state_dict()
-    missing, unexpected, mis = shape_mismatches(model, state)
+    unexpected = [k for k in state if k not in own]
     if unexpected and not any(k in own for k in state):
         raise ConfigError(f"{path}: no parameter names match the model (unexpected {unexpected[:4]})")
     keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(keep, strict=False)
     reinit = [k for k in own if k not in keep]
-    for line in mis:
-        log(f"fine-tune: re-initialised {line.split(' ')[0]} (checkpoint shape {line.split(' ', 1)[1]})")
-    for k in missing:
-        log(f"fine-tune: re-initialised {k} (not in checkpoint)")
+    for k in reinit:
+        why = f"checkpoint shape {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if k in state else "not in checkpoint"
+        log(f"fine-tune: re-initialised {k} ({why})")
     if unexpected:
         log(f"fine-tune: ignored {len(unexpected)} checkpoint entries not in the model: {unexpected[:4]}")
     return reinit

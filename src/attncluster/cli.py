@@ -26,6 +26,11 @@ def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="dotted config override, repeatable, e.g. -o train.batch_size=256 -o model.drop_rate=0.3")
 
 
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, metavar="CKPT",
+                   help="checkpoint, safetensors, converted Paddle .pt or .pdparams")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
@@ -116,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate weights: GAP, Hit@1, PERR, mAP "
                        "and loss (top-1/top-5 for single-label configs).")
     _add_config(p)
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint, safetensors, converted Paddle .pt "
-                   "or .pdparams")
+    _add_weights(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="data to evaluate (default: data.valid of the config)")
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to FILE")
     _add_device(p)
@@ -128,8 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "submission format (VideoId,LabelConfidencePairs); FILE.jsonl: one object per video with "
                        "classes, scores and (with --vocab) names.")
     _add_config(p)
-    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint, safetensors, converted Paddle .pt "
-                   "or .pdparams")
+    _add_weights(p)
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="shards, globs, directories or .list files")
     p.add_argument("--output", required=True, metavar="FILE", help="output file, .csv or .jsonl")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
                        description="Generate a small synthetic YouTube-8M-format dataset, train on it, evaluate, "
-                       "predict a few videos, and compare with mean pooling. No download; a few minutes on CPU.")
+                       "predict a few videos, and compare with mean pooling. No download; about a minute on a 2-core CPU.")
     p.add_argument("--run-dir", default="runs/quickstart", metavar="DIR", help="output folder (default runs/quickstart)")
     _add_device(p)
     p.set_defaults(func=cmd_quickstart)

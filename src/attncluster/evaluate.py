@@ -97,7 +97,7 @@ def evaluate(
         model.to(dev)
         ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                          dequantize=False, fmt=cfg.data.format, class_names=_class_names(cfg))
+                          dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg))
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                              pin_memory=dev.type == "cuda")
         metrics = run_evaluation(model, loader, cfg, dev)
@@ -112,7 +112,8 @@ def evaluate(
         distributed.cleanup()
 
 
-def _class_names(cfg: Config) -> list[str] | None:
+def load_class_names(cfg: Config) -> list[str] | None:
+    """Class names from ``data.class_names`` (one per line), checked against model.num_classes; None if unset."""
     if not cfg.data.class_names:
         return None
     from attncluster.data.paths import read_text

@@ -18,7 +18,7 @@ from attncluster.config import Config
 from attncluster.data.paths import read_text
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
-from attncluster.evaluate import _class_names, autocast_for, predict_scores
+from attncluster.evaluate import load_class_names, autocast_for, predict_scores
 
 FORMATS = (".csv", ".jsonl")
 
@@ -81,7 +81,7 @@ def predict(
     model.to(dev).eval()
     ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                       seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
-                      fmt=cfg.data.format, class_names=_class_names(cfg), rank=0, world_size=1)
+                      fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)
     loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
     modalities = list(cfg.model.feature_dims)
     Path(output).parent.mkdir(parents=True, exist_ok=True)

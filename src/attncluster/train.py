@@ -28,7 +28,7 @@ from attncluster.checkpoint import atomic_save, load_checkpoint, load_for_finetu
 from attncluster.config import Config, save_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
-from attncluster.evaluate import _class_names, autocast_for, compute_loss, format_metrics, predict_scores, run_evaluation
+from attncluster.evaluate import load_class_names, autocast_for, compute_loss, format_metrics, predict_scores, run_evaluation
 from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
 from attncluster.model import AttentionCluster
 
@@ -79,7 +79,7 @@ def count_videos(specs: list[str], cfg: Config) -> int:
     from attncluster.data.dataset import open_shard, resolve_shards
 
     return sum(len(open_shard(p, fmt=cfg.data.format, modalities=cfg.model.feature_dims,
-                              num_classes=cfg.model.num_classes, class_names=_class_names(cfg)))
+                              num_classes=cfg.model.num_classes, class_names=load_class_names(cfg)))
                for p in resolve_shards(specs, cfg.data.format))
 
 
@@ -174,7 +174,7 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     optimizer = build_optimizer(model, cfg)
 
     modalities = list(cfg.model.feature_dims)
-    class_names = _class_names(cfg)
+    class_names = load_class_names(cfg)
     train_ds = VideoDataset(cfg.data.train, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                             seg_num=cfg.model.seg_num, train=True, seed=cfg.train.seed,
                             skip_corrupt=cfg.data.skip_corrupt, dequantize=False, fmt=cfg.data.format,
