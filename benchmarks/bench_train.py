@@ -35,7 +35,7 @@ from bench_data import default_cache, ensure_frame_shards, machine_info, report,
 from attncluster.config import Config  # noqa: E402
 from attncluster.data.dataset import VideoDataset, make_loader  # noqa: E402
 from attncluster.data.transfer import batch_to_device  # noqa: E402
-from attncluster.evaluate import autocast_for, compute_loss  # noqa: E402
+from attncluster.inference import autocast_for, compute_loss  # noqa: E402
 from attncluster.model import AttentionCluster  # noqa: E402
 from attncluster.train import build_optimizer, cpu_threads  # noqa: E402
 

@@ -10,7 +10,7 @@ from attncluster.checkpoint import load_checkpoint, load_for_finetune
 from attncluster.config import load_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
-from attncluster.evaluate import compute_loss
+from attncluster.inference import compute_loss
 from attncluster.model import AttentionCluster
 from attncluster.train import build_scheduler, fit
 from conftest import tiny_overrides

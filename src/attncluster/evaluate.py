@@ -7,40 +7,17 @@ predictions and counts) are gathered and merged, so the numbers equal a single-p
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.transfer import batch_to_device
+from attncluster.inference import autocast_for, compute_loss, load_class_names, load_model, predict_scores
 from attncluster.metrics import MetricAccumulator
-
-
-def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
-    """Reference loss: BCE-with-logits summed over classes, averaged over the batch; or softmax CE.
-
-    For ``ce`` a video with several labels gets a uniform target over them.
-    """
-    logits = logits.float()
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
-    target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)  # (N, C) distribution over the labels
-    return F.cross_entropy(logits, target)
-
-
-def predict_scores(logits: Tensor, loss: str) -> Tensor:
-    """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
-    return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
-
-
-def autocast_for(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.no_grad()
@@ -80,10 +57,8 @@ def evaluate(
     log=print,
 ) -> dict[str, Any]:
     """The ``eval`` verb: load ``weights`` into the config's model and evaluate on ``data`` (default data.valid)."""
-    from attncluster.checkpoint import load_weights
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.errors import ConfigError
-    from attncluster.model import AttentionCluster
 
     specs = data or cfg.data.valid
     if not specs:
@@ -92,9 +67,7 @@ def evaluate(
     dev = distributed.device_for(device, info)
     distributed.setup(dev.type)
     try:
-        model = AttentionCluster(**cfg.model.model_kwargs())
-        load_weights(model, weights, drop_rate=cfg.model.drop_rate)
-        model.to(dev)
+        model = load_model(cfg, weights, dev)
         ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
                           dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg))
@@ -110,17 +83,3 @@ def evaluate(
         return metrics
     finally:
         distributed.cleanup()
-
-
-def load_class_names(cfg: Config) -> list[str] | None:
-    """Class names from ``data.class_names`` (one per line), checked against model.num_classes; None if unset."""
-    if not cfg.data.class_names:
-        return None
-    from attncluster.data.paths import read_text
-
-    names = [line.strip() for line in read_text(cfg.data.class_names).splitlines() if line.strip()]
-    if len(names) != cfg.model.num_classes:
-        from attncluster.errors import ConfigError
-
-        raise ConfigError(f"{cfg.data.class_names}: lists {len(names)} class names, model.num_classes is {cfg.model.num_classes}")
-    return names

@@ -5,8 +5,6 @@ Memory is flat in the number of videos: each batch's top-k is written as soon as
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,36 +13,11 @@ import torch
 
 from attncluster import distributed
 from attncluster.config import Config
-from attncluster.data.paths import read_text
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
-from attncluster.evaluate import load_class_names, autocast_for, predict_scores
+from attncluster.inference import autocast_for, load_class_names, load_model, load_vocabulary, predict_scores
 
 FORMATS = (".csv", ".jsonl")
-
-
-def load_vocabulary(path: str, num_classes: int) -> list[str]:
-    """Class names from the official YouTube-8M ``vocabulary.csv`` (columns Index, ..., Name, ...).
-
-    Every class index 0..num_classes-1 must be present.
-    """
-    text = read_text(path)
-    rows = csv.DictReader(io.StringIO(text))
-    if not rows.fieldnames or "Index" not in rows.fieldnames or "Name" not in rows.fieldnames:
-        raise ConfigError(f"{path}: vocabulary must be a CSV with 'Index' and 'Name' columns (the official "
-                          f"vocabulary.csv), found columns {rows.fieldnames}")
-    names: dict[int, str] = {}
-    for line, row in enumerate(rows, start=2):
-        try:
-            idx = int(row["Index"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}: line {line}: Index {row['Index']!r} is not an integer") from None
-        names[idx] = row["Name"] or ""
-    missing = [i for i in range(num_classes) if i not in names]
-    if missing:
-        raise ConfigError(f"{path}: vocabulary covers {num_classes - len(missing)} of {num_classes} classes; "
-                          f"missing indices {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return [names[i] for i in range(num_classes)]
 
 
 def predict(
@@ -61,9 +34,7 @@ def predict(
 
     ``top_k`` defaults to 20 (the Kaggle submission format), or to every class when the model has fewer.
     """
-    from attncluster.checkpoint import load_weights
     from attncluster.data.dataset import VideoDataset, make_loader
-    from attncluster.model import AttentionCluster
 
     if distributed.env_info().is_distributed:
         raise ConfigError("predict runs in one process (it streams to one file); run it without torchrun")
@@ -76,9 +47,7 @@ def predict(
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else None
     dev = distributed.device_for(device, distributed.DistInfo())
-    model = AttentionCluster(**cfg.model.model_kwargs())
-    load_weights(model, weights, drop_rate=cfg.model.drop_rate)
-    model.to(dev).eval()
+    model = load_model(cfg, weights, dev)
     ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                       seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
                       fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)

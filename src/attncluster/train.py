@@ -28,7 +28,8 @@ from attncluster.checkpoint import atomic_save, load_checkpoint, load_for_finetu
 from attncluster.config import Config, save_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
-from attncluster.evaluate import load_class_names, autocast_for, compute_loss, format_metrics, predict_scores, run_evaluation
+from attncluster.evaluate import format_metrics, run_evaluation
+from attncluster.inference import autocast_for, compute_loss, load_class_names, predict_scores
 from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
 from attncluster.model import AttentionCluster
 

@@ -1,0 +1,89 @@
+"""Running a trained model: the one module every verb that uses weights imports.
+
+``train``, ``eval``, ``predict`` and the verbs that follow them (``export``, ``serve``, ``explain``) share these
+pieces: build the config's model and load weights into it, autocast for a precision, turn logits into per-class
+scores, the loss, and class names (``data.class_names`` or the official ``vocabulary.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attncluster.config import Config
+from attncluster.errors import ConfigError
+
+
+def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
+    """Reference loss: BCE-with-logits summed over classes, averaged over the batch; or softmax CE.
+
+    For ``ce`` a video with several labels gets a uniform target over them.
+    """
+    logits = logits.float()
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
+    target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)  # (N, C) distribution over the labels
+    return F.cross_entropy(logits, target)
+
+
+def predict_scores(logits: Tensor, loss: str) -> Tensor:
+    """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
+    return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
+
+
+def autocast_for(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):
+    """The config's ``AttentionCluster`` with ``weights`` loaded strictly, on ``device``, in eval mode."""
+    from attncluster.checkpoint import load_weights
+    from attncluster.model import AttentionCluster
+
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    load_weights(model, weights, drop_rate=cfg.model.drop_rate)
+    return model.to(device).eval()
+
+
+def load_class_names(cfg: Config) -> list[str] | None:
+    """Class names from ``data.class_names`` (one per line), checked against model.num_classes; None if unset."""
+    if not cfg.data.class_names:
+        return None
+    from attncluster.data.paths import read_text
+
+    names = [line.strip() for line in read_text(cfg.data.class_names).splitlines() if line.strip()]
+    if len(names) != cfg.model.num_classes:
+        raise ConfigError(f"{cfg.data.class_names}: lists {len(names)} class names, model.num_classes is {cfg.model.num_classes}")
+    return names
+
+
+def load_vocabulary(path: str, num_classes: int) -> list[str]:
+    """Class names from the official YouTube-8M ``vocabulary.csv`` (columns Index, ..., Name, ...).
+
+    Every class index 0..num_classes-1 must be present.
+    """
+    from attncluster.data.paths import read_text
+
+    text = read_text(path)
+    rows = csv.DictReader(io.StringIO(text))
+    if not rows.fieldnames or "Index" not in rows.fieldnames or "Name" not in rows.fieldnames:
+        raise ConfigError(f"{path}: vocabulary must be a CSV with 'Index' and 'Name' columns (the official "
+                          f"vocabulary.csv), found columns {rows.fieldnames}")
+    names: dict[int, str] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            idx = int(row["Index"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: line {line}: Index {row['Index']!r} is not an integer") from None
+        names[idx] = row["Name"] or ""
+    missing = [i for i in range(num_classes) if i not in names]
+    if missing:
+        raise ConfigError(f"{path}: vocabulary covers {num_classes - len(missing)} of {num_classes} classes; "
+                          f"missing indices {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return [names[i] for i in range(num_classes)]
