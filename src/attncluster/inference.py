@@ -11,6 +11,7 @@ import csv
 import io
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -87,3 +88,52 @@ def load_vocabulary(path: str, num_classes: int) -> list[str]:
         raise ConfigError(f"{path}: vocabulary covers {num_classes - len(missing)} of {num_classes} classes; "
                           f"missing indices {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return [names[i] for i in range(num_classes)]
+
+
+class Predictor:
+    """Scores batches of videos given as arrays: the one path predict, serve, explain and export share.
+
+    Input is ``{modality: (N, L, F)}`` per batch, uint8 (dataset-quantized, dequantized here) or float; frames are
+    already sampled to the model's length (or any L: attention pools over time). Subclasses: ``TorchPredictor``
+    here, an onnxruntime one in ``export.py``.
+    """
+
+    modalities: dict[str, int]
+    num_classes: int
+    loss: str
+
+    def logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, num_classes) float32 logits."""
+        raise NotImplementedError
+
+    def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, num_classes) float32 per-class scores (sigmoid for bce models, softmax for ce)."""
+        return predict_scores(torch.from_numpy(self.logits(features)), self.loss).numpy()
+
+
+class TorchPredictor(Predictor):
+    """A PyTorch model from a config and weights, in eval mode on ``device``."""
+
+    def __init__(self, cfg: Config, weights: str, device: str | torch.device | None = None) -> None:
+        from attncluster import distributed
+
+        self.cfg = cfg
+        self.device = distributed.device_for(device, distributed.DistInfo()) if not isinstance(device, torch.device) else device
+        self.model = load_model(cfg, weights, self.device)
+        self.modalities = dict(cfg.model.feature_dims)
+        self.num_classes = cfg.model.num_classes
+        self.loss = cfg.train.loss
+
+    def tensors(self, features: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        from attncluster.data.records import dequantize
+
+        out = {}
+        for m in self.modalities:
+            x = torch.as_tensor(features[m]).to(self.device)
+            out[m] = dequantize(x) if x.dtype == torch.uint8 else x.float()
+        return out
+
+    @torch.no_grad()
+    def logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        with autocast_for(self.device, self.cfg.train.precision):
+            return self.model(self.tensors(features)).float().cpu().numpy()
