@@ -53,7 +53,7 @@ def test_one_json_line_per_video_with_dequantized_means(frame_shard):
             # YouTube-8M dequantization, written out: q * 4/255 + 4/512 - 2, then the mean of all values.
             want = np.mean(v[name].astype(np.float64) * 4 / 255 + 4 / 512 - 2)
             assert line["mean"][name] == pytest.approx(want, abs=1e-9)
-    assert err.strip() == "inspect: 1 files, 3 videos, 22 frames, 0 corrupt records skipped"
+    assert err.strip() == "inspect: 1 file, 3 videos, 22 frames, 0 corrupt records skipped"
 
 
 def test_float_features_are_averaged_as_they_are(tmp_path):
@@ -64,7 +64,7 @@ def test_float_features_are_averaged_as_they_are(tmp_path):
     write_records(path, [encode_example("flt0", [4], {"rgb": rgb, "audio": audio})])
     code, lines, err = run([path])
     assert lines == [{"id": "flt0", "labels": [4], "num_frames": 1, "mean": {"rgb": -0.25, "audio": 63.5}}]
-    assert "1 videos, 1 frames" in err
+    assert "1 video, 1 frame," in err
 
 
 def test_directories_and_globs(tmp_path, frame_shard):
@@ -88,7 +88,7 @@ def test_damaged_record_raises_or_is_skipped_and_counted(frame_shard):
     code, lines, err = run([path], skip_corrupt=True)
     assert code == 0
     assert [line["id"] for line in lines] == ["vd00", "vd02"]
-    assert err.strip() == "inspect: 1 files, 2 videos, 15 frames, 1 corrupt records skipped"
+    assert err.strip() == "inspect: 1 file, 2 videos, 15 frames, 1 corrupt record skipped"
 
 
 def test_label_check(frame_shard):
@@ -123,4 +123,4 @@ def test_real_shard(tmp_path):
     assert code == 0 and len(lines) == records
     assert all(len(line["id"]) == 4 and line["num_frames"] == 1 and line["labels"] for line in lines)
     assert all(-2 < line["mean"]["rgb"] < 2 and -2 < line["mean"]["audio"] < 2 for line in lines)
-    assert err.strip() == f"inspect: 1 files, {records} videos, {records} frames, 0 corrupt records skipped"
+    assert err.strip() == f"inspect: 1 file, {records} videos, {records} frames, 0 corrupt records skipped"

@@ -189,22 +189,86 @@ def test_bad_payload_crc_in_the_crc_itself(shard):
     assert_names_record(e.value, shard, 0, off)
 
 
-def test_bad_length_crc_stops_the_scan(shard):
-    off = record_offsets()[2]
+def test_bad_length_crc_resynchronises_and_counts_the_bytes_lost(shard):
+    offs = record_offsets()
+    off = offs[2]
     damage(shard, off + 1)  # a length byte: the length is no longer trustworthy
+    lost = offs[3] - offs[2]  # the whole damaged record, header to the next intact header
     with open_records(str(shard)) as f:
         with pytest.raises(DataError, match="bad length CRC") as e:
             index_records(f, str(shard))
         assert_names_record(e.value, shard, 2, off)
         stats = ReadStats()
         index = index_records(f, str(shard), skip_corrupt=True, stats=stats)
-    assert index[:, 0].tolist() == record_offsets()[:2]
-    assert stats.corrupt == 1
+    # The record after the damage is found again, at its true offset.
+    assert index[:, 0].tolist() == [offs[0], offs[1], offs[3]]
+    assert (stats.corrupt, stats.bytes_lost) == (1, lost)
     with pytest.raises(DataError, match="bad length CRC"):
         list(iter_records(str(shard)))
     stats = ReadStats()
-    assert [bytes(p) for _, _, p in iter_records(str(shard), skip_corrupt=True, stats=stats)] == PAYLOADS[:2]
-    assert stats.corrupt == 1
+    got = [bytes(p) for _, _, p in iter_records(str(shard), skip_corrupt=True, stats=stats)]
+    assert got == [PAYLOADS[0], PAYLOADS[1], PAYLOADS[3]]
+    assert (stats.corrupt, stats.bytes_lost) == (1, lost)
+
+
+def test_damaged_headers_in_many_records_lose_only_those_records(tmp_path):
+    payloads = [bytes([i]) * (50 + 7 * i) for i in range(40)]
+    path = tmp_path / "many.tfrecord"
+    write_records(path, payloads)
+    data = bytearray(path.read_bytes())
+    offsets = [o for o, _ in walk(bytes(data))]
+    hit = [3, 4, 17, 39]  # two neighbours, one in the middle, the last one
+    for i in hit:
+        data[offsets[i] + 9] ^= 0xFF  # the stored length CRC
+    path.write_bytes(bytes(data))
+    stats = ReadStats()
+    got = [bytes(p) for _, _, p in iter_records(str(path), skip_corrupt=True, stats=stats)]
+    assert got == [p for i, p in enumerate(payloads) if i not in hit]
+    # Records 3 and 4 are one damaged stretch: the next intact header is record 5's.
+    assert stats.corrupt == 3
+    assert stats.bytes_lost == sum(16 + len(payloads[i]) for i in hit)
+    with open_records(str(path)) as f:
+        stats2 = ReadStats()
+        index = index_records(f, str(path), skip_corrupt=True, stats=stats2)
+    assert index[:, 0].tolist() == [o for i, o in enumerate(offsets) if i not in hit]
+    assert (stats2.corrupt, stats2.bytes_lost) == (stats.corrupt, stats.bytes_lost)
+
+
+def test_a_forged_huge_length_allocates_nothing(tmp_path):
+    """A length of 2**60 with a valid length CRC: checked against the file size before any buffer is made."""
+    path = tmp_path / "huge.tfrecord"
+    length = struct.pack("<Q", 1 << 60)
+    path.write_bytes(length + struct.pack("<I", masked_crc32c(length)) + b"tiny")
+    with pytest.raises(DataError, match=r"truncated record: header says 1152921504606846976 payload bytes"):
+        list(iter_records(str(path)))
+    stats = ReadStats()
+    assert list(iter_records(str(path), skip_corrupt=True, stats=stats)) == []
+    assert (stats.corrupt, stats.bytes_lost) == (1, path.stat().st_size)
+
+
+def test_a_forged_huge_length_on_a_stream_reads_in_bounded_pieces(tmp_path):
+    """A pure stream (no seek, no size): the claimed length is read piece by piece and ends at the stream's end."""
+    from attncluster.data.tfrecord import scan_records
+
+    class Stream(io.RawIOBase):
+        def __init__(self, data):
+            self._b = io.BytesIO(data)
+            self.reads = []
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            chunk = self._b.read(len(buf))
+            self.reads.append(len(buf))
+            buf[:len(chunk)] = chunk
+            return len(chunk)
+
+    length = struct.pack("<Q", 1 << 60)
+    stream = Stream(length + struct.pack("<I", masked_crc32c(length)) + b"x" * 1000)
+    with pytest.raises(DataError, match="truncated record: header says 1152921504606846976 payload bytes"):
+        list(scan_records(stream, "stream"))
+    assert max(stream.reads) <= 64 << 20
 
 
 def test_truncated_record(shard):

@@ -51,6 +51,10 @@ def video_summary(video: RawVideo) -> dict:
     }
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def inspect(paths: list[str], *, skip_corrupt: bool = False, num_classes: int | None = None,
             out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print one JSON line per video of ``paths`` to ``out`` and a summary line to ``err``.
@@ -85,8 +89,9 @@ def inspect(paths: list[str], *, skip_corrupt: bool = False, num_classes: int | 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     # Counted here, not from stats: every reader reports corrupt records, not all count videos and frames.
-    print(f"inspect: {len(files)} files, {videos} videos, {frames} frames, "
-          f"{stats.corrupt} corrupt records skipped", file=err)
+    lost = f", {stats.bytes_lost} bytes unreadable" if stats.bytes_lost else ""
+    print(f"inspect: {plural(len(files), 'file')}, {plural(videos, 'video')}, {plural(frames, 'frame')}, "
+          f"{plural(stats.corrupt, 'corrupt record')} skipped{lost}", file=err)
     return 0
 
 

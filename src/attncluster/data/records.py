@@ -57,12 +57,18 @@ class RawVideo:
 
 @dataclass
 class ReadStats:
-    """Counts kept by a reader; ``corrupt`` counts records skipped with ``skip_corrupt``."""
+    """Counts kept by a reader.
+
+    ``corrupt`` counts damaged records skipped with ``skip_corrupt`` (a damaged stretch of a TFRecord file between a
+    bad header and the next intact record is one); ``bytes_lost`` the bytes of such stretches that could not be
+    read as records, so a summary says how much data was lost, not only how many places were damaged.
+    """
 
     files: int = 0
     videos: int = 0
     frames: int = 0
     corrupt: int = 0
+    bytes_lost: int = 0
 
 
 class IndexedShard:

@@ -9,8 +9,13 @@ train on damaged bytes). Random access goes through a record index, ``(offset, l
 only the 12-byte headers, so a shard can be shuffled without holding it in memory.
 
 Damage comes in two kinds. A bad *payload* CRC spoils one record: with ``skip_corrupt`` it is counted and skipped and
-the next record is still found. A bad *length* CRC or a truncated tail means the lengths can no longer be trusted, so
-a scan counts one corrupt record and stops there.
+the next record is still found. A bad *length* CRC (or a length running past the end of the file) means the length
+can no longer be trusted: with ``skip_corrupt`` the reader *resynchronises*, searching forward for the next offset
+where a header with a valid length CRC and a payload with a valid CRC begin, and goes on from there. The damaged
+stretch counts as one corrupt record and its size is counted in ``ReadStats.bytes_lost``, so a summary says exactly
+how much of the file was unreadable instead of silently losing everything after one bad header. A payload is never
+trusted without both CRCs, so resynchronising cannot invent a record (a false match needs two 32-bit CRCs to agree).
+A length is checked against the file size before any buffer is allocated for it.
 """
 
 from __future__ import annotations
@@ -45,12 +50,17 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
 
 
 class RecordFramingError(DataError):
-    """A record header or tail is damaged: the record lengths after it cannot be trusted, so a scan stops."""
+    """A record header or tail is damaged: the length cannot be trusted. ``bytes_lost``: the unreadable bytes from
+    the damaged header to the next intact record (or the end of the file), when known."""
+
+    bytes_lost: int = 0
 
 
 def record_error(path: str, index: int, offset: int, what: str, cls: type[DataError] = DataError) -> DataError:
     """The one-line error every record-level problem raises: file, record index, byte offset, what was wrong."""
-    return cls(f"{path}: record {index} at byte offset {offset}: {what}")
+    error = cls(f"{path}: record {index} at byte offset {offset}: {what}")
+    error.offset = offset
+    return error
 
 
 def _empty_file(path: str) -> DataError:
@@ -140,15 +150,63 @@ def open_records(path: str, *, sequential: bool = False) -> BinaryIO:
     return f
 
 
+RESYNC_CHUNK = 8 << 20  # bytes searched per step when resynchronising after a damaged header
+
+
+def find_next_record(read_at, size: int, start: int) -> int | None:
+    """The offset of the first intact record at or after ``start``: a header whose length CRC matches, whose record
+    fits in the file, and whose payload CRC matches. None if there is none.
+
+    Candidates are found a chunk at a time with numpy: a record length is below the file size, so the top bytes of
+    its little-endian uint64 are zero; only those offsets get a CRC check.
+    """
+    pos = start
+    # Lengths below 2**40 (1 TiB): bytes 5..7 of the header are zero.
+    while pos + HEADER_BYTES + FOOTER_BYTES <= size:
+        chunk = read_at(pos, min(RESYNC_CHUNK + HEADER_BYTES, size - pos))
+        b = np.frombuffer(chunk, dtype=np.uint8)
+        n = len(b) - HEADER_BYTES + 1  # offsets in this chunk with a whole header after them
+        if n <= 0:
+            return None
+        cand = np.flatnonzero((b[5:5 + n] == 0) & (b[6:6 + n] == 0) & (b[7:7 + n] == 0))
+        for c in cand:
+            off = pos + int(c)
+            header = chunk[c:c + HEADER_BYTES]
+            length = _LENGTH.unpack_from(header, 0)[0]
+            if off + HEADER_BYTES + length + FOOTER_BYTES > size:
+                continue
+            if _CRC.unpack_from(header, 8)[0] != masked_crc32c(header[:8]):
+                continue
+            record = read_at(off, HEADER_BYTES + length + FOOTER_BYTES)
+            if _check_payload_crc(memoryview(record), length, "", 0, off, HEADER_BYTES) is None:
+                return off
+        pos += n
+    return None
+
+
+def _local_size(f: BinaryIO) -> int | None:
+    """The file's size when ``f`` is seekable (local files, fsspec files); None for a pure stream."""
+    try:
+        if not f.seekable():
+            return None
+        here = f.tell()
+        size = f.seek(0, io.SEEK_END)
+        f.seek(here)
+        return size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
 def index_records(f: BinaryIO, path: str, *, skip_corrupt: bool = False, stats: ReadStats | None = None) -> np.ndarray:
     """Index a TFRecord file by reading only its 12-byte record headers.
 
     Args:
         f: the open file (seekable).
         path: the file's name, for error messages.
-        skip_corrupt: on a bad length CRC or a truncated tail, count one corrupt record in ``stats`` and return the
-            records before it, instead of raising.
-        stats: where skipped records are counted.
+        skip_corrupt: on a bad length CRC or a truncated tail, count one corrupt record and the unreadable bytes
+            in ``stats`` and resynchronise at the next intact record (see :func:`find_next_record`), instead of
+            raising.
+        stats: where skipped records and lost bytes are counted.
 
     Returns:
         (n, 2) int64 array: the byte offset of each record's start and its payload length.
@@ -178,9 +236,15 @@ def index_records(f: BinaryIO, path: str, *, skip_corrupt: bool = False, stats: 
         except RecordFramingError:
             if not skip_corrupt:
                 raise
+            nxt = find_next_record(read_at, size, pos + 1)
             if stats is not None:
                 stats.corrupt += 1
-            break
+                stats.bytes_lost += (size if nxt is None else nxt) - pos
+            if nxt is None:
+                break
+            pos = nxt
+            index += 1
+            continue
         offsets.append(pos)
         lengths.append(length)
         pos += HEADER_BYTES + length + FOOTER_BYTES
@@ -226,36 +290,91 @@ def read_payload(f: BinaryIO, path: str, index: int, offset: int, length: int) -
     return buf[HEADER_BYTES:HEADER_BYTES + length]
 
 
-def scan_records(f: BinaryIO, path: str) -> Iterator[tuple[int, int, memoryview | DataError]]:
+STREAM_CHUNK = 64 << 20  # on a stream of unknown size, a claimed length is read in pieces of this size
+
+
+def _read_claimed(f: BinaryIO, n: int, size: int | None, pos: int) -> memoryview | int:
+    """Read ``n`` bytes at the current position; a memoryview of them, or how many bytes there were if fewer.
+
+    The buffer never outgrows the data: with a known file size the claim is checked first; on a stream the bytes
+    are read in pieces, so a forged length of 2**60 costs at most one piece before the end of the stream shows.
+    """
+    if size is not None:
+        left = size - pos
+        if n > left:
+            return max(left, 0)
+        buf = _buffer(n)
+        got = _readinto_exact(f, buf)
+        return buf if got == n else got
+    pieces: list[bytes] = []
+    got = 0
+    while got < n:
+        piece = f.read(min(STREAM_CHUNK, n - got))
+        if not piece:
+            return got
+        pieces.append(piece)
+        got += len(piece)
+    buf = _buffer(n)
+    o = 0
+    for piece in pieces:
+        buf[o:o + len(piece)] = piece
+        o += len(piece)
+    return buf
+
+
+def scan_records(f: BinaryIO, path: str, *, resync: bool = False) -> Iterator[tuple[int, int, memoryview | DataError]]:
     """Read records front to back, without an index (one pass over a stream, remote files included).
 
+    Args:
+        f: the open file.
+        path: its name, for error messages.
+        resync: on a bad length CRC or a truncated record of a seekable file, yield the
+            :class:`RecordFramingError` (its ``bytes_lost`` says how many bytes were unreadable) and go on from the
+            next intact record (see :func:`find_next_record`), instead of raising.
+
     Yields:
-        ``(index, offset, payload)`` per record, where ``payload`` is the verified payload or, for a bad payload CRC,
-        the :class:`DataError` describing it (the scan can go on: the length was verified).
+        ``(index, offset, payload)`` per record, where ``payload`` is the verified payload or, for a bad payload CRC
+        (or, with ``resync``, damaged framing), the :class:`DataError` describing it.
 
     Raises:
         DataError: an empty file.
-        RecordFramingError: a bad length CRC or truncated record; nothing after it can be found.
+        RecordFramingError: a bad length CRC or truncated record, without ``resync`` or on a stream that cannot
+            seek; nothing after it can be found.
     """
+    size = _local_size(f)
     pos = 0
     index = 0
     header = bytearray(HEADER_BYTES)
     while True:
-        got = _readinto_exact(f, header)
-        if got == 0:
-            if index == 0:
-                raise _empty_file(path)
-            return
-        if got < HEADER_BYTES:
-            raise record_error(path, index, pos, f"truncated record header: {got} bytes left, expected {HEADER_BYTES}",
-                               cls=RecordFramingError)
-        length = _check_header(header, path, index, pos)
-        buf = _buffer(length + FOOTER_BYTES)
-        got = _readinto_exact(f, buf)
-        if got < len(buf):
-            raise record_error(
-                path, index, pos, f"truncated record: header says {length} payload bytes + {FOOTER_BYTES} CRC bytes, "
-                f"only {got} bytes left in the file", cls=RecordFramingError)
+        try:
+            got = _readinto_exact(f, header)
+            if got == 0:
+                if index == 0:
+                    raise _empty_file(path)
+                return
+            if got < HEADER_BYTES:
+                raise record_error(path, index, pos, f"truncated record header: {got} bytes left, expected "
+                                   f"{HEADER_BYTES}", cls=RecordFramingError)
+            length = _check_header(header, path, index, pos)
+            buf = _read_claimed(f, length + FOOTER_BYTES, size, pos + HEADER_BYTES)
+            if isinstance(buf, int):
+                raise record_error(
+                    path, index, pos, f"truncated record: header says {length} payload bytes + {FOOTER_BYTES} CRC "
+                    f"bytes, only {buf} bytes left in the file", cls=RecordFramingError)
+        except RecordFramingError as e:
+            if not resync or size is None:
+                if size is not None:
+                    e.bytes_lost = size - pos
+                raise
+            nxt = find_next_record(_positional_reader(f), size, pos + 1)
+            e.bytes_lost = (size if nxt is None else nxt) - pos
+            yield index, pos, e
+            if nxt is None:
+                return
+            f.seek(nxt)
+            pos = nxt
+            index += 1
+            continue
         error = _check_payload_crc(buf, length, path, index, pos, 0)
         yield index, pos, (error if error is not None else buf[:length])
         pos += HEADER_BYTES + length + FOOTER_BYTES
@@ -269,8 +388,9 @@ def iter_records(path: str, skip_corrupt: bool = False,
     Args:
         path: local path or fsspec URL.
         skip_corrupt: count damaged records in ``stats`` and go on, instead of raising. A bad payload CRC skips that
-            record; a bad length CRC or truncated tail ends the file (the lengths after it cannot be trusted).
-        stats: where skipped records are counted.
+            record; after a bad length CRC or truncated record the scan resynchronises at the next intact record
+            (a stream that cannot seek ends there), counting the unreadable bytes in ``stats.bytes_lost``.
+        stats: where skipped records and lost bytes are counted.
 
     Yields:
         ``(index, offset, payload)``: record index, byte offset of its header, payload (zero-copy view).
@@ -281,19 +401,21 @@ def iter_records(path: str, skip_corrupt: bool = False,
     """
     with open_records(path, sequential=True) as f:
         try:
-            for index, offset, payload in scan_records(f, path):
+            for index, offset, payload in scan_records(f, path, resync=skip_corrupt):
                 if isinstance(payload, DataError):
                     if not skip_corrupt:
                         raise payload
                     if stats is not None:
                         stats.corrupt += 1
+                        stats.bytes_lost += getattr(payload, "bytes_lost", 0)
                     continue
                 yield index, offset, payload
-        except RecordFramingError:
+        except RecordFramingError as e:
             if not skip_corrupt:
                 raise
             if stats is not None:
                 stats.corrupt += 1
+                stats.bytes_lost += e.bytes_lost
 
 
 def encode_record(payload: bytes | bytearray | memoryview) -> bytes:
@@ -362,6 +484,7 @@ __all__ = [
     "RecordFramingError",
     "TFRecordWriter",
     "encode_record",
+    "find_next_record",
     "index_records",
     "iter_records",
     "masked_crc32c",

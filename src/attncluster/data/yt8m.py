@@ -154,8 +154,10 @@ def _map_entries(buf: Buffer, spans: list[tuple[int, int]]) -> dict[bytes, tuple
     out: dict[bytes, tuple[int, int]] = {}
     for start, end in spans:
         for field, wire, a, b in _fields(buf, start, end):
-            if field != 1 or wire != _LEN:
+            if field != 1:
                 continue
+            if wire != _LEN:
+                raise _Malformed(f"map at payload byte {start}: entry has wire type {wire}, expected length-delimited")
             # Fast path: key (tag 0x0A, short length) then value (tag 0x12) running to the end of the entry.
             if b - a >= 2 and buf[a] == 0x0A and buf[a + 1] < 0x80:
                 key_end = a + 2 + buf[a + 1]
@@ -166,14 +168,19 @@ def _map_entries(buf: Buffer, spans: list[tuple[int, int]]) -> dict[bytes, tuple
                 if value >= 0:
                     out[bytes(buf[a + 2:key_end])] = (value, b)
                     continue
-            key = b""
+            key = None
             span = (a, a)  # an absent value is the empty (default) message
             for f2, w2, c, d in _fields(buf, a, b):
-                if w2 == _LEN:
-                    if f2 == 1:
-                        key = bytes(buf[c:d])
-                    elif f2 == 2:
-                        span = (c, d)
+                if f2 in (1, 2) and w2 != _LEN:
+                    # TensorFlow's parser rejects this; skipping it would drop the entry (e.g. the labels) silently.
+                    raise _Malformed(f"map entry at payload byte {a}: field {f2} ({'key' if f2 == 1 else 'value'}) "
+                                     f"has wire type {w2}, expected length-delimited")
+                if f2 == 1:
+                    key = bytes(buf[c:d])
+                elif f2 == 2:
+                    span = (c, d)
+            if key is None:
+                raise _Malformed(f"map entry at payload byte {a} has no key")
             out[key] = span  # the last entry wins, as in protobuf map parsing
     return out
 
@@ -189,8 +196,11 @@ def _feature(buf: Buffer, start: int, end: int) -> tuple[int, list[tuple[int, in
     kind = 0
     spans: list[tuple[int, int]] = []
     for field, wire, a, b in _fields(buf, start, end):
-        if wire != _LEN or field not in _KIND_NAMES:
+        if field not in _KIND_NAMES:
             continue
+        if wire != _LEN:
+            raise _Malformed(f"Feature at payload byte {start}: {_KIND_NAMES[field]} has wire type {wire}, "
+                             f"expected length-delimited")
         if field != kind:  # a oneof: a later member replaces an earlier one
             kind, spans = field, []
         spans.append((a, b))
@@ -236,6 +246,8 @@ def _int64_values(buf: Buffer, spans: list[tuple[int, int]]) -> list[int]:
                 _packed_varints(buf, a, b, values)
             elif wire == _VARINT:
                 values.append(a)
+            else:
+                raise _Malformed(f"Int64List at payload byte {s}: value has wire type {wire}, expected varint")
     if any(v >= _SIGN for v in values):
         # Protobuf keeps the low 64 bits of a varint and reads them as two's complement.
         values = [(v & _U64) - (1 << 64) if v & _SIGN else v & _U64 for v in values]
@@ -389,6 +401,9 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
     lists: list[tuple[int, int]] = []
     for field, wire, a, b in _fields(buf, 0, len(buf)):
         if wire != _LEN:
+            if field in (1, 2):
+                name = "context/features" if field == 1 else "feature_lists"
+                raise _Malformed(f"top-level field {field} ({name}) has wire type {wire}, expected length-delimited")
             continue
         if field == 1:
             context.append((a, b))
@@ -450,6 +465,10 @@ def _labels(buf: Buffer, features: dict[bytes, tuple[int, int]], num_classes: in
     if span is None:  # test-partition records may carry no labels
         return np.zeros(0, dtype=np.int64)
     kind, spans = _feature(buf, span[0], span[1])
+    if kind == 0:
+        # A labels entry with no value list is damage, not "no labels": training on it would teach an all-zero
+        # target. (A record without a labels entry at all is a test-partition video.)
+        raise _Malformed(f"feature {LABELS_KEY!r} holds no value list, expected an int64_list")
     _expect_kind(kind, _INT64_LIST, LABELS_KEY)
     labels = _int64_values(buf, spans)
     if labels:
@@ -584,7 +603,7 @@ class YT8MShard:
         self._f = None
         self._pid: int | None = None
         self._file_counted = False
-        self._tail_counted = False  # a damaged tail is one corrupt record, however many passes meet it
+        self._damage_counted: set[int] = set()  # offsets of damaged framing already counted, however many passes
         self.last_error: str | None = None  # why the last record skipped with skip_corrupt was skipped
 
     # -- file handling ------------------------------------------------------------------------------------------
@@ -627,10 +646,12 @@ class YT8MShard:
         self.last_error = str(error)
         self.stats.corrupt += 1
 
-    def _count_tail(self, error: DataError) -> None:
-        if not self._tail_counted:
-            self._tail_counted = True
+    def _count_framing(self, error: RecordFramingError, offset: int) -> None:
+        """Count a damaged stretch once per file, however many passes (epochs, index + iteration) meet it."""
+        if offset not in self._damage_counted:
+            self._damage_counted.add(offset)
             self._skipped(error)
+            self.stats.bytes_lost += error.bytes_lost
 
     # -- Shard protocol -------------------------------------------------------------------------------------------
 
@@ -643,9 +664,14 @@ class YT8MShard:
             except RecordFramingError as e:
                 if not self.skip_corrupt:
                     raise
-                # The records before the damage are intact and still readable.
-                self._index = index_records(self._file(), self.path, skip_corrupt=True)
-                self._count_tail(e)
+                # Resynchronise past each damaged stretch: the records around it are intact and still readable.
+                local = ReadStats()
+                self._index = index_records(self._file(), self.path, skip_corrupt=True, stats=local)
+                self.last_error = str(e)
+                if e.offset not in self._damage_counted:
+                    self._damage_counted.add(e.offset)
+                    self.stats.corrupt += local.corrupt
+                    self.stats.bytes_lost += local.bytes_lost
         return self._index
 
     def __len__(self) -> int:
@@ -678,21 +704,26 @@ class YT8MShard:
         """Every intact video, front to back; damaged records are skipped with ``skip_corrupt``, else raise."""
         f = self._open(sequential=True)  # a handle of its own, so that read() calls meanwhile do not move this one
         try:
-            for i, offset, payload in scan_records(f, self.path):
+            for i, offset, payload in scan_records(f, self.path, resync=self.skip_corrupt):
                 try:
                     if isinstance(payload, DataError):
                         raise payload
                     video = self._parse(payload, i, offset)
+                except RecordFramingError as e:
+                    if not self.skip_corrupt:
+                        raise
+                    self._count_framing(e, offset)
+                    continue
                 except DataError as e:
                     if not self.skip_corrupt:
                         raise
                     self._skipped(e)
                     continue
                 yield video
-        except RecordFramingError as e:
+        except RecordFramingError as e:  # a stream that cannot seek ends at the damage
             if not self.skip_corrupt:
                 raise
-            self._count_tail(e)
+            self._count_framing(e, -2)
         finally:
             f.close()
 
