@@ -497,3 +497,51 @@ def test_fast_stride_path_gives_exactly_the_per_frame_walk(tmp_path, monkeypatch
         for m in ("rgb", "audio"):
             assert a.features[m].dtype == b.features[m].dtype == np.uint8
             np.testing.assert_array_equal(a.features[m], b.features[m])
+
+
+# --- Malformed labels: an error (or skipped and counted), never a silent labels=[] --------------------------------
+
+
+def video_level_payload(labels_entry: bytes) -> bytes:
+    """A video-level Example written by hand: id, the given labels map entry, mean_rgb and mean_audio."""
+    def floats(n):
+        return ld(2, ld(1, struct.pack(f"<{n}f", *([0.5] * n))))  # Feature{float_list{packed value}}
+
+    features = (entry("id", ld(1, ld(1, b"vid"))) + labels_entry + entry("mean_rgb", floats(1024))
+                + entry("mean_audio", floats(128)))
+    return ld(1, features)
+
+
+MALFORMED_LABELS = {
+    # Feature.int64_list (field 3) written with wire type 0 instead of a length-delimited list.
+    "wrong wire type of the list": (entry("labels", varint(3 << 3 | 0) + varint(7)), "wire type 0"),
+    # Feature{} with no list at all.
+    "missing kind": (entry("labels", b""), "holds no value list"),
+    # Int64List.value as fixed32.
+    "wrong wire type of a value": (entry("labels", ld(3, varint(1 << 3 | 5) + b"\x07\x00\x00\x00")), "wire type 5"),
+    # The map entry's key field (1) as a varint: the entry's key is garbled.
+    "garbled key": (ld(1, varint(1 << 3 | 0) + varint(5) + ld(2, ld(3, ld(1, varint(7))))), "field 1 \\(key\\)"),
+    # The map entry itself (Features.feature, field 1) as a varint.
+    "garbled entry": (varint(1 << 3 | 0) + varint(9), "entry has wire type 0"),
+    # Labels given as a bytes_list.
+    "wrong kind": (entry("labels", ld(1, ld(1, b"7"))), "is a bytes_list, expected a int64_list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_LABELS))
+def test_malformed_labels_are_damage_not_an_empty_label_set(tmp_path, case):
+    labels_entry, match = MALFORMED_LABELS[case]
+    payload = video_level_payload(labels_entry)
+    rng = np.random.default_rng(9)
+    good = [encode_sequence_example(f"ok{i}", [1], frames_of(rng, 3)) for i in range(2)]
+    path = tmp_path / "bad.tfrecord"
+    write_records(path, [good[0], payload, good[1]])
+    check_bad_record(path, record_offsets(path)[1], match)
+
+
+def test_a_record_without_labels_is_a_test_video_and_the_hand_encoding_is_valid():
+    """Control for the cases above: the same hand-written record with a good labels entry, or none, parses."""
+    good = video_level_payload(entry("labels", ld(3, ld(1, varint(7) + varint(300)))))
+    video = parse_yt8m(good)
+    assert video.id == "vid" and video.labels.tolist() == [7, 300] and video.features["rgb"].shape == (1, 1024)
+    assert parse_yt8m(video_level_payload(b"")).labels.tolist() == []
