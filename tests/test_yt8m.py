@@ -465,10 +465,17 @@ def test_truncated_shard_counts_the_tail_once(tmp_path):
 def test_empty_shard_file(tmp_path):
     path = tmp_path / "empty.tfrecord"
     path.write_bytes(b"")
-    with pytest.raises(DataError, match=f"{path}: empty file, expected TFRecord records"):
+    with pytest.raises(DataError, match=fr"{path}: empty file \(0 bytes\), expected TFRecord records"):
         len(YT8MShard(path))
     with pytest.raises(DataError, match="empty file"):
-        list(YT8MShard(path, skip_corrupt=True))
+        list(YT8MShard(path))
+    # With skip_corrupt an empty file holds no record: skipped, and counted as an empty file (not as 0 records
+    # silently), once however many passes meet it.
+    stats = ReadStats()
+    shard = YT8MShard(path, skip_corrupt=True, stats=stats)
+    assert len(shard) == 0 and list(shard) == [] and list(shard) == []
+    assert (stats.empty_files, stats.corrupt, stats.videos) == (1, 0, 0)
+    assert "empty file" in shard.last_error
 
 
 def test_missing_file():

@@ -90,6 +90,8 @@ def inspect(paths: list[str], *, skip_corrupt: bool = False, num_classes: int | 
         return 0
     # Counted here, not from stats: every reader reports corrupt records, not all count videos and frames.
     lost = f", {stats.bytes_lost} bytes unreadable" if stats.bytes_lost else ""
+    if stats.empty_files:
+        lost += f", {plural(stats.empty_files, 'empty file')} skipped"
     print(f"inspect: {plural(len(files), 'file')}, {plural(videos, 'video')}, {plural(frames, 'frame')}, "
           f"{plural(stats.corrupt, 'corrupt record')} skipped{lost}", file=err)
     return 0

@@ -61,7 +61,9 @@ class ReadStats:
 
     ``corrupt`` counts damaged records skipped with ``skip_corrupt`` (a damaged stretch of a TFRecord file between a
     bad header and the next intact record is one); ``bytes_lost`` the bytes of such stretches that could not be
-    read as records, so a summary says how much data was lost, not only how many places were damaged.
+    read as records, so a summary says how much data was lost, not only how many places were damaged;
+    ``empty_files`` the 0-byte files skipped with ``skip_corrupt`` (without it an empty file is an error: it is
+    almost always a failed download, and training on the rest would silently use less data than the user has).
     """
 
     files: int = 0
@@ -69,6 +71,7 @@ class ReadStats:
     frames: int = 0
     corrupt: int = 0
     bytes_lost: int = 0
+    empty_files: int = 0
 
 
 class IndexedShard:

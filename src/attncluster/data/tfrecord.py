@@ -63,8 +63,12 @@ def record_error(path: str, index: int, offset: int, what: str, cls: type[DataEr
     return error
 
 
+class EmptyFileError(DataError):
+    """A 0-byte file where records were expected (usually a failed download or copy)."""
+
+
 def _empty_file(path: str) -> DataError:
-    return DataError(f"{path}: empty file, expected TFRecord records")
+    return EmptyFileError(f"{path}: empty file (0 bytes), expected TFRecord records")
 
 
 def _check_header(header: bytes | bytearray | memoryview, path: str, index: int, offset: int) -> int:
@@ -479,6 +483,7 @@ def write_records(path_or_file: str | os.PathLike | BinaryIO,
 
 
 __all__ = [
+    "EmptyFileError",
     "HEADER_BYTES",
     "FOOTER_BYTES",
     "RecordFramingError",

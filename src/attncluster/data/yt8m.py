@@ -35,8 +35,8 @@ from functools import lru_cache
 import numpy as np
 
 from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
-from attncluster.data.tfrecord import (RecordFramingError, index_records, open_records, read_payload, record_error,
-                                       scan_records)
+from attncluster.data.tfrecord import (EmptyFileError, RecordFramingError, index_records, open_records, read_payload,
+                                       record_error, scan_records)
 from attncluster.errors import DataError
 
 ID_KEY = "id"  # 2018 (v3) release and later
@@ -646,6 +646,12 @@ class YT8MShard:
         self.last_error = str(error)
         self.stats.corrupt += 1
 
+    def _count_empty(self, error: DataError) -> None:
+        if -3 not in self._damage_counted:
+            self._damage_counted.add(-3)
+            self.last_error = str(error)
+            self.stats.empty_files += 1
+
     def _count_framing(self, error: RecordFramingError, offset: int) -> None:
         """Count a damaged stretch once per file, however many passes (epochs, index + iteration) meet it."""
         if offset not in self._damage_counted:
@@ -661,6 +667,11 @@ class YT8MShard:
         if self._index is None:
             try:
                 self._index = index_records(self._file(), self.path)
+            except EmptyFileError as e:
+                if not self.skip_corrupt:
+                    raise
+                self._index = np.zeros((0, 2), dtype=np.int64)
+                self._count_empty(e)
             except RecordFramingError as e:
                 if not self.skip_corrupt:
                     raise
@@ -720,6 +731,10 @@ class YT8MShard:
                     self._skipped(e)
                     continue
                 yield video
+        except EmptyFileError as e:
+            if not self.skip_corrupt:
+                raise
+            self._count_empty(e)
         except RecordFramingError as e:  # a stream that cannot seek ends at the damage
             if not self.skip_corrupt:
                 raise
