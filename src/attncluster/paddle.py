@@ -29,54 +29,22 @@ converted model then matches the reference at inference, and in training too (``
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import pickle
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from attncluster.data.safe_pickle import safe_load
 from attncluster.errors import ConfigError, DataError
 from attncluster.model import AttentionCluster
 
 DEFAULT_FEATURE_DIMS: dict[str, int] = {"rgb": 1024, "audio": 128}
 NAME_TABLE_KEY = "StructuredToParameterName@@"  # Paddle 2.x: structured name -> parameter name, not a weight
 SAFETENSORS_METADATA_KEY = "attncluster_model"
-
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever this numpy keeps it
-_SCALAR = np.float32(0).__reduce__()[0]
-# The only globals a pickle of numpy arrays needs; all build data, none can run code. Both numpy 1 (numpy.core) and
-# numpy 2 (numpy._core) spellings, resolved to this numpy's objects so no deprecated module is imported.
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.multiarray", "scalar"): _SCALAR,
-    ("numpy._core.multiarray", "scalar"): _SCALAR,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # Python 3 protocol-2 pickles spell bytes this way
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "tuple"): tuple,  # paddle.save pickles a tensor as (name, array)
-    ("__builtin__", "tuple"): tuple,
-}
-
-
-class _ForbiddenGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise _ForbiddenGlobal(f"it refers to {module}.{name}, which a weights file never needs") from None
-
 
 def _resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
@@ -103,11 +71,11 @@ def load_paddle_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: no such Paddle weights file")
     try:
         with open(p, "rb") as f:
-            obj = _ArrayUnpickler(f, encoding="latin1").load()
+            obj = safe_load(f, path=str(p), encoding="latin1", builtins=("tuple",), ordered_dict=True)
     except OSError as e:
         raise DataError(f"{p}: cannot read Paddle weights: {e.strerror or e}") from None
-    except _ForbiddenGlobal as e:
-        raise DataError(f"{p}: refusing to unpickle: {e}") from None
+    except DataError:
+        raise
     except pickle.UnpicklingError as e:
         raise DataError(
             f"{p}: not a Paddle .pdparams pickle ({e}); the pre-2020 combined-params binary is not supported"

@@ -13,57 +13,26 @@ Each dict (written by the reference's ``tf2pkl.py``, protocol 2, often under Pyt
 Keys are str or bytes: Python 2 pickles read with ``encoding='bytes'`` (what the reference does) have bytes keys,
 pickles written by Python 3 have str keys; the reference accepted only the former (models#5264). We accept both.
 
-The unpickler is restricted to numpy array reconstruction and builtin containers, so opening a pickle cannot run
-code. Pickles are not seekable record by record: the whole file is loaded into memory when the shard is opened.
+The unpickler (:mod:`attncluster.data.safe_pickle`) is restricted to numpy array reconstruction and builtin
+containers, each bounded in what it may allocate, so opening a pickle cannot run code or exhaust memory. Pickles are not seekable record by record: the whole file is loaded into memory when the shard is opened.
 """
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 
 from attncluster.data.paths import open_binary
 from attncluster.data.records import MAX_FRAMES, IndexedShard, RawVideo, ReadStats
+from attncluster.data.safe_pickle import safe_load
 from attncluster.errors import DataError
 
 DEFAULT_MODALITIES = {"rgb": 1024, "audio": 128}
 # Modality name -> dict key in the reference pickles; other modality names are looked up under their own name.
 PICKLE_KEYS = {"rgb": "feature"}
 
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),  # ndarray, protocols 0-4
-    ("numpy.core.multiarray", "scalar"),  # numpy scalars, e.g. an np.int64 nframes
-    ("numpy.core.numeric", "_frombuffer"),  # ndarray, protocol 5
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-# Where this numpy keeps what pickles call numpy.core (importing the numpy 2 shim warns).
-_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
-_BUILTIN_GLOBALS = {"list", "dict", "tuple", "set", "frozenset", "bytes", "bytearray", "int", "float", "complex",
-                    "str", "bool"}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves only numpy array / scalar reconstruction and builtin containers; anything else is refused."""
-
-    def __init__(self, file, *, path: str, encoding: str):
-        super().__init__(file, encoding=encoding)
-        self._path = path
-
-    def find_class(self, module: str, name: str):
-        # numpy 2 moved numpy.core to numpy._core; pickles name either, depending on the writer's numpy.
-        canonical = module.replace("numpy._core", "numpy.core", 1) if module.startswith("numpy._core") else module
-        if (canonical, name) in _NUMPY_GLOBALS:
-            if canonical.startswith("numpy.core"):
-                canonical = _NUMPY_CORE + canonical[len("numpy.core"):]
-            return super().find_class(canonical, name)
-        if module in ("builtins", "__builtin__") and name in _BUILTIN_GLOBALS:
-            return super().find_class(module, name)
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol < 3
-            return super().find_class(module, name)
-        raise DataError(f"{self._path}: pickle refers to {module}.{name}, which is not allowed "
-                        f"(only numpy arrays and builtin containers are loaded, so no code runs)")
+# Builtins the reference's tf2pkl.py output (and Python 3 rewrites of it) needs; see data/safe_pickle.py.
+_BUILTINS = ("list", "dict", "tuple", "set", "frozenset", "bytes", "bytearray", "int", "float", "complex", "str",
+             "bool")
 
 
 def _one_line(e: BaseException) -> str:
@@ -81,7 +50,7 @@ def load_pickle(path: str) -> object:
         for encoding in ("latin1", "bytes"):
             try:
                 f.seek(0)
-                return _SafeUnpickler(f, path=path, encoding=encoding).load()
+                return safe_load(f, path=path, encoding=encoding, builtins=_BUILTINS)
             except DataError:
                 raise
             except Exception as e:  # pickle raises many types on garbage: UnpicklingError, EOFError, ValueError, ...
