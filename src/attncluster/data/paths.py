@@ -1,7 +1,8 @@
 """Shard specifications -> concrete file lists, local or remote (fsspec URLs).
 
-A spec is a path, a glob, a directory (every file in it, sorted), or a list file (``*.list`` / ``*.txt``, one
-path per line, as the reference's ``train.list``; relative lines resolve against the list file's folder).
+A spec is a path, a glob, a directory (every file in it, sorted), or a list file (``*.list`` or ``*.txt``: one path,
+glob or directory per line, as the reference's ``train.list``; relative lines resolve against the list file's folder;
+a line that matches nothing is an error naming the list file and line).
 Any of them may be an fsspec URL (``s3://``, ``gs://``, ``https://``, ``memory://``, ``file://``).
 """
 
@@ -69,22 +70,36 @@ def read_text(path: str) -> str:
         raise DataError(f"{path}: not a UTF-8 text file") from None
 
 
-def _read_list_file(path: str) -> list[str]:
+def _read_list_file(path: str, depth: int = 0) -> list[str]:
+    """The files a list file names: one path, glob or directory per line (``#`` comments and blank lines are
+    skipped); relative lines resolve against the list file's folder. A line that matches nothing is an error naming
+    the list file and the line, so a typo in a list is never a silently smaller dataset."""
+    if depth > 8:
+        raise DataError(f"{path}: list files nest more than 8 deep (does a list name itself?)")
     base = path.rsplit("/", 1)[0] if "/" in path else "."
     out = []
-    for line in read_text(path).splitlines():
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if not is_url(line) and not os.path.isabs(line):
             line = f"{base}/{line}" if is_url(path) else os.path.join(base, line)
-        out.append(line)
+        found = _expand_one(line, depth + 1)
+        if not found:
+            raise DataError(f"{path}: line {number}: {safe_repr(line)} matches no files")
+        out.extend(found)
     if not out:
         raise DataError(f"{path}: list file names no shards")
     return out
 
 
-def _expand_one(spec: str) -> list[str]:
+def safe_repr(text: str, limit: int = 200) -> str:
+    """``text`` for a message: non-printable characters escaped, at most ``limit`` characters."""
+    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _expand_one(spec: str, depth: int = 0) -> list[str]:
     if is_url(spec) and not spec.startswith("file://"):
         fs, p = _fs(spec)
         prefix = _protocol_prefix(spec)
@@ -94,7 +109,7 @@ def _expand_one(spec: str) -> list[str]:
             found = sorted(x["name"] for x in fs.ls(p, detail=True) if x["type"] == "file")
             found = [x for x in found if not x.endswith(IGNORED_SUFFIXES)]
         elif p.endswith(LIST_SUFFIXES) and fs.exists(p):
-            return _read_list_file(spec)
+            return _read_list_file(spec, depth)
         else:
             found = [p] if fs.exists(p) else []
         return [x if is_url(x) else prefix + x for x in found]
@@ -107,7 +122,7 @@ def _expand_one(spec: str) -> list[str]:
         return [os.path.join(local, n) for n in names
                 if os.path.isfile(os.path.join(local, n)) and not n.endswith(IGNORED_SUFFIXES) and not n.startswith(".")]
     if local.endswith(LIST_SUFFIXES) and os.path.isfile(local):
-        return _read_list_file(local)
+        return _read_list_file(local, depth)
     return [local] if os.path.exists(local) else []
 
 
