@@ -130,3 +130,30 @@ def test_synth_verb_prints_a_summary(tmp_path):
     assert stream.getvalue().startswith(f"synth: wrote 10 videos (5 classes) in 2 shards to {tmp_path / 'd'}")
     assert sorted(x.name for x in (tmp_path / "d").iterdir()) == ["train0000.tfrecord", "train0001.tfrecord",
                                                                     "vocabulary.csv"]
+
+
+def test_synth_refuses_a_folder_that_is_not_empty(tmp_path):
+    write_synthetic(tmp_path / "d", videos=4, classes=3, shards=2, seed=0, **SMALL)
+    before = sorted(p.name for p in (tmp_path / "d").iterdir())
+    with pytest.raises(ConfigError, match=r"d is not empty \(3 entries\); choose a new or empty folder"):
+        write_synthetic(tmp_path / "d", videos=9, classes=3, shards=1, seed=1, **SMALL)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == before
+
+
+def test_an_interrupted_synth_leaves_no_shard_that_reads_as_valid(tmp_path, monkeypatch):
+    """Stopped while writing shard 1 (Ctrl-C inside the writer): shard 0 is complete, nothing else is there."""
+    import attncluster.data.synth as synth_mod
+
+    real = synth_mod.encode_sequence_example
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second video of the second shard
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth_mod, "encode_sequence_example", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic(tmp_path / "d", videos=8, classes=3, shards=2, seed=0, **SMALL)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train0000.tfrecord"]

@@ -154,7 +154,7 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
     The output is byte-identical for the same arguments.
 
     Args:
-        out_dir: output folder (created if needed).
+        out_dir: output folder: new or empty (created if needed).
         videos: number of videos, spread over the shards in order.
         classes: number of classes (at least 2: every video needs a label and a decoy).
         shards: number of shard files (at most ``videos``; a shard file is never empty).
@@ -168,7 +168,7 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
         The shard paths, in order.
 
     Raises:
-        ConfigError: an invalid argument.
+        ConfigError: an invalid argument, or ``out_dir`` is not empty.
     """
     checks = [
         (videos >= 1, f"videos must be >= 1, got {videos}"),
@@ -185,18 +185,34 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
     rng = np.random.default_rng(seed)
     ids = _video_ids(rng, videos)
 
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"synth: {out_dir} exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        # Old shards beside new ones would silently become one larger, mixed dataset.
+        raise ConfigError(f"synth: {out_dir} is not empty ({len(os.listdir(out_dir))} entries); choose a new or "
+                          "empty folder")
     os.makedirs(out_dir, exist_ok=True)
     counts = np.zeros(classes, dtype=np.int64)
     paths = []
     for s in range(shards):
-        path = os.path.join(os.fspath(out_dir), f"{prefix}{s:04d}.tfrecord")
-        with TFRecordWriter(path) as writer:
-            for i in range(s * videos // shards, (s + 1) * videos // shards):
-                labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames)
-                counts[labels] += 1
-                writer.write(encode_sequence_example(ids[i], labels, frames))
+        path = os.path.join(out_dir, f"{prefix}{s:04d}.tfrecord")
+        # Each shard is written under a hidden temporary name (directory listings skip it) and renamed when
+        # complete, so an interrupted run never leaves a short shard that reads as valid.
+        tmp = os.path.join(out_dir, f".{prefix}{s:04d}.tfrecord.tmp")
+        try:
+            with TFRecordWriter(tmp) as writer:
+                for i in range(s * videos // shards, (s + 1) * videos // shards):
+                    labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames)
+                    counts[labels] += 1
+                    writer.write(encode_sequence_example(ids[i], labels, frames))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         paths.append(path)
-    write_vocabulary(os.path.join(os.fspath(out_dir), VOCABULARY_FILE), counts)
+    write_vocabulary(os.path.join(out_dir, VOCABULARY_FILE), counts)
     return paths
 
 
