@@ -27,12 +27,13 @@ def test_list_files_name_paths_globs_and_directories_relative_to_the_list(shards
 
 def test_a_list_line_that_matches_nothing_names_the_list_file_and_line(shards):
     lst = shards / "train.list"
-    lst.write_text("a0.tfrecord\n# comment\nmissing\x1b[2J.tfrecord\n")
+    lst.write_text("a0.tfrecord\n# comment\nmissing\x1b[2J\x00.tfrecord\n")
     with pytest.raises(DataError) as e:
         expand_paths([str(lst)])
     msg = str(e.value)
     assert msg.startswith(f"{lst}: line 3: ") and "matches no files" in msg
-    assert "\x1b" not in msg and "\\x1b" in msg  # the escape byte is shown escaped, never sent to the terminal
+    # The escape and NUL bytes are shown escaped, never sent to the terminal (and NUL is no crash).
+    assert "\x1b" not in msg and "\\x1b" in msg and "\x00" not in msg and "\\x00" in msg
 
 
 def test_a_list_that_names_itself_is_an_error_not_a_hang(shards):

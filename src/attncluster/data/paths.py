@@ -114,6 +114,8 @@ def _expand_one(spec: str, depth: int = 0) -> list[str]:
             found = [p] if fs.exists(p) else []
         return [x if is_url(x) else prefix + x for x in found]
     local = spec[len("file://"):] if spec.startswith("file://") else spec
+    if "\x00" in local:  # no file system path holds a NUL byte (os calls would raise ValueError)
+        return []
     local = os.path.expanduser(local)
     if glob.has_magic(local):
         return sorted(glob.glob(local))
