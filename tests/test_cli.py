@@ -507,3 +507,18 @@ def test_plurals_in_summaries(tmp_path, capsys):
 
     assert main(["synth", "--out", str(tmp_path / "s"), "--videos", "1", "--shards", "1", "--max-frames", "5"]) == 0
     assert "wrote 1 video in 1 shard to" in capsys.readouterr().out
+
+
+def test_an_unwritable_output_folder_fails_before_predicting(tiny_ckpt, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        folder = ro
+        if os.access(ro, os.W_OK):  # root ignores permission bits; /sys refuses new files to everyone
+            folder = "/sys"
+        code, lines = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights",
+                                 tmp_path / "missing.pt", "--data", tmp_path / "none", "--output", f"{folder}/p.csv")
+    finally:
+        ro.chmod(0o700)
+    assert_main_error(code, lines, f"--output {folder}/p.csv: cannot write in {folder}")

@@ -37,8 +37,12 @@ def check_output(path: str | os.PathLike, flag: str = "--output") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
         raise FileError(f"{flag} {p}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FileError(f"{flag} {p}: the folder {folder} is not writable")
+    try:  # a real probe: permission bits do not tell root, a read-only mount or /proc apart
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise FileError(f"{flag} {p}: cannot write in {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
     return p
 
 
