@@ -409,6 +409,7 @@ def test_weights_of_an_unrelated_model_are_refused_unless_asked(tiny_data, tmp_p
     out = capsys.readouterr().out
     summary = [line for line in out.splitlines() if line.startswith("fine-tune:")]
     assert len(summary) == 1 and "loaded 0 of 12 tensors" in summary[0] and "re-initialised 12" in summary[0]
+    assert ", 1 epoch, precision" in out  # not "1 epochs"
     from attncluster.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "r2" / "checkpoints" / "last.pt")["epoch"] == 1
@@ -507,6 +508,10 @@ def test_plurals_in_summaries(tmp_path, capsys):
 
     assert main(["synth", "--out", str(tmp_path / "s"), "--videos", "1", "--shards", "1", "--max-frames", "5"]) == 0
     assert "wrote 1 video in 1 shard to" in capsys.readouterr().out
+    from attncluster.evaluate import format_metrics
+
+    assert format_metrics({"gap": 0.5, "num_videos": 1}) == "GAP 0.5000 (1 video)"
+    assert format_metrics({"gap": 0.5, "num_videos": 2}) == "GAP 0.5000 (2 videos)"
 
 
 def test_an_unwritable_output_folder_fails_before_predicting(tiny_ckpt, tmp_path, capsys):

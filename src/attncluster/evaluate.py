@@ -15,6 +15,7 @@ from torch import nn
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.transfer import batch_to_device
+from attncluster.errors import plural
 from attncluster.inference import autocast_for, compute_loss, load_class_names, load_model, predict_scores
 from attncluster.metrics import MetricAccumulator
 from attncluster.outputs import atomic_output, check_output
@@ -45,7 +46,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     order = ["gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss"]
     names = {"gap": "GAP", "hit_at_1": "Hit@1", "perr": "PERR", "map": "mAP", "top_1": "top-1", "top_5": "top-5", "loss": "loss"}
     parts = [f"{names[k]} {m[k]:.4f}" for k in order if k in m and m[k] is not None]
-    return ", ".join(parts) + f" ({m.get('num_videos', 0)} videos)"
+    return ", ".join(parts) + f" ({plural(m.get('num_videos', 0), 'video')})"
 
 
 def evaluate(

@@ -16,7 +16,7 @@ import torch
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.transfer import batch_to_device
-from attncluster.errors import ConfigError
+from attncluster.errors import ConfigError, plural
 from attncluster.inference import autocast_for, load_class_names, load_model, load_vocabulary, predict_scores
 from attncluster.outputs import atomic_output, check_output
 
@@ -80,5 +80,5 @@ def predict(
                         rec["names"] = [names[int(k)] for k in c]
                     f.write(json.dumps(rec) + "\n")
             count += len(batch["id"])
-    log(f"predict: {count} videos -> {output}")
+    log(f"predict: {plural(count, 'video')} -> {output}")
     return count
