@@ -194,7 +194,7 @@ def _interrupted_train(args) -> str:
     last = Path(args.run_dir) / "checkpoints" / "last.pt"
     if last.is_file():
         return (f"training stopped; the checkpoints in {last.parent} are complete (written atomically); continue with "
-                f"--resume {last}")
+                f"the same command and --resume {last} --run-dir {args.run_dir}")
     return f"training stopped before its first checkpoint; nothing in {args.run_dir} can be resumed"
 
 
