@@ -174,11 +174,13 @@ def test_a_yaml_list_override_with_globs_stays_a_list():
         load_config(None, ["model.cluster_nums={rgb: [1"])
 
 
-def test_random_overrides_never_crash():
-    """A small fuzzer: random keys with hostile values either load within the bounds or raise one ConfigError line."""
+def test_random_overrides_never_crash(capsys, tmp_path):
+    """A small fuzzer: random keys with hostile values either load within the bounds or raise one ConfigError line,
+    which the CLI prints as one ``error:`` line with exit status 2."""
     import dataclasses
     import random
 
+    from attncluster.cli import main
     from attncluster.config import SECTIONS
 
     keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
@@ -196,6 +198,13 @@ def test_random_overrides_never_crash():
         except ConfigError as e:
             failures += 1
             assert "\n" not in str(e) and len(str(e)) < 2000, (overrides, str(e)[:200])
+            if failures % 10 == 1:  # the same through the command line (the error comes before any weights are read)
+                (tmp_path / "defaults.yaml").write_text("{}\n")  # the defaults, as load_config(None) uses
+                argv = ["eval", "--config", str(tmp_path / "defaults.yaml"), "--weights", "none.pt"]
+                code = main(argv + [x for o in overrides for x in ("-o", o)])
+                err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+                assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (overrides, err)
+                assert all(ch.isprintable() for ch in err[0]) and len(err[0]) < 1100
             continue
         m, t = cfg.model, cfg.train
         assert m.num_parameters() <= 1_000_000_000 and 1 <= m.seg_num <= 10_000, overrides
