@@ -170,11 +170,13 @@ def test_finetune_refuses_weights_that_fit_nothing(tmp_path):
     assert reinit == list(model.state_dict()) and len(lines) == 1
     assert f"loaded 0 of {len(before)} tensors" in lines[0]
     # a partly fitting file: one summary line with the loaded count and the re-initialised names
-    atomic_save({"model": {k: v for k, v in other.state_dict().items()} | {"logits.bias": torch.zeros(CLASSES)}},
+    atomic_save({"model": {k: v for k, v in other.state_dict().items()} | {"logits.bias": torch.zeros(CLASSES),
+                                                                          "\x1b[2Jevil\rname": torch.zeros(1)}},
                 tmp_path / "part.pt")
     lines.clear()
     load_for_finetune(model, tmp_path / "part.pt", log=lines.append)
     assert len(lines) == 1 and f"loaded 1 of {len(before)} tensors" in lines[0]
+    assert "\\x1b[2Jevil\\rname" in lines[0] and "\x1b" not in lines[0]  # a name from the file, escaped
     assert torch.equal(model.state_dict()["logits.bias"], torch.zeros(CLASSES))
 
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MARK = re.compile(r"<!--\s*readme-test:\s*(\w+)\s*(?:\((.*)\))?\s*-->")
 LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
-BLOCK_TIMEOUT = 240  # seconds, one block
+BLOCK_TIMEOUT = {None: 240, "slow": 900, "gpu": 900}  # seconds, one block
 
 _TINY = ["model.num_classes=5", "model.seg_num=8", "model.cluster_nums=2", "model.hidden_sizes=[16]",
          "train.batch_size=16", "train.epochs=1", "train.log_interval=2", "eval.batch_size=16", "eval.top_k=3",
@@ -169,7 +169,7 @@ def run_block(block: dict, ws: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if block["lang"] == "bash":
         p = subprocess.run(["bash", "-e", "-c", block["code"]], cwd=ws, env=env, capture_output=True, text=True,
-                           timeout=BLOCK_TIMEOUT)
+                           timeout=BLOCK_TIMEOUT[block["mark"]])
         assert p.returncode == 0, f"README.md line {block['line']} exited {p.returncode}\n{block['code']}\n" \
                                   f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
         assert "Traceback" not in p.stderr, p.stderr[-3000:]

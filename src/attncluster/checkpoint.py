@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attncluster.errors import ConfigError, DataError, FileError, writing
+from attncluster.errors import ConfigError, DataError, FileError, printable, writing
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -231,5 +231,5 @@ def load_for_finetune(model: nn.Module, path: str | Path, log=print, allow_reini
         line += f"; re-initialised {len(reinit)}: " + ", ".join(why(k) for k in reinit[:8]) + (" ..." if len(reinit) > 8 else "")
     if unexpected:
         line += f"; ignored {len(unexpected)} not in the model: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else "")
-    log(line)
+    log(printable(line, limit=2000))  # tensor names come from the file: escaped like any error line
     return reinit
