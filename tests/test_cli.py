@@ -527,3 +527,16 @@ def test_an_unwritable_output_folder_fails_before_predicting(tiny_ckpt, tmp_path
     finally:
         ro.chmod(0o700)
     assert_main_error(code, lines, f"--output {folder}/p.csv: cannot write in {folder}")
+
+
+@pytest.mark.parametrize("argv, needle", [(["train"], "the following arguments are required: --config"),
+                                          (["predict", "--top-k", "x"], "argument --top-k: invalid int value: 'x'"),
+                                          (["bogus"], "invalid choice: 'bogus'")])
+def test_usage_mistakes_are_one_error_line_too(argv, needle, capsys):
+    from attncluster.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: attncluster"), lines
+    assert needle in lines[0] and "--help)" in lines[0]

@@ -97,8 +97,16 @@ def cmd_convert_paddle(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes as one ``error:`` line (exit 2) like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(printable(f"error: {self.prog}: {message} (see {self.prog} --help)"), file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attncluster",
         description="Attention Clusters (Long et al., CVPR 2018) video classification on pre-extracted features.",
         epilog=EPILOG)
