@@ -540,3 +540,14 @@ def test_usage_mistakes_are_one_error_line_too(argv, needle, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: attncluster"), lines
     assert needle in lines[0] and "--help)" in lines[0]
+
+
+def test_a_missing_output_folder_is_created_only_when_the_output_is_written(tiny_ckpt, tiny_data, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "m.json"
+    code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tmp_path / "none.pt",
+                             "--output", out, "--device", "cpu")
+    assert_main_error(code, lines, "none.pt")
+    assert not (tmp_path / "new").exists()  # a failed start leaves no folder behind
+    code, _ = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
+                         "--output", out, "--device", "cpu")
+    assert code == 0 and json.loads(out.read_text())["num_videos"] == 40

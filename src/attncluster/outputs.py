@@ -23,18 +23,21 @@ from attncluster.errors import ConfigError, FileError, writing
 
 
 def check_output(path: str | os.PathLike, flag: str = "--output") -> Path:
-    """Check that ``path`` can be written as a file, creating its folder if needed. Returns it as a Path.
+    """Check that ``path`` can be written as a file. Returns it as a Path. Creates nothing.
+
+    A missing folder is fine when it can be created (:func:`atomic_output` creates it): the nearest existing
+    ancestor must be a writable folder.
 
     Raises:
         ConfigError: ``path`` is a directory.
-        FileError: its folder cannot be created, is not a folder, or is not writable.
+        FileError: its folder is not a folder, or cannot be written in.
     """
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {p}: is a directory; name a file in it, e.g. {p / ('out' + (p.suffix or '.jsonl'))}")
     folder = p.parent
-    with writing(folder, "create the output folder"):
-        folder.mkdir(parents=True, exist_ok=True)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     if not folder.is_dir():
         raise FileError(f"{flag} {p}: {folder} is not a folder")
     try:  # a real probe: permission bits do not tell root, a read-only mount or /proc apart
@@ -61,6 +64,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", newline: str | None 
     """
     path = Path(path)
     with writing(path, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
