@@ -82,3 +82,119 @@ def test_corrupt_safetensors_is_a_data_error(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(DataError, match="w.safetensors: not a readable safetensors file"):
         load_weights(_model(), bad)
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling calls exec: what a malicious checkpoint does
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_a_crafted_checkpoint_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "side-effect"
+    zipped = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "x": _Planted(marker)}, zipped)
+    legacy = tmp_path / "legacy.pt"  # a bare pickle (torch's legacy format) with the same payload
+    legacy.write_bytes(pickle.dumps({"model": {}, "x": _Planted(marker)}, protocol=2))
+    for path in (zipped, legacy):
+        with pytest.raises(DataError, match=rf"{path.name}: (refusing to load: it needs \S*exec|not a readable)") as e:
+            load_checkpoint(path)
+        assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+        with pytest.raises(DataError):
+            load_weights(_model(), path)
+    assert not marker.exists()
+    pd = tmp_path / "evil.pdparams"
+    pd.write_bytes(pickle.dumps({"fc1.weights": _Planted(marker)}))
+    with pytest.raises(ConfigError, match="evil.pdparams: is a Paddle weights file, not a training checkpoint"):
+        load_checkpoint(pd)  # what --resume calls
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        load_weights(_model(), pd)
+    assert not marker.exists()
+
+
+def test_a_training_checkpoint_with_rng_states_loads_weights_only(tmp_path):
+    """What train.py saves (numpy's RNG tuple, config dict, numpy scalars in metrics) loads, and restores the RNGs."""
+    from attncluster.checkpoint import atomic_save, rng_state, set_rng_state
+    from attncluster.config import Config
+
+    np.random.seed(123)
+    np.random.rand(3)
+    state = rng_state()
+    expected = (np.random.rand(4), torch.rand(2))
+    atomic_save({"model": _model().state_dict(), "rng": [state], "config": Config().to_dict(), "epoch": 2,
+                 "metrics": {"gap": np.float64(0.25), "n": np.int64(7), "ok": np.bool_(True)},
+                 "best_metric": np.float32(0.5)}, tmp_path / "c.pt")
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert ckpt["metrics"] == {"gap": 0.25, "n": 7, "ok": True} and ckpt["epoch"] == 2
+    np.random.seed(0)
+    torch.manual_seed(0)
+    set_rng_state(ckpt["rng"][0])
+    got = (np.random.rand(4), torch.rand(2))
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+
+
+def test_checkpoint_model_must_be_tensors(tmp_path):
+    torch.save({"model": {"w": [1, 2]}}, tmp_path / "m.pt")
+    with pytest.raises(DataError, match="'model' must map parameter names to tensors"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_safetensors_with_bad_metadata_is_a_data_error(tmp_path):
+    save_file(_model().state_dict(), str(tmp_path / "w.safetensors"), metadata={"attncluster_model": "{not json"})
+    with pytest.raises(DataError, match="w.safetensors: not a readable safetensors file"):
+        load_weights(_model(), tmp_path / "w.safetensors")
+    good = tmp_path / "g.safetensors"
+    save_file(_model().state_dict(), str(good))
+    data = good.read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(DataError, match="t.safetensors: not a readable safetensors file"):
+        load_weights(_model(), tmp_path / "t.safetensors")
+
+
+def test_finetune_refuses_weights_that_fit_nothing(tmp_path):
+    from attncluster.checkpoint import atomic_save, load_for_finetune
+
+    other = AttentionCluster(feature_dims=DIMS, cluster_nums={m: c + 1 for m, c in CLUSTERS.items()}, num_classes=CLASSES + 1,
+                             hidden_sizes=tuple(h + 1 for h in HIDDEN))
+    atomic_save({"model": other.state_dict()}, tmp_path / "other.pt")
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"other.pt: no tensor fits the model.*--allow-reinit"):
+        load_for_finetune(model, tmp_path / "other.pt", log=lambda m: None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    lines = []
+    reinit = load_for_finetune(model, tmp_path / "other.pt", log=lines.append, allow_reinit=True)
+    assert reinit == list(model.state_dict()) and len(lines) == 1
+    assert f"loaded 0 of {len(before)} tensors" in lines[0]
+    # a partly fitting file: one summary line with the loaded count and the re-initialised names
+    atomic_save({"model": {k: v for k, v in other.state_dict().items()} | {"logits.bias": torch.zeros(CLASSES),
+                                                                          "\x1b[2Jevil\rname": torch.zeros(1)}},
+                tmp_path / "part.pt")
+    lines.clear()
+    load_for_finetune(model, tmp_path / "part.pt", log=lines.append)
+    assert len(lines) == 1 and f"loaded 1 of {len(before)} tensors" in lines[0]
+    assert "\\x1b[2Jevil\\rname" in lines[0] and "\x1b" not in lines[0]  # a name from the file, escaped
+    assert torch.equal(model.state_dict()["logits.bias"], torch.zeros(CLASSES))
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_naming_it(tmp_path):
+    import resource
+    import signal
+
+    from attncluster.errors import FileError
+
+    path = tmp_path / "ckpt" / "epoch_001.pt"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # files may not grow past 4 KB: EFBIG, like ENOSPC
+    try:
+        with pytest.raises(FileError, match=rf"{path}: cannot write checkpoint") as e:
+            atomic_save({"model": {"w": torch.zeros(10_000)}}, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert "\n" not in str(e.value)
+    assert list(path.parent.iterdir()) == []  # no temporary file left behind

@@ -156,7 +156,10 @@ def test_finetune_through_cli_names_reinitialised_layers(trained, tiny_data, tmp
             "--run-dir", tmp_path / "ft", "--device", "cpu", check=False)
     # synthetic labels are < 5, so they fit 7 classes
     assert p.returncode == 0, p.stderr
-    assert "re-initialised logits.weight" in p.stdout and "re-initialised logits.bias" in p.stdout
+    lines = [line for line in p.stdout.splitlines() if line.startswith("fine-tune:")]
+    # 2 modalities x (score.weight, score.bias, shift_w, shift_b) + hidden.0 (weight, bias) + logits (weight, bias)
+    assert len(lines) == 1 and "loaded 10 of 12 tensors" in lines[0], p.stdout
+    assert "re-initialised 2: logits.weight (checkpoint (5, 16) vs (7, 16)), logits.bias (checkpoint (5,) vs (7,))" in lines[0]
 
 
 def test_convert_paddle_command(tmp_path):
@@ -180,3 +183,371 @@ def test_convert_paddle_command(tmp_path):
     # the default reference dims do not fit these small weights: one line naming the mis-shaped tensors
     assert_one_line_error(run("convert-paddle", src, "--output", tmp_path / "x.pt", check=False),
                           "mis-shaped", "satt0.conv.weight")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# In-process runs of cli.main: the same code path as the console script, a second faster per case.
+
+def main_lines(capsys, *argv):
+    """(exit status, stderr lines) of one in-process ``attncluster`` run."""
+    from attncluster.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def assert_main_error(code, lines, *needles):
+    assert code == 2, (code, lines)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(ch.isprintable() for ch in lines[0]), repr(lines[0])
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_data, tmp_path_factory):
+    """A config matching tiny_overrides and a freshly initialised checkpoint of its model (no training needed)."""
+    import torch
+
+    from attncluster.checkpoint import atomic_save
+    from attncluster.config import load_config
+    from attncluster.model import AttentionCluster
+
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    cfg = load_config(None, tiny_overrides(tiny_data))
+    (root / "config.yaml").write_text(cfg.to_yaml())
+    torch.manual_seed(0)
+    atomic_save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict()}, root / "model.pt")
+    return root
+
+
+class _Planted:
+    """Unpickling this runs ``open(marker, 'w')``: what a malicious checkpoint does with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("verb", ["train --resume", "train --weights", "eval", "predict", "train --resume pdparams"])
+def test_a_crafted_checkpoint_never_runs_code(verb, tiny_ckpt, tiny_data, tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "side-effect"
+    if verb.endswith("pdparams"):
+        evil = tmp_path / "evil.pdparams"
+        evil.write_bytes(pickle.dumps({"fc1.weights": _Planted(marker)}))
+    else:
+        evil = tmp_path / "evil.pt"
+        torch.save({"model": {}, "epoch": 1, "payload": _Planted(marker)}, evil)
+    cfg = tiny_ckpt / "config.yaml"
+    if verb.startswith("train"):
+        flag = verb.split()[1]
+        argv = ["train", "--config", cfg, flag, evil, "--run-dir", tmp_path / "run", "--device", "cpu"]
+    elif verb == "eval":
+        argv = ["eval", "--config", cfg, "--weights", evil, "--device", "cpu"]
+    else:
+        argv = ["predict", "--config", cfg, "--weights", evil, "--data", tiny_data / "valid", "--output",
+                tmp_path / "p.csv", "--device", "cpu"]
+    code, lines = main_lines(capsys, *argv)
+    assert not marker.exists(), "unpickling the file ran its code"
+    assert_main_error(code, lines, str(evil))
+    if verb.endswith("pdparams"):
+        assert "not a training checkpoint" in lines[0]
+    else:
+        assert "refusing to load" in lines[0] and "exec" in lines[0]
+
+
+def test_hostile_bytes_from_a_file_are_escaped_and_capped(tmp_path, capsys):
+    """A .list file's line is quoted in the error: its control characters come out escaped, 3 KB come out capped."""
+    from attncluster.errors import MAX_MESSAGE
+
+    hostile = "\x1b[2J\x1b[31mfake\x07\x7f\x9b\u202eerror: forged" + "A" * 3000  # clear screen, colour, bell, DEL, CSI, RLO
+    lst = tmp_path / "shards.list"
+    lst.write_text(hostile + "\n")
+    code, lines = main_lines(capsys, "inspect", lst)
+    assert_main_error(code, lines, "\\x1b[2J\\x1b[31mfake\\x07\\x7f\\x9b\\u202eerror: forged")
+    assert not any(c in lines[0] for c in "\x1b\x07\x7f\x9b\u202e")
+    assert len(lines[0]) <= len("error: ") + MAX_MESSAGE + len("... (9999 more characters)")
+    assert lines[0].endswith("more characters)")
+
+
+def test_every_error_line_escapes_nul_and_cr(capsys):
+    """The one mechanism: whatever an error holds, cli.main prints it escaped on one line."""
+    from attncluster.cli import user_message
+    from attncluster.errors import DataError
+
+    assert user_message(DataError("f.tfrecord: id 'a\x00b\rc\nd\x1b[0m'")) == "f.tfrecord: id 'a\\x00b\\rc d\\x1b[0m'"
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        "  File x\nattncluster.errors.DataError: bad \x1b[31m")
+    assert user_message(wrapped) == "bad \\x1b[31m"
+    assert user_message(OSError(28, "No space left on device", "/data/out.csv")) == "/data/out.csv: No space left on device"
+
+
+def test_worker_errors_print_plain_error_lines(tiny_data, tmp_path, capsys):
+    """A framing error raised in a DataLoader worker prints as ``error: path: ...``, not with a class name."""
+    import shutil
+
+    from attncluster.data.tfrecord import RecordFramingError  # noqa: F401  (the class that used to leak)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shard = bad / "train0000.tfrecord"
+    shutil.copy(sorted((tiny_data / "train").glob("*.tfrecord"))[0], shard)
+    data = bytearray(shard.read_bytes())
+    data[8] ^= 0xFF  # the first record's length CRC
+    shard.write_bytes(bytes(data))
+    code, lines = main_lines(capsys, "train", "--config", "configs/quickstart.yaml",
+                             *overrides(tiny_data, **{"data.train": bad, "data.num_workers": 1, "train.epochs": 1,
+                                                      "train.valid_interval": 0}),
+                             "--run-dir", tmp_path / "run", "--device", "cpu")
+    assert_main_error(code, lines, str(shard))
+    assert "Error:" not in lines[0] and "attncluster." not in lines[0] and "Traceback" not in lines[0]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:7", "mps", "cpu:3"])
+def test_bad_devices_are_one_line_errors(device, tiny_ckpt, capsys):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("cuda is a valid device here")
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights",
+                             tiny_ckpt / "model.pt", "--device", device)
+    assert_main_error(code, lines, f"--device {device}")
+
+
+@pytest.mark.parametrize("verb", ["predict", "eval"])
+def test_output_is_checked_before_any_work(verb, tmp_path, tiny_ckpt, capsys):
+    """A directory (or a path under a regular file) as --output fails first: weights and data are never opened."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    common = ["--config", tiny_ckpt / "config.yaml", "--weights", tmp_path / "missing.pt", "--device", "cpu"]
+    extra = ["--data", tmp_path / "no-data"]
+    folder = tmp_path / "out.csv"
+    folder.mkdir()
+    code, lines = main_lines(capsys, verb, *common, *extra, "--output", folder)
+    assert_main_error(code, lines, f"--output {folder}", "is a directory")
+    code, lines = main_lines(capsys, verb, *common, *extra, "--output", afile / "out.json")
+    assert_main_error(code, lines, str(afile))
+    assert "missing.pt" not in lines[0]
+
+
+def _hostile_shard(path, ids):
+    import numpy as np
+
+    from attncluster.data.tfrecord import TFRecordWriter
+    from attncluster.data.yt8m import encode_sequence_example
+
+    rng = np.random.default_rng(0)
+    with TFRecordWriter(str(path)) as w:
+        for i, vid in enumerate(ids):
+            frames = {"rgb": rng.integers(0, 256, (3, 1024), dtype=np.uint8),
+                      "audio": rng.integers(0, 256, (3, 128), dtype=np.uint8)}
+            w.write(encode_sequence_example(vid, [i % TINY_CLASSES], frames))
+
+
+def test_kaggle_csv_round_trips_hostile_ids(tiny_ckpt, tmp_path, capsys):
+    ids = ["plain", "with,comma", 'with"quote', "line\nbreak", "cr\rreturn",
+           'forged,"0 0.999"\nfake,1 0.5', " spaces ", "x" * 300]
+    (tmp_path / "data").mkdir()
+    _hostile_shard(tmp_path / "data" / "test0000.tfrecord", ids)
+    out = tmp_path / "sub.csv"
+    code, _ = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
+                         "--data", tmp_path / "data", "--output", out, "--top-k", 2, "--device", "cpu")
+    assert code == 0
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["VideoId", "LabelConfidencePairs"]
+    assert sorted(r[0] for r in rows[1:]) == sorted(ids)  # one row per video, every id intact
+    assert all(len(r) == 2 and len(r[1].split(" ")) == 4 for r in rows[1:])
+
+
+def test_predict_ignores_a_planted_symlink_and_replaces_atomically(tiny_ckpt, tiny_data, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out" / "p.csv"
+    out.parent.mkdir()
+    (out.parent / "p.csv.tmp").symlink_to(victim)  # the fixed name the old code wrote through
+    code, _ = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
+                         "--data", tiny_data / "valid", "--output", out, "--device", "cpu")
+    assert code == 0
+    assert victim.read_text() == "precious"
+    assert len(list(csv.reader(out.open()))) == 41
+    assert sorted(p.name for p in out.parent.iterdir()) == ["p.csv", "p.csv.tmp"]  # nothing else left behind
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_weights_of_an_unrelated_model_are_refused_unless_asked(tiny_data, tmp_path, capsys):
+    import torch
+
+    from attncluster.checkpoint import atomic_save
+    from attncluster.model import AttentionCluster
+
+    other = AttentionCluster(feature_dims={"rgb": 1024, "audio": 128}, cluster_nums=3, num_classes=4, hidden_sizes=(6,))
+    atomic_save({"model": other.state_dict()}, tmp_path / "other.pt")
+    args = ["train", "--config", "configs/quickstart.yaml",
+            *overrides(tiny_data, **{"train.epochs": 1, "train.valid_interval": 0}),
+            "--weights", tmp_path / "other.pt", "--device", "cpu"]
+    code, lines = main_lines(capsys, *args, "--run-dir", tmp_path / "r1")
+    assert_main_error(code, lines, "other.pt", "no tensor fits the model", "--allow-reinit")
+    from attncluster.cli import main
+
+    assert main([str(a) for a in args] + ["--run-dir", str(tmp_path / "r2"), "--allow-reinit"]) == 0
+    out = capsys.readouterr().out
+    summary = [line for line in out.splitlines() if line.startswith("fine-tune:")]
+    assert len(summary) == 1 and "loaded 0 of 12 tensors" in summary[0] and "re-initialised 12" in summary[0]
+    assert ", 1 epoch, precision" in out  # not "1 epochs"
+    from attncluster.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "r2" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def _interrupt_on_call(monkeypatch, module, name, n):
+    """Make ``module.name`` raise KeyboardInterrupt on its n-th call: Ctrl-C arriving mid-run."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] >= n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_ctrl_c_in_predict_leaves_no_partial_output_and_says_so(tiny_ckpt, tiny_data, tmp_path, monkeypatch, capsys):
+    import attncluster.predict as predict_mod
+
+    out = tmp_path / "p.jsonl"
+    out.write_text("previous\n")
+    _interrupt_on_call(monkeypatch, predict_mod, "predict_scores", 2)
+    code, lines = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights",
+                             tiny_ckpt / "model.pt", "--data", tiny_data / "train", "--output", out, "--device", "cpu",
+                             "-o", "eval.batch_size=8")
+    assert code == 130
+    assert lines == [f"interrupted: prediction stopped; {out} was not written (a previous file there is unchanged)"]
+    assert out.read_text() == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]
+
+
+def test_ctrl_c_message_is_true_for_train_and_eval(tiny_ckpt, tiny_data, tmp_path, monkeypatch, capsys):
+    import attncluster.evaluate as evaluate_mod
+    import attncluster.train as train_mod
+
+    base = ["--config", "configs/quickstart.yaml", *overrides(tiny_data, **{"train.epochs": 2}), "--device", "cpu"]
+    with monkeypatch.context() as m:  # interrupted in the first epoch: no checkpoint exists yet
+        _interrupt_on_call(m, train_mod, "compute_loss", 2)
+        code, lines = main_lines(capsys, "train", *base, "--run-dir", tmp_path / "a")
+    assert code == 130 and lines == [f"interrupted: training stopped before its first checkpoint; nothing in "
+                                     f"{tmp_path / 'a'} can be resumed"]
+    assert not (tmp_path / "a" / "checkpoints" / "last.pt").exists()
+    with monkeypatch.context() as m:  # interrupted in the second epoch: epoch 1's checkpoint is there
+        _interrupt_on_call(m, train_mod, "compute_loss", 6 + 1 + 2)  # 6 steps of 16 videos, then valid, then 2
+        code, lines = main_lines(capsys, "train", *base, "--run-dir", tmp_path / "b")
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    assert code == 130 and lines and lines[-1].startswith("interrupted: training stopped; the checkpoints in")
+    assert f"--resume {last}" in lines[-1] and last.is_file()
+    with monkeypatch.context() as m:
+        _interrupt_on_call(m, evaluate_mod, "compute_loss", 1)
+        code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights",
+                                 tiny_ckpt / "model.pt", "--output", tmp_path / "m.json", "--device", "cpu")
+    assert code == 130 and lines == [f"interrupted: evaluation stopped; no metrics were written "
+                                     f"({tmp_path / 'm.json'} is unchanged)"]
+    assert not (tmp_path / "m.json").exists()
+
+
+def _limit_file_size(nbytes):
+    import resource
+    import signal
+
+    def preexec():  # a file may not grow past nbytes: writes beyond fail with EFBIG, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return preexec
+
+
+@pytest.mark.parametrize("limit, what", [(200, "config.yaml: cannot write config"),
+                                         (60_000, "epoch_001.pt: cannot write checkpoint")])
+def test_a_full_disk_during_training_is_one_line(limit, what, tiny_data, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "attncluster", "train", "--config", "configs/quickstart.yaml",
+                        *overrides(tiny_data, **{"train.epochs": 1, "train.valid_interval": 0}),
+                        "--run-dir", run_dir, "--device", "cpu"], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300, preexec_fn=_limit_file_size(limit))
+    assert_one_line_error(p, what, str(run_dir))
+    ckpts = run_dir / "checkpoints"
+    assert not [f for f in ckpts.iterdir() if f.name.endswith(".tmp")], list(ckpts.iterdir())
+
+
+def test_num_threads_override_is_validated_not_a_crash(tmp_path):
+    p = run("train", "--config", "configs/quickstart.yaml", "-o", "data.train=x", "-o", "train.num_threads=100000",
+            "--run-dir", tmp_path / "r", check=False, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert_one_line_error(p, "-o train.num_threads=100000: train.num_threads: must be in [0, 256]")
+    assert "quickstart.yaml" not in p.stderr  # the value came from -o, not from the config file
+
+
+def test_plurals_in_summaries(tmp_path, capsys):
+    from attncluster.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "s"), "--videos", "1", "--shards", "1", "--max-frames", "5"]) == 0
+    assert "wrote 1 video in 1 shard to" in capsys.readouterr().out
+    from attncluster.evaluate import format_metrics
+
+    assert format_metrics({"gap": 0.5, "num_videos": 1}) == "GAP 0.5000 (1 video)"
+    assert format_metrics({"gap": 0.5, "num_videos": 2}) == "GAP 0.5000 (2 videos)"
+
+
+def test_an_unwritable_output_folder_fails_before_predicting(tiny_ckpt, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        folder = ro
+        if os.access(ro, os.W_OK):  # root ignores permission bits; /sys refuses new files to everyone
+            folder = "/sys"
+        code, lines = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights",
+                                 tmp_path / "missing.pt", "--data", tmp_path / "none", "--output", f"{folder}/p.csv")
+    finally:
+        ro.chmod(0o700)
+    assert_main_error(code, lines, f"--output {folder}/p.csv: cannot write in {folder}")
+
+
+@pytest.mark.parametrize("argv, needle", [(["train"], "the following arguments are required: --config"),
+                                          (["predict", "--top-k", "x"], "argument --top-k: invalid int value: 'x'"),
+                                          (["bogus"], "invalid choice: 'bogus'")])
+def test_usage_mistakes_are_one_error_line_too(argv, needle, capsys):
+    from attncluster.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: attncluster"), lines
+    assert needle in lines[0] and "--help)" in lines[0]
+
+
+def test_a_missing_output_folder_is_created_only_when_the_output_is_written(tiny_ckpt, tiny_data, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "m.json"
+    code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tmp_path / "none.pt",
+                             "--output", out, "--device", "cpu")
+    assert_main_error(code, lines, "none.pt")
+    assert not (tmp_path / "new").exists()  # a failed start leaves no folder behind
+    code, _ = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
+                         "--output", out, "--device", "cpu")
+    assert code == 0 and json.loads(out.read_text())["num_videos"] == 40

@@ -21,24 +21,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from attncluster.errors import ConfigError, DataError
+from attncluster.errors import ConfigError, DataError, FileError, printable, writing
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with writing(path, "write checkpoint"):  # disk full, read-only folder: one FileError naming the path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def rng_state() -> dict[str, Any]:
@@ -56,17 +57,80 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever this numpy keeps it
+_SCALAR = np.float64(0).__reduce__()[0]
+# What our checkpoints hold besides tensors and plain Python values: numpy's RNG state (``np.random.get_state()``
+# is a tuple with a uint32 array) and possibly numpy scalars in metrics. These build arrays from data and call
+# nothing else. Both numpy 1 (numpy.core) and numpy 2 (numpy._core) spellings, so either numpy reads the other's.
+_CHECKPOINT_GLOBALS: list[Any] = [
+    np.ndarray, np.dtype,
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
+    (_SCALAR, "numpy.core.multiarray.scalar"), (_SCALAR, "numpy._core.multiarray.scalar"),
+    # the dtype classes numpy 2 pickles (numpy.dtypes.UInt32DType for the RNG key, floats and ints in metrics)
+    *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64, np.bool_)},
+]
+_NOT_CHECKPOINTS = {".pdparams": "a Paddle weights file", ".safetensors": "a safetensors weights file"}
+
+
+def _allowed(globs: list[Any]):
+    """torch's ``safe_globals`` context (torch >= 2.5); on older torch the globals are added process-wide."""
+    ctx = getattr(torch.serialization, "safe_globals", None)
+    if ctx is not None:
+        return ctx(globs)
+    import contextlib
+
+    torch.serialization.add_safe_globals([g[0] if isinstance(g, tuple) else g for g in globs])
+    return contextlib.nullcontext()
+
+
+def _safe_torch_load(path: Path) -> Any:
+    """``torch.load`` that never runs code: ``weights_only=True`` with only the numpy globals above allowed.
+
+    A file that needs any other global (a class, a function such as ``os.system``) is refused before anything of
+    it is built.
+    """
+    import re
+    import warnings
+
+    try:
+        with _allowed(_CHECKPOINT_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if m:
+            raise DataError(f"{path}: refusing to load: it needs {m.group(1)}, and loading that could run code; an "
+                            "attncluster checkpoint holds only tensors, numpy arrays and plain values") from None
+        raise DataError(f"{path}: not a readable checkpoint (not a torch.save file of tensors and plain values)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, AttributeError,
+            IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    except OSError as e:
+        raise FileError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load one of our checkpoints (a dict with at least ``model``)."""
+    """Load one of our checkpoints (a dict with at least ``model``), without running code from the file.
+
+    Raises:
+        ConfigError: the file is missing, or is a weights file (``.pdparams``, ``.safetensors``) rather than a
+            training checkpoint.
+        DataError: the file is damaged, is not ours, or needs more than tensors and plain values to load.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    kind = _NOT_CHECKPOINTS.get(path.suffix.lower())
+    if kind:  # never hand such a file to an unpickler meant for checkpoints
+        raise ConfigError(f"{path}: is {kind}, not a training checkpoint; --resume needs a .pt written by "
+                          "attncluster train (start from weights with train --weights instead)")
+    ckpt = _safe_torch_load(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DataError(f"{path}: not an attncluster checkpoint (expected a dict with a 'model' entry)")
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise DataError(f"{path}: not an attncluster checkpoint ('model' must map parameter names to tensors)")
     return ckpt
 
 
@@ -87,9 +151,19 @@ def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
             state = load_file(str(path))
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise DataError(f"{path}: not a readable safetensors file ({e})") from None
-        info = {"model_config": json.loads(meta["attncluster_model"])} if "attncluster_model" in meta else {}
+        except OSError as e:
+            raise FileError(f"{path}: cannot read weights: {e.strerror or e}") from None
+        except (SafetensorError, ValueError, MemoryError) as e:
+            raise DataError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
+        info = {}
+        if "attncluster_model" in meta:
+            try:
+                info["model_config"] = json.loads(meta["attncluster_model"])
+            except ValueError:
+                info["model_config"] = None
+            if not isinstance(info["model_config"], dict):
+                raise DataError(f"{path}: not a readable safetensors file (metadata 'attncluster_model' is not a "
+                                "JSON object)")
         return state, info
     if path.suffix == ".pdparams":
         from attncluster.paddle import convert_paddle_state, load_paddle_state
@@ -127,22 +201,35 @@ def load_weights(model: nn.Module, path: str | Path, drop_rate: float = 0.5) -> 
     return info
 
 
-def load_for_finetune(model: nn.Module, path: str | Path, log=print) -> list[str]:
+def load_for_finetune(model: nn.Module, path: str | Path, log=print, allow_reinit: bool = False) -> list[str]:
     """Initialise from ``path`` for fine-tuning: layers whose shape differs keep their fresh initialisation.
 
-    Returns the names that were re-initialised (each is also reported through ``log``).
+    Prints one summary line through ``log``: how many tensors were loaded, and which were re-initialised (and
+    why) or ignored. Returns the names that were re-initialised.
+
+    Raises:
+        ConfigError: no tensor of ``path`` fits the model (an unrelated model's weights), unless ``allow_reinit``
+            (``train --allow-reinit``) asks to start from a fresh initialisation anyway.
     """
     state, _ = load_state_dict_any(path, getattr(model, "drop_rate", 0.5), getattr(model, "feature_dims", None))
     own = model.state_dict()
     unexpected = [k for k in state if k not in own]
-    if unexpected and not any(k in own for k in state):
-        raise ConfigError(f"{path}: no parameter names match the model (unexpected {unexpected[:4]})")
     keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(keep, strict=False)
     reinit = [k for k in own if k not in keep]
-    for k in reinit:
-        why = f"checkpoint shape {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if k in state else "not in checkpoint"
-        log(f"fine-tune: re-initialised {k} ({why})")
+
+    def why(k: str) -> str:
+        return f"{k} (checkpoint {tuple(state[k].shape)} vs {tuple(own[k].shape)})" if k in state else f"{k} (absent)"
+
+    if not keep and not allow_reinit:
+        detail = "; ".join(why(k) for k in reinit[:4]) + (" ..." if len(reinit) > 4 else "")
+        raise ConfigError(f"{path}: no tensor fits the model, so --weights would load nothing ({len(state)} tensors "
+                          f"in the file, {len(unexpected)} with names the model does not have; {detail}); check "
+                          "--weights and the config, or pass --allow-reinit to start from a fresh initialisation")
+    model.load_state_dict(keep, strict=False)
+    line = f"fine-tune: loaded {len(keep)} of {len(own)} tensors from {path}"
+    if reinit:
+        line += f"; re-initialised {len(reinit)}: " + ", ".join(why(k) for k in reinit[:8]) + (" ..." if len(reinit) > 8 else "")
     if unexpected:
-        log(f"fine-tune: ignored {len(unexpected)} checkpoint entries not in the model: {unexpected[:4]}")
+        line += f"; ignored {len(unexpected)} not in the model: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else "")
+    log(printable(line, limit=2000))  # tensor names come from the file: escaped like any error line
     return reinit

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
-from attncluster.errors import AttnClusterError
+from attncluster.errors import AttnClusterError, os_error_message, plural, printable
 
 EPILOG = "Docs: README.md. Every command takes --help."
 
@@ -39,7 +39,8 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     from attncluster.train import fit
 
-    fit(_config(args), run_dir=args.run_dir, resume=args.resume, weights=args.weights, device=args.device)
+    fit(_config(args), run_dir=args.run_dir, resume=args.resume, weights=args.weights, device=args.device,
+        allow_reinit=args.allow_reinit)
     return 0
 
 
@@ -76,7 +77,7 @@ def cmd_synth(args) -> int:
 
     files = write_synthetic(args.out, videos=args.videos, classes=args.classes, shards=args.shards, seed=args.seed,
                             max_frames=args.max_frames, prefix=args.prefix)
-    print(f"synth: wrote {args.videos} videos in {len(files)} shards to {args.out}")
+    print(f"synth: wrote {plural(args.videos, 'video')} in {plural(len(files), 'shard')} to {args.out}")
     return 0
 
 
@@ -96,8 +97,16 @@ def cmd_convert_paddle(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes as one ``error:`` line (exit 2) like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(printable(f"error: {self.prog}: {message} (see {self.prog} --help)"), file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attncluster",
         description="Attention Clusters (Long et al., CVPR 2018) video classification on pre-extracted features.",
         epilog=EPILOG)
@@ -115,8 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "converted Paddle or .pdparams); layers of another shape are re-initialised")
     p.add_argument("--run-dir", default="runs/train", metavar="DIR",
                    help="where config, metrics.jsonl, TensorBoard events and checkpoints go (default runs/train)")
+    p.add_argument("--allow-reinit", action="store_true",
+                   help="with --weights: go on even when no tensor of the file fits the model (everything is then "
+                   "freshly initialised); without it that is an error")
     _add_device(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, interrupted=_interrupted_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate weights: GAP, Hit@1, PERR, mAP "
                        "and loss (top-1/top-5 for single-label configs).")
@@ -125,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", metavar="PATH", help="data to evaluate (default: data.valid of the config)")
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to FILE")
     _add_device(p)
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, interrupted=lambda a: "evaluation stopped; no metrics were written"
+                   + (f" ({a.output} is unchanged)" if a.output else ""))
 
     p = sub.add_parser("predict", help="predict top-k classes per video",
                        description="Predict the top-k classes of every video. FILE.csv: Kaggle YouTube-8M "
@@ -139,14 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes per video (default 20, or every class when the model has fewer)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv (Index, Name columns) for label names")
     _add_device(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict,
+                   interrupted=lambda a: f"prediction stopped; {a.output} was not written (a previous file there is unchanged)")
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
                        description="Generate a small synthetic YouTube-8M-format dataset, train on it, evaluate, "
                        "predict a few videos, and compare with mean pooling. No download; about a minute on a 2-core CPU.")
     p.add_argument("--run-dir", default="runs/quickstart", metavar="DIR", help="output folder (default runs/quickstart)")
     _add_device(p)
-    p.set_defaults(func=cmd_quickstart)
+    p.set_defaults(func=cmd_quickstart, interrupted=lambda a: f"quickstart stopped; {a.run_dir} is incomplete")
 
     p = sub.add_parser("inspect", help="print one JSON line per video of some shards",
                        description="Read shards (TFRecord frame- or video-level, or pickles) and print one JSON line "
@@ -155,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, globs, directories or .list files")
     p.add_argument("--skip-corrupt", action="store_true", help="skip and count damaged records instead of failing")
     p.add_argument("--num-classes", type=int, default=None, metavar="K", help="also check that labels are < K")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=cmd_inspect, interrupted=lambda a: "inspect stopped; the lines printed cover only part of the data")
 
     p = sub.add_parser("synth", help="write synthetic YouTube-8M frame-level shards",
                        description="Write deterministic synthetic frame-level shards in the exact YouTube-8M schema, "
@@ -167,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="X", help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--max-frames", type=int, default=300, metavar="T", help="longest video in frames (default 300)")
     p.add_argument("--prefix", default="train", help="shard file name prefix (default train)")
-    p.set_defaults(func=cmd_synth)
+    p.set_defaults(func=cmd_synth, interrupted=lambda a: f"synth stopped; {a.out} does not hold all {a.videos} videos")
 
     p = sub.add_parser("convert-paddle", help="convert the reference's released Paddle weights",
                        description="Convert a PaddlePaddle AttentionCluster .pdparams (no Paddle needed) to PyTorch. "
@@ -177,30 +191,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-dims", default=None, metavar="SPEC",
                    help="modality names and dims in reference order (default rgb:1024,audio:128)")
     p.add_argument("--drop-rate", type=float, default=0.5, metavar="P", help="the reference's dropout (default 0.5)")
-    p.set_defaults(func=cmd_convert_paddle)
+    p.set_defaults(func=cmd_convert_paddle,
+                   interrupted=lambda a: f"convert-paddle stopped; {a.output} was not written (a previous file there is unchanged)")
     return parser
 
 
+def _interrupted_train(args) -> str:
+    from pathlib import Path
+
+    last = Path(args.run_dir) / "checkpoints" / "last.pt"
+    if last.is_file():
+        return (f"training stopped; the checkpoints in {last.parent} are complete (written atomically); continue with "
+                f"the same command and --resume {last} --run-dir {args.run_dir}")
+    return f"training stopped before its first checkpoint; nothing in {args.run_dir} can be resumed"
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind, for this verb: its ``interrupted`` default (a function of the arguments)."""
+    describe = getattr(args, "interrupted", None)
+    if describe is None:
+        return f"{args.command} stopped"
+    try:
+        return describe(args)
+    except Exception:  # the message must never hide the interruption
+        return f"{args.command} stopped"
+
+
 def user_message(e: BaseException) -> str:
-    """The one-line message of a user error, also when a DataLoader worker re-raised it with its traceback."""
-    text = str(e)
+    """The one-line message of a user error, also when a DataLoader worker re-raised it with its traceback.
+
+    torch re-raises a worker's exception as ``type(e)(text)`` where ``text`` holds the worker's traceback ending in
+    ``module.Class: message``; only ``message`` is kept, whatever module the class lives in.
+    """
+    text = str(e) if not isinstance(e, OSError) or "Original Traceback" in str(e) else os_error_message(e)
     if "Original Traceback" in text:  # torch wraps worker exceptions: "Caught X in DataLoader worker ..."
         last = text.rstrip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith(("attncluster.errors.", type(e).__name__)) else last
-    return " ".join(text.split("\n"))
+        cls = type(e)
+        for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+                break
+        else:
+            head, sep, rest = last.partition(": ")
+            if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1][:1].isupper():
+                last = rest  # another class name, e.g. a subclass raised in the worker
+        text = last
+    return printable(text)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. User errors and file-system faults print one ``error:`` line and return 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except AttnClusterError as e:
+    except (AttnClusterError, OSError) as e:  # OSError: disk full, permission, missing folder, ... with its path
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: stopped; checkpoints already written are complete and valid", file=sys.stderr)
+        print(printable(f"interrupted: {interrupted_message(args)}"), file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,9 +27,54 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 FORMATS = ("auto", "yt8m", "pickle", "features")
 
 
+# Sane bounds, checked on load so that no value can crash, overflow or try to allocate the machine later. The
+# reference (YouTube-8M, 57.8M parameters) sits far inside every one of them.
+MAX_PARAMETERS = 1_000_000_000   # model weights (4 GB in fp32, 16 GB with Adam's state)
+MAX_DIM = 65_536                 # a modality's feature size, a hidden layer's width
+MAX_CLUSTERS = 4_096             # attention units per modality
+MAX_CLASSES = 1_000_000
+MAX_SEG_NUM = 10_000             # frames sampled per video (YouTube-8M keeps at most 300)
+MAX_BATCH = 1_048_576            # train.batch_size, eval.batch_size
+MAX_BATCH_VALUES = 2**33         # batch_size x seg_num x sum(feature_dims): one batch of features, 32 GiB as fp32
+MAX_WORKERS = 256                # data.num_workers
+MAX_THREADS = 256                # train.num_threads (OpenMP crashes on absurd counts)
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 10**9                # epochs, warmup_steps, log_interval, valid_interval
+
+
+def _error(key: str, msg: str) -> ConfigError:
+    e = ConfigError(f"{key}: {msg}")
+    e.key = key  # type: ignore[attr-defined]  # which value is wrong: used to blame the file or the -o override
+    return e
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}: {msg}")
+        raise _error(key, msg)
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for an error message: huge integers by size (printing them is itself an error), long values cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a container holding an integer too long to print
+        return f"a {type(value).__name__} holding a value too large to print"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _in_range(value: int, lo: int, hi: int, key: str, note: str = "") -> None:
+    _check(lo <= value <= hi, key, f"must be in [{lo:_}, {hi:_}]{note}, got {_show(value)}")
+
+
+def _finite(value: float, key: str, lo: float, hi: float, lo_open: bool = False) -> None:
+    ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+    _check(ok, key, f"must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value}")
 
 
 @dataclass
@@ -45,21 +91,40 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(len(self.feature_dims) > 0, "model.feature_dims", "needs at least one modality")
         for m, d in self.feature_dims.items():
-            _check(d > 0, f"model.feature_dims.{m}", f"must be > 0, got {d}")
+            _check(bool(m) and "." not in m and m.isprintable() and len(m) <= 64, f"model.feature_dims.{m}",
+                   "a modality name must be 1 to 64 printable characters without '.'")
+            _in_range(d, 1, MAX_DIM, f"model.feature_dims.{m}")
         if isinstance(self.cluster_nums, dict):
             missing = [m for m in self.feature_dims if m not in self.cluster_nums]
             _check(not missing, "model.cluster_nums", f"has no entry for modalities {missing}")
             extra = [m for m in self.cluster_nums if m not in self.feature_dims]
             _check(not extra, "model.cluster_nums", f"names modalities not in model.feature_dims: {extra}")
             for m, c in self.cluster_nums.items():
-                _check(c > 0, f"model.cluster_nums.{m}", f"must be > 0, got {c}")
+                _in_range(c, 1, MAX_CLUSTERS, f"model.cluster_nums.{m}")
         else:
-            _check(self.cluster_nums > 0, "model.cluster_nums", f"must be > 0, got {self.cluster_nums}")
-        _check(self.num_classes > 0, "model.num_classes", f"must be > 0, got {self.num_classes}")
-        _check(self.seg_num > 0, "model.seg_num", f"must be > 0, got {self.seg_num}")
-        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", f"must be in [0, 1), got {self.drop_rate}")
+            _in_range(self.cluster_nums, 1, MAX_CLUSTERS, "model.cluster_nums")
+        _in_range(self.num_classes, 1, MAX_CLASSES, "model.num_classes")
+        _in_range(self.seg_num, 1, MAX_SEG_NUM, "model.seg_num", " frames per video")
+        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", f"must be in [0, 1), got {_show(self.drop_rate)}")
+        _check(len(self.hidden_sizes) <= 16, "model.hidden_sizes", f"at most 16 layers, got {len(self.hidden_sizes)}")
         for h in self.hidden_sizes:
-            _check(h > 0, "model.hidden_sizes", f"sizes must be > 0, got {self.hidden_sizes}")
+            _check(1 <= h <= MAX_DIM, "model.hidden_sizes", f"sizes must be in [1, {MAX_DIM:_}], got {_show(self.hidden_sizes)}")
+        n = self.num_parameters()
+        _check(n <= MAX_PARAMETERS, "model", f"{n:_} parameters is more than the {MAX_PARAMETERS:_} allowed "
+               f"(feature_dims x cluster_nums, hidden_sizes {self.hidden_sizes}, num_classes {self.num_classes})")
+
+    def num_parameters(self) -> int:
+        """The parameter count of this model, computed from the sizes (nothing is allocated)."""
+        clusters = self.cluster_nums if isinstance(self.cluster_nums, dict) else dict.fromkeys(self.feature_dims, self.cluster_nums)
+        n, width = 0, 0
+        for m, d in self.feature_dims.items():
+            c = clusters[m]
+            n += c * d + 3 * c  # attention scores (C x F + C) and the shift's scale and bias
+            width += c * d
+        for h in [*self.hidden_sizes, self.num_classes]:
+            n += width * h + h
+            width = h
+        return n
 
     def model_kwargs(self) -> dict[str, Any]:
         return {
@@ -84,8 +149,9 @@ class DataConfig:
     pin_memory: Union[bool, None] = None
 
     def __post_init__(self) -> None:
-        _check(self.format in FORMATS, "data.format", f"must be one of {FORMATS}, got {self.format!r}")
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.format in FORMATS, "data.format", f"must be one of {FORMATS}, got {_show(self.format)}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {_show(self.num_workers)}")
+        _in_range(self.num_workers, 0, MAX_WORKERS, "data.num_workers")
 
 
 @dataclass
@@ -110,19 +176,29 @@ class TrainConfig:
 
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
-        _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
-        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
-        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(self.loss in LOSSES, "train.loss", f"must be one of {LOSSES}, got {self.loss!r}")
-        _check(self.log_interval > 0, "train.log_interval", f"must be > 0, got {self.log_interval}")
-        _check(self.valid_interval >= 0, "train.valid_interval", f"must be >= 0 (0 = never), got {self.valid_interval}")
-        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _check(self.num_threads >= 0, "train.num_threads", f"must be >= 0 (0 = auto), got {self.num_threads}")
+        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {_show(self.epochs)}")
+        _in_range(self.epochs, 1, MAX_STEPS, "train.epochs")
+        _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {_show(self.batch_size)}")
+        _in_range(self.batch_size, 1, MAX_BATCH, "train.batch_size")
+        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {_show(self.learning_rate)}")
+        _finite(self.learning_rate, "train.learning_rate", 0.0, 10.0, lo_open=True)
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {_show(self.optimizer)}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {_show(self.weight_decay)}")
+        _finite(self.weight_decay, "train.weight_decay", 0.0, 1e3)
+        _check(self.schedule in SCHEDULES, "train.schedule", f"must be one of {SCHEDULES}, got {_show(self.schedule)}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {_show(self.warmup_steps)}")
+        _in_range(self.warmup_steps, 0, MAX_STEPS, "train.warmup_steps")
+        _check(self.loss in LOSSES, "train.loss", f"must be one of {LOSSES}, got {_show(self.loss)}")
+        _in_range(self.seed, 0, MAX_SEED, "train.seed")
+        _check(self.log_interval > 0, "train.log_interval", f"must be > 0, got {_show(self.log_interval)}")
+        _in_range(self.log_interval, 1, MAX_STEPS, "train.log_interval")
+        _check(self.valid_interval >= 0, "train.valid_interval", f"must be >= 0 (0 = never), got {_show(self.valid_interval)}")
+        _in_range(self.valid_interval, 0, MAX_STEPS, "train.valid_interval", " (0 = never)")
+        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}, got {_show(self.precision)}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {_show(self.grad_clip)}")
+        _finite(self.grad_clip, "train.grad_clip", 0.0, 1e9)
+        _check(self.num_threads >= 0, "train.num_threads", f"must be >= 0 (0 = auto), got {_show(self.num_threads)}")
+        _in_range(self.num_threads, 0, MAX_THREADS, "train.num_threads", " (0 = auto)")
 
 
 @dataclass
@@ -133,8 +209,10 @@ class EvalConfig:
     top_k: int = 20
 
     def __post_init__(self) -> None:
-        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
-        _check(self.top_k > 0, "eval.top_k", f"must be > 0, got {self.top_k}")
+        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {_show(self.batch_size)}")
+        _in_range(self.batch_size, 1, MAX_BATCH, "eval.batch_size")
+        _check(self.top_k > 0, "eval.top_k", f"must be > 0, got {_show(self.top_k)}")
+        _in_range(self.top_k, 1, MAX_CLASSES, "eval.top_k")
 
 
 @dataclass
@@ -143,6 +221,13 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        values = self.model.seg_num * sum(self.model.feature_dims.values())  # feature values per video
+        for key, batch in (("train.batch_size", self.train.batch_size), ("eval.batch_size", self.eval.batch_size)):
+            _check(batch * values <= MAX_BATCH_VALUES, key, f"a batch of {batch} videos x model.seg_num "
+                   f"{self.model.seg_num} x {sum(self.model.feature_dims.values())} features is more than the "
+                   f"{MAX_BATCH_VALUES:_} values allowed in one batch")
 
     @property
     def multi_label(self) -> bool:
@@ -178,38 +263,41 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise _error(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {_show(value)}")
     if origin is list:
         if isinstance(value, (str, int, float)) and args and args[0] is str:
             value = [str(value)]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise _error(key, f"expected a list, got {_show(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise _error(key, f"expected a mapping, got {_show(value)}")
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise _error(key, f"expected true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise _error(key, f"expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer too large for a float
+                raise _error(key, f"expected a number, got {_show(value)}") from None
         if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
             try:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise _error(key, f"expected a number, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise _error(key, f"expected a string, got {_show(value)}")
     return value
 
 
@@ -222,26 +310,44 @@ def _all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
-def _build_section(name: str, cls: type, values: Any, source: str) -> Any:
+def _blame(e: ConfigError, source: str, overridden: dict[str, str]) -> ConfigError:
+    """Prefix ``e`` with where its value came from: the ``-o`` override that set it, or the config file."""
+    key = getattr(e, "key", None)
+    if key is not None:
+        for o, text in overridden.items():
+            if key == o or key.startswith((o + ".", o + "[")) or o.startswith(key + "."):
+                out = ConfigError(f"-o {_clip(text)}: {e}")
+                out.key = key  # type: ignore[attr-defined]
+                return out
+    out = ConfigError(f"{source}: {e}")
+    out.key = key  # type: ignore[attr-defined]
+    return out
+
+
+def _build_section(name: str, cls: type, values: Any, source: str, overridden: dict[str, str] | None = None) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+        raise ConfigError(f"{source}: section {name!r} must be a mapping, got {_show(values)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for k, v in values.items():
-        if k not in names:
-            full = [f"{name}.{n}" for n in names]
-            raise ConfigError(f"{source}: unknown key '{name}.{k}'" + _suggest(f"{name}.{k}", full))
-        kwargs[k] = _coerce(v, hints[k], f"{name}.{k}")
     try:
+        for k, v in values.items():
+            if k not in names:
+                full = [f"{name}.{n}" for n in names]
+                raise ConfigError(f"{source}: unknown key '{name}.{k}'" + _suggest(f"{name}.{k}", full))
+            kwargs[k] = _coerce(v, hints[k], f"{name}.{k}")
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        if getattr(e, "key", None) is None:
+            raise
+        raise _blame(e, source, overridden or {}) from None
 
 
-def from_dict(raw: Any, source: str = "config") -> Config:
+def from_dict(raw: Any, source: str = "config", overridden: dict[str, str] | None = None) -> Config:
+    """A Config from a raw mapping. ``overridden`` maps dotted keys set by ``-o`` to the override's text, so an
+    error in such a value names the override rather than ``source``."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -249,30 +355,87 @@ def from_dict(raw: Any, source: str = "config") -> Config:
     for k in raw:
         if k not in SECTIONS:
             raise ConfigError(f"{source}: unknown section '{k}'" + _suggest(str(k), list(SECTIONS)))
-    return Config(**{name: _build_section(name, cls, raw.get(name), source) for name, cls in SECTIONS.items()})
+    sections = {name: _build_section(name, cls, raw.get(name), source, overridden) for name, cls in SECTIONS.items()}
+    try:
+        return Config(**sections)
+    except ConfigError as e:
+        raise _blame(e, source, overridden or {}) from None
+
+
+def _split_flow_list(text: str) -> list[str] | None:
+    """``[a*.tfrecord, b[0-5].tfrecord]`` -> its items, for lists YAML cannot parse (glob brackets, ``*``).
+
+    Items are split at top-level commas; brackets inside an item (glob character classes) and quotes are kept
+    together. Returns None when ``text`` is not a bracketed list.
+    """
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    items, cur, depth, quote = [], [], 0, ""
+    for ch in text[1:-1]:
+        if quote:
+            if ch == quote:
+                quote = ""
+            else:
+                cur.append(ch)
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch == "," and depth == 0:
+            items.append("".join(cur).strip())
+            cur = []
+            continue
+        else:
+            depth += ch == "["
+            depth -= ch == "]"
+            cur.append(ch)
+    if quote or depth:
+        return None
+    last = "".join(cur).strip()
+    if last or items:
+        items.append(last)
+    return items
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """``key.sub=value`` -> (key parts, value parsed as YAML).
+
+    A bracketed list YAML cannot read (``[validate00[0-5].tfrecord]``, ``[*.tfrecord]``) is split into its items
+    rather than taken as one literal string; any other value YAML cannot read is an error.
+    """
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.batch_size=256")
+        raise ConfigError(f"override {_show(text)}: expected key=value, e.g. train.batch_size=256")
     key, value = text.split("=", 1)
     key = key.strip()
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
+    except (yaml.YAMLError, ValueError, RecursionError):
+        parsed = _split_flow_list(value)
+        if parsed is None:
+            if value.lstrip()[:1] in ("[", "{", "'", '"'):
+                hint = (f"; quote each item, e.g. {key}='[\"a[0-5].tfrecord\", \"b*.tfrecord\"]'"
+                        if value.lstrip().startswith("[") else "")
+                raise ConfigError(f"-o {_clip(text)}: the value is not valid YAML{hint}") from None
+            parsed = value  # a plain string YAML trips over, e.g. one containing ': '
     return key.split("."), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` (or ``section.key.sub=value`` inside a mapping) to a raw config dict."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], overridden: dict[str, str] | None = None) -> dict[str, Any]:
+    """Apply ``section.key=value`` (or ``section.key.sub=value`` inside a mapping) to a raw config dict.
+
+    ``overridden``, when given, receives each dotted key set, mapped to its override text.
+    """
     valid = _all_keys()
     for text in overrides:
         parts, value = parse_override(text)
         key = ".".join(parts)
-        if len(parts) < 2 or ".".join(parts[:2]) not in valid:
+        if len(parts) < 2 or ".".join(parts[:2]) not in valid or not all(parts):
             raise ConfigError(f"override: unknown key '{key}'" + _suggest(key, valid))
-        section = raw.setdefault(parts[0], {}) or {}
+        section = raw.get(parts[0])
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"override {key}: section {parts[0]!r} of the config is not a mapping")
         raw[parts[0]] = section
         if len(parts) == 2:
             section[parts[1]] = value
@@ -284,15 +447,28 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ConfigError(f"override: '{'.'.join(parts[:2])}' is not a mapping, cannot set '{key}'")
             cur = dict(cur)
             target = cur
-            for p in parts[2:-1]:
-                target = target.setdefault(p, {})
+            for i, p in enumerate(parts[2:-1], start=2):
+                nxt = target.get(p)
+                if not isinstance(nxt, dict):
+                    where = ".".join(parts[: i + 1])
+                    raise ConfigError(f"override: '{where}' is {'not set' if nxt is None else 'a value, not a mapping'}"
+                                      f", cannot set '{key}'")
+                target[p] = nxt = dict(nxt)
+                target = nxt
             target[parts[-1]] = value
             section[parts[1]] = cur
+        if overridden is not None:
+            overridden[key] = text
     return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8, not YAML, or a value is of the wrong type or out
+            of its documented range. The message names the config file, or the ``-o`` override the value came from.
+    """
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -301,16 +477,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            data = p.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); save the config "
+                              "as UTF-8") from None
+        try:
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer literal too long to convert
+            raise ConfigError(f"{path}: not a usable YAML config ({type(e).__name__})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping with sections {list(SECTIONS)}")
-    raw = apply_overrides(raw, overrides or [])
-    return from_dict(raw, source)
+    overridden: dict[str, str] = {}
+    raw = apply_overrides(raw, overrides or [], overridden)
+    return from_dict(raw, source, overridden)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml())
+    from attncluster.errors import writing
+
+    with writing(path, "write config"):  # disk full, read-only folder: one error line naming the file
+        Path(path).write_text(cfg.to_yaml())

@@ -65,17 +65,41 @@ def cleanup() -> None:
 
 
 def device_for(device: str | None, info: DistInfo) -> torch.device:
-    """The device this rank uses: ``cuda`` means this rank's local GPU; default cuda when available."""
+    """The device this rank uses: ``cuda`` means this rank's local GPU; default cuda when available.
+
+    Raises:
+        ConfigError: ``device`` is not ``cpu``, ``cuda`` or ``cuda:N``; names a GPU this machine does not have (or
+            any GPU on a CPU-only PyTorch build); or names one GPU under torchrun.
+    """
+    from attncluster.errors import ConfigError
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if info.is_distributed and device.startswith("cuda"):
-        if device != "cuda":
-            from attncluster.errors import ConfigError
-
-            raise ConfigError(f"--device {device}: under torchrun each rank uses the GPU of its LOCAL_RANK; "
-                              "pass --device cuda (or nothing)")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: {dev.type} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise ConfigError(f"--device {device}: there is one CPU device; use cpu")
+        return torch.device("cpu")
+    if info.is_distributed and dev.index is not None:
+        raise ConfigError(f"--device {device}: under torchrun each rank uses the GPU of its LOCAL_RANK; "
+                          "pass --device cuda (or nothing)")
+    if not torch.cuda.is_available():
+        why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"--device {device}: {why}; use --device cpu")
+    count = torch.cuda.device_count()
+    if info.is_distributed:
+        if info.local_rank >= count:
+            raise ConfigError(f"LOCAL_RANK={info.local_rank}: this node has {count} visible GPU(s); start at most "
+                              f"{count} processes per node")
         return torch.device("cuda", info.local_rank)
-    return torch.device(device)
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(f"--device {device}: this machine has {count} visible GPU(s) (cuda:0 .. cuda:{count - 1})")
+    return dev
 
 
 def all_agree(flag: bool, device: torch.device) -> bool:

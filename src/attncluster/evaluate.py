@@ -7,7 +7,6 @@ predictions and counts) are gathered and merged, so the numbers equal a single-p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +15,10 @@ from torch import nn
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.transfer import batch_to_device
+from attncluster.errors import plural
 from attncluster.inference import autocast_for, compute_loss, load_class_names, load_model, predict_scores
 from attncluster.metrics import MetricAccumulator
+from attncluster.outputs import atomic_output, check_output
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     order = ["gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss"]
     names = {"gap": "GAP", "hit_at_1": "Hit@1", "perr": "PERR", "map": "mAP", "top_1": "top-1", "top_5": "top-5", "loss": "loss"}
     parts = [f"{names[k]} {m[k]:.4f}" for k in order if k in m and m[k] is not None]
-    return ", ".join(parts) + f" ({m.get('num_videos', 0)} videos)"
+    return ", ".join(parts) + f" ({plural(m.get('num_videos', 0), 'video')})"
 
 
 def evaluate(
@@ -64,6 +65,8 @@ def evaluate(
     if not specs:
         raise ConfigError("eval: no data; pass --data PATHS or set data.valid in the config")
     info = distributed.env_info()
+    if output and info.rank == 0:
+        check_output(output)  # before evaluating: a directory or an unwritable folder fails now, not at the end
     dev = distributed.device_for(device, info)
     distributed.setup(dev.type)
     try:
@@ -77,8 +80,8 @@ def evaluate(
         if distributed.is_main_process():
             log(f"eval: {format_metrics(metrics)}")
             if output:
-                Path(output).parent.mkdir(parents=True, exist_ok=True)
-                Path(output).write_text(json.dumps(metrics, indent=2) + "\n")
+                with atomic_output(output) as f:
+                    f.write(json.dumps(metrics, indent=2) + "\n")
                 log(f"eval: metrics written to {output}")
         return metrics
     finally:

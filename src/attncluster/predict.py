@@ -1,10 +1,12 @@
 """Prediction: stream any number of videos to a Kaggle CSV or a JSON-lines file, with label names.
 
-Memory is flat in the number of videos: each batch's top-k is written as soon as it is computed.
+Memory is flat in the number of videos: each batch's top-k is written as soon as it is computed, into a unique
+temporary file next to the output that replaces it only when complete (:func:`attncluster.outputs.atomic_output`).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ import torch
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.transfer import batch_to_device
-from attncluster.errors import ConfigError
+from attncluster.errors import ConfigError, plural
 from attncluster.inference import autocast_for, load_class_names, load_model, load_vocabulary, predict_scores
+from attncluster.outputs import atomic_output, check_output
 
 FORMATS = (".csv", ".jsonl")
 
@@ -38,6 +41,7 @@ def predict(
 
     if distributed.env_info().is_distributed:
         raise ConfigError("predict runs in one process (it streams to one file); run it without torchrun")
+    check_output(output)  # before any model or data is loaded: a directory or an unwritable folder fails now
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
@@ -53,12 +57,13 @@ def predict(
                       fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)
     loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
     modalities = list(cfg.model.feature_dims)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(output).with_name(Path(output).name + ".tmp")
     count = 0
-    with open(tmp, "w", newline="") as f, torch.no_grad():
-        if suffix == ".csv":
-            f.write("VideoId,LabelConfidencePairs\n")
+    with atomic_output(output) as f, torch.no_grad():
+        # RFC 4180 CSV: CRLF line ends, so that the csv module quotes an id holding a lone CR as well as one with
+        # a comma, a quote or a LF (it quotes a field that holds any character of the line terminator)
+        writer = csv.writer(f, lineterminator="\r\n") if suffix == ".csv" else None
+        if writer is not None:
+            writer.writerow(["VideoId", "LabelConfidencePairs"])
         for batch in loader:
             features, _ = batch_to_device(batch, modalities, dev)
             with autocast_for(dev, cfg.train.precision):
@@ -66,8 +71,8 @@ def predict(
             scores, classes = predict_scores(logits, cfg.train.loss).topk(top_k, dim=1)  # (N, k), highest first
             scores, classes = scores.cpu().numpy(), classes.cpu().numpy()
             for vid, s, c in zip(batch["id"], scores, classes):
-                if suffix == ".csv":
-                    f.write(f"{vid}," + " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(c, s)) + "\n")
+                if writer is not None:  # the csv module quotes ids holding a comma, a quote or a line break
+                    writer.writerow([vid, " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(c, s))])
                 else:
                     rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in c],
                                            "scores": [round(float(p), 6) for p in s]}
@@ -75,6 +80,5 @@ def predict(
                         rec["names"] = [names[int(k)] for k in c]
                     f.write(json.dumps(rec) + "\n")
             count += len(batch["id"])
-    tmp.replace(output)
-    log(f"predict: {count} videos -> {output}")
+    log(f"predict: {plural(count, 'video')} -> {output}")
     return count

@@ -27,7 +27,7 @@ from attncluster import distributed
 from attncluster.checkpoint import atomic_save, load_checkpoint, load_for_finetune, rng_state, set_rng_state
 from attncluster.config import Config, save_config
 from attncluster.data.transfer import batch_to_device
-from attncluster.errors import ConfigError
+from attncluster.errors import ConfigError, plural
 from attncluster.evaluate import format_metrics, run_evaluation
 from attncluster.inference import autocast_for, compute_loss, load_class_names, predict_scores
 from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
@@ -132,11 +132,13 @@ def fit(
     device: str | None = None,
     log: Callable[[str], None] = print,
     on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
+    allow_reinit: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg``; returns the last validation metrics (empty without validation data).
 
     ``on_step(step, model, loss)``, when given, is called on every rank after every optimizer step with the global
     step number, the unwrapped model and this rank's (detached) batch loss: a hook for tests and monitoring.
+    ``allow_reinit`` lets ``weights`` fit no tensor of the model (see :func:`~attncluster.checkpoint.load_for_finetune`).
     """
     info = distributed.env_info()
     if cfg.train.batch_size % info.world_size:
@@ -147,14 +149,15 @@ def fit(
     dev = distributed.device_for(device, info)
     distributed.setup(dev.type)
     try:
-        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step)
+        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step, allow_reinit)
     finally:
         distributed.cleanup()
 
 
 def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | None, dev: torch.device,
          info: distributed.DistInfo, log: Callable[[str], None],
-         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None) -> dict[str, Any]:
+         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
+         allow_reinit: bool = False) -> dict[str, Any]:
     from attncluster.data.dataset import VideoDataset, make_loader
 
     main = info.rank == 0
@@ -170,7 +173,7 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     seed_everything(cfg.train.seed + info.rank)  # dropout differs per rank; DDP broadcasts rank 0's weights
     model = AttentionCluster(**cfg.model.model_kwargs())
     if weights:
-        load_for_finetune(model, weights, log=say)
+        load_for_finetune(model, weights, log=say, allow_reinit=allow_reinit)
     model.to(dev)
     optimizer = build_optimizer(model, cfg)
 
@@ -222,7 +225,7 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     best_key = "gap" if cfg.multi_label else "top_1"
     n_params = sum(p.numel() for p in model.parameters())
     say(f"train: {n_params:,} parameters on {dev} x{info.world_size}, global batch {cfg.train.batch_size} "
-        f"({rank_batch} per rank), {cfg.train.epochs} epochs, precision {cfg.train.precision}")
+        f"({rank_batch} per rank), {plural(cfg.train.epochs, 'epoch')}, precision {cfg.train.precision}")
     for epoch in range(start_epoch, cfg.train.epochs):
         train_ds.set_epoch(epoch)
         loader = make_loader(train_ds, rank_batch, num_workers=cfg.data.num_workers, pin_memory=pin, drop_last=True)
