@@ -193,20 +193,26 @@ def collect_job(paths, world_size, num_workers, **kwargs):
     return per_rank
 
 
+def assert_split(per_rank, truth, train):
+    """Each video at most once in the job; all of them in evaluation; in training every rank gets N // ranks."""
+    counts = Counter(v for ids in per_rank for v in ids)
+    assert set(counts.values()) == {1} and set(counts) <= set(truth)
+    world = len(per_rank)
+    if train:
+        assert [len(ids) for ids in per_rank] == [len(truth) // world] * world
+    else:
+        assert set(counts) == set(truth) and max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+
+
 @pytest.mark.parametrize("shards,per_shard,train", [
-    (7, 3, False),  # more shards than the 4 consumers: shards dealt round-robin
+    (7, 3, False),
     (9, 2, True),
-    (3, 5, True),  # fewer shards: every consumer walks every shard and keeps every 4th record
+    (3, 5, True),  # 15 videos over 2 ranks: one left out in training, so both ranks run 7
     (1, 9, False),
 ])
 def test_every_video_exactly_once_across_ranks_and_workers(tmp_path, shards, per_shard, train):
     paths, truth = make_pickles(tmp_path, shards=shards, per_shard=per_shard)
-    per_rank = collect_job(paths, world_size=2, num_workers=2, train=train)
-    counts = Counter(v for ids in per_rank for v in ids)
-    assert set(counts) == set(truth) and set(counts.values()) == {1}
-    if shards < 4:  # record-level split: ranks differ by at most one record per worker
-        assert abs(len(per_rank[0]) - len(per_rank[1])) <= 2
-    assert all(per_rank)
+    assert_split(collect_job(paths, world_size=2, num_workers=2, train=train), truth, train)
 
 
 def test_persistent_workers_follow_set_epoch(tmp_path):
@@ -375,9 +381,7 @@ def test_tfrecord_video_level(tmp_path):
 @pytest.mark.parametrize("shards,per_shard", [(5, 3), (2, 7)])
 def test_tfrecord_exactly_once(tmp_path, shards, per_shard):
     paths, truth = make_tfrecords(tmp_path, shards=shards, per_shard=per_shard)
-    per_rank = collect_job(paths, world_size=2, num_workers=2, train=True)
-    counts = Counter(v for ids in per_rank for v in ids)
-    assert set(counts) == set(truth) and set(counts.values()) == {1}
+    assert_split(collect_job(paths, world_size=2, num_workers=2, train=True), truth, train=True)
 
 
 def test_tfrecord_corrupt_record_skipped(tmp_path, capfd):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,14 +80,58 @@ class DataConfig:
     train: list[str] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     format: str = "auto"
-    num_workers: int = 2
+    num_workers: Union[int, str] = "auto"
     skip_corrupt: bool = False
     class_names: Union[str, None] = None
     pin_memory: Union[bool, None] = None
 
     def __post_init__(self) -> None:
         _check(self.format in FORMATS, "data.format", f"must be one of {FORMATS}, got {self.format!r}")
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        if isinstance(self.num_workers, str):
+            _check(self.num_workers == "auto", "data.num_workers", f"must be an integer >= 0 or 'auto', got "
+                   f"{self.num_workers!r}")
+        else:
+            _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0 or 'auto', got {self.num_workers}")
+
+    def workers(self, world_size: int = 1) -> int:
+        """DataLoader workers per rank: ``num_workers``, or what :func:`resolve_num_workers` picks for 'auto'."""
+        return resolve_num_workers(self.num_workers, world_size)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; the machine's count where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_num_workers(value: int | str, world_size: int = 1) -> int:
+    """``data.num_workers``: an int as given, or ``"auto"``: half of this rank's share of the cores (at most 8),
+    0 when a rank has a single core. The other half is left to the training step's threads, and torch never
+    sees more workers than cores (which it warns about on every run)."""
+    if value != "auto":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"data.num_workers: must be an integer >= 0 or 'auto', got {value!r}")
+        return value
+    return min(8, available_cores() // max(1, world_size) // 2)
+
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*$")
+_UNIT_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_interval(value: int | str, key: str = "train.checkpoint_interval") -> tuple[str, float]:
+    """``("steps", n)`` for an integer (0 = never) or ``("seconds", t)`` for a duration like ``"30min"``,
+    ``"2h"`` or ``"90s"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check(value >= 0, key, f"must be >= 0 steps (0 = only at epoch ends), got {value}")
+        return "steps", float(value)
+    m = _INTERVAL.match(str(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return "steps", float(int(value))
+    _check(m is not None, key, f"expected a number of steps or a duration such as '30min', '2h' or '90s', got "
+           f"{value!r}")
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    _check(seconds > 0, key, f"a duration must be > 0, got {value!r}")
+    return "seconds", seconds
 
 
 @dataclass
@@ -107,7 +153,8 @@ class TrainConfig:
     compile: bool = False
     grad_clip: float = 0.0
     num_threads: int = 0
-
+    checkpoint_interval: Union[int, str] = 0
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
@@ -123,6 +170,14 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _check(self.num_threads >= 0, "train.num_threads", f"must be >= 0 (0 = auto), got {self.num_threads}")
+        parse_interval(self.checkpoint_interval)
+        _check(self.keep_checkpoints >= 0, "train.keep_checkpoints",
+               f"must be >= 0 (0 = keep every checkpoint), got {self.keep_checkpoints}")
+
+    @property
+    def checkpoint_every(self) -> tuple[str, float]:
+        """``checkpoint_interval`` parsed: ``("steps", n)`` (0 = epoch ends only) or ``("seconds", t)``."""
+        return parse_interval(self.checkpoint_interval)
 
 
 @dataclass
@@ -313,4 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml())
+    """Write the resolved config atomically: a crash or a full disk leaves the old file or the new one, whole."""
+    from attncluster.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(cfg.to_yaml().encode(), path)
