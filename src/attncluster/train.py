@@ -160,11 +160,12 @@ class RunDirectory:
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise ConfigError(f"--run-dir {path}: another training{who} is using this run directory; wait for it "
                               "to finish or choose another --run-dir") from None
+        _LOCK_FDS.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         run = cls(path, fd, created)
         try:
-            used = [name for name in cls.OWNED if (path / name).exists()]
+            used = [name for name in cls.OWNED if _holds_data(path / name)]
             if used and overwrite:
                 import shutil
 
@@ -191,6 +192,7 @@ class RunDirectory:
 
     def close(self) -> None:
         if self._fd is not None:
+            _LOCK_FDS.discard(self._fd)
             os.close(self._fd)  # releases the lock
             self._fd = None
 
@@ -201,6 +203,31 @@ class RunDirectory:
             import shutil
 
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _holds_data(path: Path) -> bool:
+    """A file, or a folder with something in it besides debris of interrupted atomic writes (``.*.tmp``)."""
+    if path.is_dir() and not path.is_symlink():
+        return any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    # A forked child (a DataLoader worker) shares the lock's open file description; an flock stays held until
+    # every process holding it closes it. Closing the child's copy lets the lock die with the training process.
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def truncate_metrics(path: Path, step: int) -> int:
@@ -254,34 +281,29 @@ def fit(
     if resume and overwrite:
         raise ConfigError("--overwrite replaces a run and --resume continues one; pass only one of them")
     dev = distributed.device_for(device, info)
+    train_ds, valid_ds = _datasets(cfg, info)  # bad or too little data fails here, before anything is written
     distributed.setup(dev.type)
     try:
-        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step, overwrite)
+        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step, overwrite,
+                    train_ds, valid_ds)
     finally:
         distributed.cleanup()
 
 
-def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | None, dev: torch.device,
-         info: distributed.DistInfo, log: Callable[[str], None],
-         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
-         overwrite: bool = False) -> dict[str, Any]:
-    from attncluster.data.dataset import VideoDataset, make_loader
+def _datasets(cfg: Config, info: distributed.DistInfo):
+    """The training and validation datasets, with their shards resolved and counted; errors name the cause."""
+    from attncluster.data.dataset import VideoDataset
 
-    main = info.rank == 0
-    say = log if main else (lambda msg: None)
-    rank_batch = cfg.train.batch_size // info.world_size
-    workers = cfg.data.workers(info.world_size)
-
-    # Everything that can fail on the user's input happens before the run directory is touched.
     class_names = load_class_names(cfg)
     train_ds = VideoDataset(cfg.data.train, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                             seg_num=cfg.model.seg_num, train=True, seed=cfg.train.seed,
                             skip_corrupt=cfg.data.skip_corrupt, dequantize=False, fmt=cfg.data.format,
                             class_names=class_names, rank=info.rank, world_size=info.world_size)
-    total_videos = train_ds.num_videos  # reads every shard's record headers once
+    total_videos = train_ds.num_videos  # reads every shard's record headers once (each rank)
     lo, hi = train_ds.rank_range()
     if hi <= lo:
-        raise ConfigError(f"data.train: {total_videos} videos in {len(train_ds.shards)} shards"
+        n = len(train_ds.shards)
+        raise ConfigError(f"data.train: {total_videos} video{'s' * (total_videos != 1)} in {n} shard{'s' * (n != 1)}"
                           + (f" cannot be shared by {info.world_size} ranks (each needs at least one)"
                              if total_videos else "; nothing to train on"))
     valid_ds = None
@@ -291,6 +313,20 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
                                 dequantize=False, fmt=cfg.data.format, class_names=class_names,
                                 rank=info.rank, world_size=info.world_size)
         valid_ds.record_counts()
+    return train_ds, valid_ds
+
+
+def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | None, dev: torch.device,
+         info: distributed.DistInfo, log: Callable[[str], None],
+         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
+         overwrite: bool = False, train_ds=None, valid_ds=None) -> dict[str, Any]:
+    from attncluster.data.dataset import make_loader
+
+    main = info.rank == 0
+    say = log if main else (lambda msg: None)
+    rank_batch = cfg.train.batch_size // info.world_size
+    workers = cfg.data.workers(info.world_size)
+
     batches_per_epoch = train_ds.num_batches(rank_batch)  # the same on every rank (equal shares)
 
     ckpt = None
