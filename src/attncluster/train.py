@@ -140,7 +140,9 @@ class RunDirectory:
         self.path, self._fd, self.created = path, fd, created
 
     @classmethod
-    def open(cls, path: str | Path, *, resume: bool = False, overwrite: bool = False) -> RunDirectory:
+    def open(cls, path: str | Path, *, resume: bool = False, overwrite: bool = False,
+             owned: tuple[str, ...] = OWNED) -> RunDirectory:
+        """Create (if needed) and lock ``path``; ``owned`` names what a previous run left (removed by overwrite)."""
         import fcntl
 
         path = Path(path)
@@ -165,7 +167,7 @@ class RunDirectory:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         run = cls(path, fd, created)
         try:
-            used = [name for name in cls.OWNED if _holds_data(path / name)]
+            used = [name for name in owned if _holds_data(path / name)]
             if used and overwrite:
                 import shutil
 
