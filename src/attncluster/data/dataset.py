@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from attncluster.data.features import LABELS_CSV, FeatureShard, resolve_csv
-from attncluster.data.paths import expand_paths
+from attncluster.data.paths import expand_paths, is_url
 from attncluster.data.pickles import PickleShard
 from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, Shard, dequantize
 from attncluster.data.sampling import sample_indices
@@ -183,6 +183,7 @@ class VideoDataset(IterableDataset):
         self.max_frames = int(max_frames)
         self.shards = resolve_shards(specs, fmt)
         self._counts: list[int] | None = None
+        self._indices: dict[str, tuple[np.ndarray, int]] = {}  # remote shard -> (record index, corrupt tail count)
         # Shared memory, so DataLoader workers (also persistent ones, also under spawn) see set_epoch and the main
         # process sees the workers' counters. Each process writes only its own row: no locks needed.
         # _epoch holds (epoch, first batch): the batch to start the epoch at when resuming mid-epoch.
@@ -219,13 +220,19 @@ class VideoDataset(IterableDataset):
 
     def record_counts(self) -> list[int]:
         """Records per shard (intact ones, up to a damaged tail with skip_corrupt), in shard order. Read once, from
-        the record headers only, and cached; :func:`make_loader` calls it before workers start, so they inherit it."""
+        the record headers only, and cached; :func:`make_loader` calls it before workers start, so they inherit it.
+
+        For remote shards the record index itself is kept too (16 bytes per record), so readers do not fetch the
+        headers again."""
         if self._counts is None:
             counts = []
             for path in self.shards:
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
+                    index = getattr(shard, "_index", None)
+                    if is_url(path) and isinstance(index, np.ndarray):
+                        self._indices[path] = (index, int(getattr(shard, "stats", ReadStats()).corrupt))
                 finally:
                     _close(shard)
             self._counts = counts
@@ -272,6 +279,9 @@ class VideoDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        if self._counts is None and self.world_size == 1 and info is None:
+            yield from self._stream()  # the whole epoch in one process: no need to count records first
+            return
         lo, hi = self.rank_range()
         if info is not None:  # a DataLoader of the caller's own over samples: each worker a contiguous part
             n = hi - lo
@@ -279,6 +289,26 @@ class VideoDataset(IterableDataset):
         reader = _Reader(self, self.epoch, info)
         try:
             yield from reader.samples(lo, hi)
+        finally:
+            reader.close()
+
+    def _stream(self) -> Iterator[dict]:
+        """The epoch's order (as :class:`_Reader` reads it), shard by shard, each opened and indexed once."""
+        reader = _Reader(self, self.epoch, None, counted=False)
+        try:
+            for shard_index in reader.order:
+                shard_index = int(shard_index)
+                path = self.shards[shard_index]
+                shard = self._open(path, reader.stats)
+                try:
+                    order = self._record_order(shard_index, len(shard), reader.epoch)
+                    reader.publish()
+                    for i in order:
+                        sample = reader.read(shard, shard_index, int(i))
+                        if sample is not None:
+                            yield sample
+                finally:
+                    _close(shard)
         finally:
             reader.close()
 
@@ -334,9 +364,14 @@ class _Reader:
     count each file once per epoch however many workers open it.
     """
 
-    def __init__(self, ds: VideoDataset, epoch: int, info) -> None:
+    def __init__(self, ds: VideoDataset, epoch: int, info, counted: bool = True) -> None:
         self.ds, self.epoch = ds, epoch
-        self.order, self.ends = ds._plan(epoch)
+        if counted:
+            self.order, self.ends = ds._plan(epoch)
+        else:  # streaming (VideoDataset._stream): the shard order only
+            self.order = np.arange(len(ds.shards))
+            if ds.shuffle:
+                self.order = np.random.default_rng((ds.seed, epoch)).permutation(len(ds.shards))
         self.counters = ds._counters.numpy()[0 if info is None else 1 + info.id % (_STAT_ROWS - 1)]
         self.base = self.counters.copy()
         self.stats = ReadStats()
@@ -361,8 +396,13 @@ class _Reader:
         shard_index = int(self.order[k])
         start = int(self.ends[k - 1]) if k else 0
         files, corrupt = self.stats.files, self.stats.corrupt
-        self.shard = self.ds._open(self.ds.shards[shard_index], self.stats)
+        path = self.ds.shards[shard_index]
+        self.shard = self.ds._open(path, self.stats)
         self.k = k
+        known = self.ds._indices.get(path)
+        if known is not None:  # a remote shard indexed by record_counts: no second fetch of its headers
+            self.shard._index = known[0]
+            self.stats.corrupt += known[1]  # a damaged tail found then, counted (below) by one reader
         n = len(self.shard)
         if n != int(self.ends[k]) - start:
             raise DataError(f"{self.ds.shards[shard_index]}: holds {n} records now, {int(self.ends[k]) - start} when "
@@ -372,34 +412,38 @@ class _Reader:
         self.records = self.ds._record_order(shard_index, n, self.epoch)
         self.publish()
 
+    def read(self, shard: Shard, shard_index: int, i: int) -> dict | None:
+        """Record ``i`` of a shard as a sample; None (warned, counted) when skipped as damaged or empty."""
+        ds, path = self.ds, self.ds.shards[shard_index]
+        video = shard.read(i)
+        if video is None:
+            self.publish()
+            reason = getattr(shard, "last_error", None)
+            _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
+            return None
+        rng = None
+        if ds.train:
+            key = (ds.seed, self.epoch, shard_index, i, _JITTER)
+            rng = lambda: np.random.default_rng(key)  # noqa: E731
+        sample = ds._sample(video, path, i, rng)
+        if sample is None:
+            self.stats.corrupt += 1
+        self.publish()
+        return sample
+
     def samples(self, lo: int, hi: int) -> Iterator[dict]:
         """The samples at positions ``[lo, hi)``; damaged records skipped with skip_corrupt (warned, counted)."""
-        ds, p = self.ds, lo
+        p = lo
         while p < hi:
             k = int(np.searchsorted(self.ends, p, side="right"))
             self._select(k, p)
             start = int(self.ends[k - 1]) if k else 0
             stop = min(hi, int(self.ends[k]))
-            shard_index, path = int(self.order[k]), ds.shards[int(self.order[k])]
+            shard_index = int(self.order[k])
             for i in self.records[p - start:stop - start]:
-                i = int(i)
-                video = self.shard.read(i)
-                if video is None:
-                    self.publish()
-                    reason = getattr(self.shard, "last_error", None)
-                    _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
-                    continue
-                rng = None
-                if ds.train:
-                    key = (ds.seed, self.epoch, shard_index, i, _JITTER)
-                    rng = lambda key=key: np.random.default_rng(key)  # noqa: E731
-                sample = ds._sample(video, path, i, rng)
-                if sample is None:
-                    self.stats.corrupt += 1
-                    self.publish()
-                    continue
-                self.publish()
-                yield sample
+                sample = self.read(self.shard, shard_index, int(i))
+                if sample is not None:
+                    yield sample
             p = stop
 
 
