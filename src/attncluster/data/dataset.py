@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -135,8 +135,8 @@ class VideoDataset(IterableDataset):
         train: jitter the sampled frames (stratified random sampling); otherwise stratum centres.
         shuffle: permute shard order and record order every epoch (defaults to ``train``).
         seed: base of every RNG stream: shard order (seed, epoch); record order (seed, epoch, shard index);
-            jitter (seed, epoch, shard index, record index), so a video's frames in an epoch do not depend on
-            ranks, workers or batch size.
+            jitter (seed, epoch, shard index): a (records, seg_num) block of uniforms, row i for record i, so a
+            video's frames in an epoch do not depend on ranks, workers or batch size.
         skip_corrupt: skip damaged records (warned on stderr, counted in :attr:`stats`) instead of raising.
         dequantize: dequantize uint8 sources to float32 here; False keeps the sampled frames uint8 so they can be
             dequantized on the accelerator (4x less host-to-device traffic).
@@ -302,6 +302,7 @@ class VideoDataset(IterableDataset):
                 shard = self._open(path, reader.stats)
                 try:
                     order = self._record_order(shard_index, len(shard), reader.epoch)
+                    reader.start_shard(shard_index, len(order))
                     reader.publish()
                     for i in order:
                         sample = reader.read(shard, shard_index, int(i))
@@ -312,10 +313,10 @@ class VideoDataset(IterableDataset):
         finally:
             reader.close()
 
-    def _sample(self, video: RawVideo, path: str, i: int, rng: Callable[[], np.random.Generator] | None) -> dict | None:
+    def _sample(self, video: RawVideo, path: str, i: int, rng: _Uniforms | None) -> dict | None:
         """Sample seg_num frames and build the sample dict; None for a skipped (empty) record.
 
-        ``rng`` makes this record's jitter generator (training); None samples stratum centres."""
+        ``rng`` holds this record's jitter (training); None samples stratum centres."""
         where = f"{path}: record {i} (id {video.id!r})"
         missing = [m for m in self.modalities if m not in video.features]
         if missing:
@@ -332,8 +333,8 @@ class VideoDataset(IterableDataset):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
             raise DataError(f"{where}: label {int(bad)} out of range, expected [0, {self.num_classes})")
         # The same indices for every modality, from their common length; sampled before dequantizing so only
-        # seg_num frames (not up to 300) are converted. A 1-frame video (video level) needs no generator.
-        idx = sample_indices(n, self.seg_num, rng() if rng is not None and n > 1 else None)
+        # seg_num frames (not up to 300) are converted.
+        idx = sample_indices(n, self.seg_num, rng)
         sample: dict = {"id": video.id}
         for m in self.modalities:
             frames = video.features[m][idx]  # (T, F) -> (seg_num, F), a copy
@@ -354,6 +355,16 @@ def _close(shard) -> None:
     close = getattr(shard, "close", None)
     if close is not None:
         close()
+
+
+class _Uniforms:
+    """Hands :func:`sample_indices` a record's precomputed uniforms where it expects a generator."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row = row
+
+    def random(self, size: int) -> np.ndarray:
+        return self.row[:size]
 
 
 class _Reader:
@@ -378,6 +389,7 @@ class _Reader:
         self.k = -1  # position of the open shard in the epoch's shard order
         self.shard: Shard | None = None
         self.records: np.ndarray | None = None
+        self.jitter: np.ndarray | None = None  # (records, seg_num) uniforms of the open shard (training)
 
     def publish(self) -> None:
         s = self.stats
@@ -410,7 +422,16 @@ class _Reader:
         if first != start:  # another reader counts this file
             self.stats.files, self.stats.corrupt = files, corrupt
         self.records = self.ds._record_order(shard_index, n, self.epoch)
+        self.start_shard(shard_index, n)
         self.publish()
+
+    def start_shard(self, shard_index: int, n: int) -> None:
+        """Draw the jitter of every record of a shard being opened: one (n, seg_num) block of U[0, 1) from
+        (seed, epoch, shard index), row i for record i, so a record's frames do not depend on who reads it."""
+        ds = self.ds
+        self.jitter = None
+        if ds.train:
+            self.jitter = np.random.default_rng((ds.seed, self.epoch, shard_index, _JITTER)).random((n, ds.seg_num))
 
     def read(self, shard: Shard, shard_index: int, i: int) -> dict | None:
         """Record ``i`` of a shard as a sample; None (warned, counted) when skipped as damaged or empty."""
@@ -421,10 +442,7 @@ class _Reader:
             reason = getattr(shard, "last_error", None)
             _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
             return None
-        rng = None
-        if ds.train:
-            key = (ds.seed, self.epoch, shard_index, i, _JITTER)
-            rng = lambda: np.random.default_rng(key)  # noqa: E731
+        rng = _Uniforms(self.jitter[i]) if self.jitter is not None else None
         sample = ds._sample(video, path, i, rng)
         if sample is None:
             self.stats.corrupt += 1
