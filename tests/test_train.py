@@ -431,3 +431,15 @@ def test_kill_minus_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_dat
     assert [r["epoch"] for r in records if r["type"] == "valid"] == [1, 2]
     assert [r["loss"] for r in records if r["type"] == "train"] == [
         r["loss"] for r in _train_records(straight) if r["type"] == "train"]
+
+
+def test_checkpoint_interval_in_time(tiny_data, tmp_path):
+    """A duration: a mid-epoch checkpoint once that much time has passed since the last one (here after every
+    step, since every step takes longer than 1 ms), each resumable at its place."""
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.checkpoint_interval": "0.001s",
+                                                          "train.keep_checkpoints": 0, "train.valid_interval": 0}))
+    fit(cfg, run_dir=tmp_path, device="cpu", log=quiet)
+    assert _checkpoints(tmp_path) == ["epoch_001.pt"] + [f"epoch_001_step_{s:08d}.pt" for s in range(1, 6)] + [
+        "last.pt"]
+    mid = load_checkpoint(tmp_path / "checkpoints" / "epoch_001_step_00000003.pt")
+    assert (mid["epoch"], mid["step"], mid["position"]) == (0, 3, [3])

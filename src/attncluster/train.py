@@ -453,8 +453,10 @@ def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loa
         say(f"checkpoint: {path}" + (f" (best {best_key} {best:.4f})" if is_best else ""))
 
     def mid_epoch_due() -> bool:
+        if step == saved_step or (every_kind == "steps" and not every):  # nothing new since the last checkpoint
+            return False
         if every_kind == "steps":
-            return every > 0 and step != saved_step and step % int(every) == 0
+            return step % int(every) == 0
         want = time.monotonic() - saved_at >= every
         return not distributed.all_agree(not want, dev)  # any rank's clock decides, for all ranks together
 
