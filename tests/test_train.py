@@ -282,15 +282,14 @@ def test_keep_checkpoints_prunes_old_ones_and_orphans_go(tiny_data, tmp_path):
     ck.mkdir(parents=True)
     orphan = ck / ".epoch_007.pt.abc123.tmp"  # what a kill -9 during atomic_save leaves
     orphan.write_bytes(b"half a checkpoint")
-    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 3, "train.keep_checkpoints": 2,
-                                                          "train.checkpoint_interval": 4}))
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.keep_checkpoints": 2, "train.checkpoint_interval": 4}))
     fit(cfg, run_dir=tmp_path, device="cpu", log=quiet)
-    # 6 steps per epoch; mid-epoch checkpoints at steps 4, 8, 16 (12 and 18 are epoch ends)
+    # 6 steps per epoch; mid-epoch checkpoints at steps 4 and 8 (6 and 12 are epoch ends)
     names = _checkpoints(tmp_path)
-    assert [n for n in names if n not in ("best.pt", "last.pt")] == ["epoch_003.pt", "epoch_003_step_00000016.pt"]
+    assert [n for n in names if n not in ("best.pt", "last.pt")] == ["epoch_002.pt", "epoch_002_step_00000008.pt"]
     assert "best.pt" in names and not orphan.exists()
     best, last = load_checkpoint(ck / "best.pt"), load_checkpoint(ck / "last.pt")
-    assert last["epoch"] == 3 and last["step"] == 18
+    assert last["epoch"] == 2 and last["step"] == 12
     assert best["best_metric"] == max(r["gap"] for r in _train_records(tmp_path) if r["type"] == "valid")
 
 
@@ -304,10 +303,10 @@ def test_run_directory_is_not_reused_silently(tiny_data, tmp_path):
             device="cpu", log=quiet)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # untouched
     (tmp_path / "run" / "checkpoints" / "epoch_009.pt").write_bytes(b"stale")
-    fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 2, "train.seed": 1})),
+    fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.seed": 1})),
         run_dir=tmp_path / "run", device="cpu", log=quiet, overwrite=True)
-    assert _checkpoints(tmp_path / "run") == ["best.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
-    assert [r["epoch"] for r in _train_records(tmp_path / "run") if r["type"] == "valid"] == [1, 2]  # no old ones
+    assert _checkpoints(tmp_path / "run") == ["best.pt", "epoch_001.pt", "last.pt"]
+    assert [r["epoch"] for r in _train_records(tmp_path / "run") if r["type"] == "valid"] == [1]  # no old ones
     assert load_config(tmp_path / "run" / "config.yaml").train.seed == 1
 
 
@@ -326,20 +325,27 @@ def test_failed_start_leaves_no_run_directory(tiny_data, tmp_path):
 
 def test_config_yaml_is_written_atomically(tiny_cfg, tmp_path):
     """A file-size limit makes the write fail part-way (as a full disk does): the old config.yaml stays whole."""
-    import subprocess
-    import sys
+    import resource
+    import signal
 
     from attncluster.config import save_config
 
     path = tmp_path / "config.yaml"
     save_config(tiny_cfg, path)
     before = path.read_text()
-    code = ("import resource, signal, sys; from attncluster.config import load_config, save_config\n"
-            "cfg = load_config(sys.argv[1], ['train.seed=7']); signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)); save_config(cfg, sys.argv[1])")
-    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0 and "File too large" in p.stderr
+    changed = load_config(path, ["train.seed=7"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+        with pytest.raises(OSError, match="File too large"):
+            save_config(changed, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
     assert path.read_text() == before and [q.name for q in tmp_path.iterdir()] == ["config.yaml"]
+    save_config(changed, path)
+    assert load_config(path).train.seed == 7
 
 
 def test_resuming_a_finished_run_has_nothing_to_do(tiny_data, tmp_path, capsys):
