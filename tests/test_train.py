@@ -449,3 +449,17 @@ def test_checkpoint_interval_in_time(tiny_data, tmp_path):
         "last.pt"]
     mid = load_checkpoint(tmp_path / "checkpoints" / "epoch_001_step_00000003.pt")
     assert (mid["epoch"], mid["step"], mid["position"]) == (0, 3, [3])
+
+
+def test_mid_epoch_resume_refuses_changed_data(tiny_data, tmp_path):
+    from attncluster.data.synth import write_synthetic
+
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.checkpoint_interval": 2,
+                                                          "train.keep_checkpoints": 0, "train.valid_interval": 0}))
+    fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
+    mid = tmp_path / "run" / "checkpoints" / "epoch_001_step_00000002.pt"
+    assert load_checkpoint(mid)["num_videos"] == 96
+    write_synthetic(tmp_path / "other", videos=50, classes=5, shards=1, seed=3, max_frames=8)
+    other = load_config(None, tiny_overrides(tiny_data, **{"data.train": tmp_path / "other"}))
+    with pytest.raises(ConfigError, match="taken mid-epoch over 96 training videos, but data.train now holds 50"):
+        fit(other, run_dir=tmp_path / "run", resume=str(mid), device="cpu", log=quiet)

@@ -1,7 +1,8 @@
 """Checkpoints and weights.
 
-A training checkpoint is a plain dict ``{model, optimizer, scheduler, epoch, step, rng, config, metrics,
-best_metric}`` written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
+A training checkpoint is a plain dict ``{model, optimizer, scheduler, scaler, epoch, step, position, num_videos,
+rng, config, metrics, best_metric}`` (``epoch``: whole epochs done; ``position``: per rank, the batches of the
+next epoch done, all 0 at an epoch end) written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
 a half-written file under the final name. ``--weights`` accepts such a checkpoint, a safetensors file of model
 weights, a converted Paddle ``.pt`` (``attncluster convert-paddle``) or the reference's ``.pdparams`` directly.
 """

@@ -328,7 +328,6 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
     say = log if main else (lambda msg: None)
     rank_batch = cfg.train.batch_size // info.world_size
     workers = cfg.data.workers(info.world_size)
-
     batches_per_epoch = train_ds.num_batches(rank_batch)  # the same on every rank (equal shares)
 
     ckpt = None
@@ -338,6 +337,10 @@ def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | N
         if any(positions) and len(positions) != info.world_size:
             raise ConfigError(f"{resume}: taken mid-epoch by {len(positions)} ranks; resume it with "
                               f"{len(positions)} ranks (WORLD_SIZE={info.world_size} splits the data differently)")
+        if any(positions) and ckpt.get("num_videos", train_ds.num_videos) != train_ds.num_videos:
+            raise ConfigError(f"{resume}: taken mid-epoch over {ckpt['num_videos']} training videos, but data.train "
+                              f"now holds {train_ds.num_videos}; its position would point at other videos (resume "
+                              "from an epoch-end checkpoint to train on changed data)")
         if ckpt["epoch"] >= cfg.train.epochs and not any(positions):
             say(f"nothing to do: {resume} has finished all {ckpt['epoch']} epochs (step {ckpt['step']}); "
                 "raise train.epochs to train further")
@@ -442,7 +445,8 @@ def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loa
         positions = [s["position"] for s in states]
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
-                "step": step, "position": positions, "rng": [s["rng"] for s in states], "config": cfg.to_dict(),
+                "step": step, "position": positions, "num_videos": train_ds.num_videos,
+                "rng": [s["rng"] for s in states], "config": cfg.to_dict(),
                 "metrics": metrics, "best_metric": best}
         path = run.checkpoints / checkpoint_name(epochs_done, step, mid_epoch=any(positions))
         _write(lambda: atomic_save(ckpt, path), path)
