@@ -485,3 +485,22 @@ def test_auto_workers_in_make_loader(tmp_path, monkeypatch):
     ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG)
     loader = make_loader(ds, 2, num_workers="auto")
     assert loader.num_workers == 1 and [v for b in loader for v in b["id"]] == list(truth)
+
+
+def test_jitter_of_a_large_shard_is_drawn_per_record(tmp_path, monkeypatch):
+    """Above the block size the jitter comes from a generator per record: still the same frames for any worker
+    count, and still real strata."""
+    from attncluster.data import dataset
+
+    paths, truth = make_pickles(tmp_path, shards=1, per_shard=9)
+    monkeypatch.setattr(dataset, "_JITTER_BLOCK", 4)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=2)
+    a, b = batches_of(ds, 4, 0), batches_of(ds, 4, 2)
+    assert [x[0] for x in a] == [x[0] for x in b] and all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    for ids, rgb, _ in a:
+        for vid, frames in zip(ids, rgb):
+            rec = truth[vid]
+            n = rec["nframes"]
+            u = np.random.default_rng((2, 0, 0, int(vid.split("_")[1]), 2)).random(SEG)
+            idx = np.minimum(np.floor((np.arange(SEG) + u) * n / SEG).astype(int), n - 1)
+            np.testing.assert_allclose(frames.numpy(), ref_dequantize(rec["feature"][idx]), atol=1e-6)

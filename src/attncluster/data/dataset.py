@@ -47,6 +47,8 @@ FORMATS = ("auto", "yt8m", "pickle", "features")  # as config.DataConfig.format
 _RECORD_ORDER, _JITTER = 1, 2
 # Rows of the shared stats counters: row 0 is the main process, row 1 + w is DataLoader worker w.
 _STAT_ROWS = 257
+# Largest (records x seg_num) jitter block drawn at once for a shard (32 MB of float64); larger shards draw per record.
+_JITTER_BLOCK = 1 << 22
 
 
 def _format_of(path: str, fmt: str) -> str:
@@ -135,8 +137,9 @@ class VideoDataset(IterableDataset):
         train: jitter the sampled frames (stratified random sampling); otherwise stratum centres.
         shuffle: permute shard order and record order every epoch (defaults to ``train``).
         seed: base of every RNG stream: shard order (seed, epoch); record order (seed, epoch, shard index);
-            jitter (seed, epoch, shard index): a (records, seg_num) block of uniforms, row i for record i, so a
-            video's frames in an epoch do not depend on ranks, workers or batch size.
+            jitter (seed, epoch, shard index): a (records, seg_num) block of uniforms, row i for record i, or
+            (seed, epoch, shard index, record index) for shards too large for one block; so a video's frames in an
+            epoch do not depend on ranks, workers or batch size.
         skip_corrupt: skip damaged records (warned on stderr, counted in :attr:`stats`) instead of raising.
         dequantize: dequantize uint8 sources to float32 here; False keeps the sampled frames uint8 so they can be
             dequantized on the accelerator (4x less host-to-device traffic).
@@ -430,7 +433,7 @@ class _Reader:
         (seed, epoch, shard index), row i for record i, so a record's frames do not depend on who reads it."""
         ds = self.ds
         self.jitter = None
-        if ds.train:
+        if ds.train and n * ds.seg_num <= _JITTER_BLOCK:
             self.jitter = np.random.default_rng((ds.seed, self.epoch, shard_index, _JITTER)).random((n, ds.seg_num))
 
     def read(self, shard: Shard, shard_index: int, i: int) -> dict | None:
@@ -442,7 +445,11 @@ class _Reader:
             reason = getattr(shard, "last_error", None)
             _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
             return None
-        rng = _Uniforms(self.jitter[i]) if self.jitter is not None else None
+        rng = None
+        if self.jitter is not None:
+            rng = _Uniforms(self.jitter[i])
+        elif ds.train:  # a shard too large for one block (e.g. a whole features CSV): a generator per record
+            rng = _Uniforms(np.random.default_rng((ds.seed, self.epoch, shard_index, i, _JITTER)).random(ds.seg_num))
         sample = ds._sample(video, path, i, rng)
         if sample is None:
             self.stats.corrupt += 1
