@@ -266,6 +266,21 @@ def test_auto_workers_fit_the_cores_and_threads_use_the_rest(tiny_data, monkeypa
         load_config(None, ["data.num_workers=many"])
 
 
+def test_auto_workers_train_without_torch_warnings(tiny_data, tmp_path, monkeypatch):
+    """On a 2-core machine the shipped configs' 'auto' gives one worker: torch has nothing to warn about."""
+    import warnings
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", tiny_overrides(tiny_data, **{
+        "data.num_workers": "auto", "train.epochs": 1, "train.valid_interval": 0}))
+    logs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfg, run_dir=tmp_path, device="cpu", log=logs.append)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    assert "1 data workers" in logs[0]
+
+
 def test_checkpoint_interval_is_typed_and_checked():
     every = lambda v: load_config(None, [f"train.checkpoint_interval={v}"]).train.checkpoint_every  # noqa: E731
     assert every(0) == ("steps", 0) and every(250) == ("steps", 250)
