@@ -12,6 +12,7 @@ building the loader (the record count of this tree), so it is what a training ep
 Usage::
 
     python benchmarks/bench_batching.py                  # 800 videos in 4 shards, workers 0 and 1, 3 rounds
+    python benchmarks/bench_batching.py --quick          # smoke run, ~10 s
     python benchmarks/bench_batching.py --baseline f0b9e62 --workers 0 1 2 --rounds 5
 """
 
@@ -56,7 +57,12 @@ def main() -> None:
     ap.add_argument("--max-frames", type=int, default=120)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 200 videos, 1 round, 0 workers")
+    ap.add_argument("--json", metavar="PATH", help="also write the result lines (a JSON list) to PATH")
     args = ap.parse_args()
+    if args.quick:
+        args.videos, args.rounds, args.workers = 200, 1, [0]
+    lines = []
 
     sys.path.insert(0, str(REPO / "src"))
     from attncluster.data.synth import write_synthetic
@@ -86,6 +92,9 @@ def main() -> None:
                     "ratio_median": round(statistics.median(ratios), 3),
                     "ratios": [round(x, 3) for x in ratios]}
             print(json.dumps(line), flush=True)
+            lines.append(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(lines) + "\n")
 
 
 if __name__ == "__main__":
