@@ -257,11 +257,16 @@ def test_auto_workers_fit_the_cores_and_threads_use_the_rest(tiny_data, monkeypa
 
     cfg = load_config(None, tiny_overrides(tiny_data, **{"data.num_workers": "auto"}))
     assert load_config(None).data.num_workers == "auto"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     for cores, world, workers, threads in [(2, 1, 1, 1), (1, 1, 0, 1), (16, 1, 8, 8), (64, 1, 8, 56), (16, 2, 4, 4),
                                            (4, 4, 0, 1)]:
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)))
         assert resolve_num_workers("auto", world) == workers, (cores, world)
         assert cfg.data.workers(world) == workers and cpu_threads(cfg, world) == threads, (cores, world)
+    # 16 ranks over 2 nodes of 16 cores: 8 ranks share each node, 2 cores each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert cfg.data.workers(16) == 1 and cpu_threads(cfg, 16) == 1
     with pytest.raises(ConfigError, match="data.num_workers: must be an integer >= 0 or 'auto', got 'many'"):
         load_config(None, ["data.num_workers=many"])
 

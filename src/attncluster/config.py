@@ -103,15 +103,23 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cores_per_rank(world_size: int = 1) -> int:
+    """This process's share of the machine's cores: the cores over the ranks on this node (torchrun's
+    ``LOCAL_WORLD_SIZE``; ``world_size`` when it is not set), at least 1."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    ranks = int(local) if local and local.isdigit() and int(local) > 0 else max(1, world_size)
+    return max(1, available_cores() // ranks)
+
+
 def resolve_num_workers(value: int | str, world_size: int = 1) -> int:
-    """``data.num_workers``: an int as given, or ``"auto"``: half of this rank's share of the cores (at most 8),
-    0 when a rank has a single core. The other half is left to the training step's threads, and torch never
-    sees more workers than cores (which it warns about on every run)."""
+    """``data.num_workers``: an int as given, or ``"auto"``: half of this rank's share of the cores
+    (:func:`cores_per_rank`, at most 8 workers), 0 when a rank has a single core. The other half is left to the
+    training step's threads, and torch never sees more workers than cores (which it warns about on every run)."""
     if value != "auto":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"data.num_workers: must be an integer >= 0 or 'auto', got {value!r}")
         return value
-    return min(8, available_cores() // max(1, world_size) // 2)
+    return min(8, cores_per_rank(world_size) // 2)
 
 
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*$")

@@ -32,7 +32,7 @@ from torch import nn
 
 from attncluster import distributed
 from attncluster.checkpoint import atomic_save, load_checkpoint, load_for_finetune, rng_state, set_rng_state
-from attncluster.config import Config, available_cores, save_config
+from attncluster.config import Config, cores_per_rank, save_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
 from attncluster.evaluate import format_metrics, run_evaluation
@@ -47,7 +47,7 @@ def cpu_threads(cfg: Config, world_size: int) -> int:
     Oversubscribed OpenMP threads spin and can halve the speed."""
     if cfg.train.num_threads:
         return cfg.train.num_threads
-    return max(1, available_cores() // world_size - cfg.data.workers(world_size))
+    return max(1, cores_per_rank(world_size) - cfg.data.workers(world_size))
 
 
 def seed_everything(seed: int) -> None:
