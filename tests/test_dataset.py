@@ -193,20 +193,26 @@ def collect_job(paths, world_size, num_workers, **kwargs):
     return per_rank
 
 
+def assert_split(per_rank, truth, train):
+    """Each video at most once in the job; all of them in evaluation; in training every rank gets N // ranks."""
+    counts = Counter(v for ids in per_rank for v in ids)
+    assert set(counts.values()) == {1} and set(counts) <= set(truth)
+    world = len(per_rank)
+    if train:
+        assert [len(ids) for ids in per_rank] == [len(truth) // world] * world
+    else:
+        assert set(counts) == set(truth) and max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+
+
 @pytest.mark.parametrize("shards,per_shard,train", [
-    (7, 3, False),  # more shards than the 4 consumers: shards dealt round-robin
+    (7, 3, False),
     (9, 2, True),
-    (3, 5, True),  # fewer shards: every consumer walks every shard and keeps every 4th record
+    (3, 5, True),  # 15 videos over 2 ranks: one left out in training, so both ranks run 7
     (1, 9, False),
 ])
 def test_every_video_exactly_once_across_ranks_and_workers(tmp_path, shards, per_shard, train):
     paths, truth = make_pickles(tmp_path, shards=shards, per_shard=per_shard)
-    per_rank = collect_job(paths, world_size=2, num_workers=2, train=train)
-    counts = Counter(v for ids in per_rank for v in ids)
-    assert set(counts) == set(truth) and set(counts.values()) == {1}
-    if shards < 4:  # record-level split: ranks differ by at most one record per worker
-        assert abs(len(per_rank[0]) - len(per_rank[1])) <= 2
-    assert all(per_rank)
+    assert_split(collect_job(paths, world_size=2, num_workers=2, train=train), truth, train)
 
 
 def test_persistent_workers_follow_set_epoch(tmp_path):
@@ -375,9 +381,7 @@ def test_tfrecord_video_level(tmp_path):
 @pytest.mark.parametrize("shards,per_shard", [(5, 3), (2, 7)])
 def test_tfrecord_exactly_once(tmp_path, shards, per_shard):
     paths, truth = make_tfrecords(tmp_path, shards=shards, per_shard=per_shard)
-    per_rank = collect_job(paths, world_size=2, num_workers=2, train=True)
-    counts = Counter(v for ids in per_rank for v in ids)
-    assert set(counts) == set(truth) and set(counts.values()) == {1}
+    assert_split(collect_job(paths, world_size=2, num_workers=2, train=True), truth, train=True)
 
 
 def test_tfrecord_corrupt_record_skipped(tmp_path, capfd):
@@ -412,3 +416,91 @@ def test_open_shard_yt8m_format(tmp_path):
     assert isinstance(open_shard(plain, modalities=MODS, num_classes=C), YT8MShard)
     assert isinstance(open_shard(plain, fmt="yt8m", modalities=MODS, num_classes=C), YT8MShard)
     assert ids_of(VideoDataset(plain, fmt="yt8m", modalities=MODS, num_classes=C, seg_num=SEG)) == ["t0_0", "t0_1"]
+
+
+# ---- batches: by position in the epoch order, whatever the number of workers -----------------------------------------
+
+
+def reference_epoch(paths, counts, seed, epoch, rank, world, equal):
+    """The documented epoch order, computed here from the seeds: shards by (seed, epoch), records by
+    (seed, epoch, shard, 1); rank r takes a contiguous part (N // world each when ``equal``)."""
+    order = np.random.default_rng((seed, epoch)).permutation(len(paths))
+    seq = [(int(s), int(i)) for s in order for i in np.random.default_rng((seed, epoch, int(s), 1)).permutation(counts[s])]
+    n = len(seq)
+    lo, hi = (rank * (n // world), (rank + 1) * (n // world)) if equal else (rank * n // world, (rank + 1) * n // world)
+    return seq[lo:hi]
+
+
+def batches_of(ds, batch_size, workers, start=0):
+    ds.set_epoch(ds.epoch, start)
+    return [(b["id"], b["rgb"], b["audio"]) for b in make_loader(ds, batch_size, num_workers=workers)]
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
+    paths, truth = make_pickles(tmp_path, shards=3, per_shard=7)  # 21 videos
+    names = {(s, j): f"s{s}_{j}" for s in range(3) for j in range(7)}
+    for rank in (0, 1):
+        ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=5, rank=rank,
+                          world_size=2)
+        ds.set_epoch(2)
+        runs = {w: batches_of(ds, 4, w) for w in (0, 1, 2, 3)}
+        expected = [names[k] for k in reference_epoch(paths, [7, 7, 7], 5, 2, rank, 2, equal=True)]
+        assert len(expected) == 10
+        ids = [b[0] for b in runs[0]]
+        assert ids == [expected[i:i + 4] for i in range(0, 10, 4)]  # batches of 4, 4 and the one partial 2
+        for w in (1, 2, 3):
+            assert [b[0] for b in runs[w]] == ids
+            for (_, r0, a0), (_, r1, a1) in zip(runs[0], runs[w], strict=True):
+                assert torch.equal(r0, r1) and torch.equal(a0, a1)  # the same jittered frames too
+
+
+def test_a_small_dataset_is_one_partial_batch_per_rank(tmp_path):
+    """Fewer videos than one batch, more workers than batches: one batch with every video (not one per worker)."""
+    paths, truth = make_pickles(tmp_path, shards=2, per_shard=5)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True)
+    for workers in (0, 4):
+        batches = batches_of(ds, 64, workers)
+        assert len(batches) == 1 and sorted(batches[0][0]) == sorted(truth)
+    loader = make_loader(ds, 64, num_workers=2, drop_last=True)
+    assert list(loader) == [] and len(loader) == 0  # drop_last drops that one partial batch, nothing else
+    ds4 = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True)
+    assert [len(b[0]) for b in batches_of(ds4, 4, 3)] == [4, 4, 2]
+
+
+def test_start_batch_resumes_with_the_same_batches(tmp_path):
+    paths, _ = make_pickles(tmp_path, shards=2, per_shard=6)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=1)
+    ds.set_epoch(1)
+    full = batches_of(ds, 3, 0)
+    loader = make_loader(ds, 3, num_workers=2)
+    ds.set_epoch(1, start_batch=2)
+    rest = [(b["id"], b["rgb"], b["audio"]) for b in loader]
+    assert [b[0] for b in rest] == [b[0] for b in full[2:]] and loader.position == len(full) == 4
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(rest, full[2:], strict=True))
+
+
+def test_auto_workers_in_make_loader(tmp_path, monkeypatch):
+    paths, truth = make_pickles(tmp_path, shards=1, per_shard=3)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG)
+    loader = make_loader(ds, 2, num_workers="auto")
+    assert loader.num_workers == 1 and [v for b in loader for v in b["id"]] == list(truth)
+
+
+def test_jitter_of_a_large_shard_is_drawn_per_record(tmp_path, monkeypatch):
+    """Above the block size the jitter comes from a generator per record: still the same frames for any worker
+    count, and still real strata."""
+    from attncluster.data import dataset
+
+    paths, truth = make_pickles(tmp_path, shards=1, per_shard=9)
+    monkeypatch.setattr(dataset, "_JITTER_BLOCK", 4)
+    ds = VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG, train=True, seed=2)
+    a, b = batches_of(ds, 4, 0), batches_of(ds, 4, 2)
+    assert [x[0] for x in a] == [x[0] for x in b] and all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    for ids, rgb, _ in a:
+        for vid, frames in zip(ids, rgb):
+            rec = truth[vid]
+            n = rec["nframes"]
+            u = np.random.default_rng((2, 0, 0, int(vid.split("_")[1]), 2)).random(SEG)
+            idx = np.minimum(np.floor((np.arange(SEG) + u) * n / SEG).astype(int), n - 1)
+            np.testing.assert_allclose(frames.numpy(), ref_dequantize(rec["feature"][idx]), atol=1e-6)

@@ -167,7 +167,9 @@ def test_ddp_ranks_hold_identical_weights_after_every_step_and_resume_continues(
     # Validation shards of 15 videos each: rank 0 gets two (batches of 16 and 14), rank 1 one (a batch of 15).
     write_synthetic(tmp_path / "valid", videos=45, classes=TINY_CLASSES, shards=3, seed=1, max_frames=24,
                     prefix="validate")
-    extra = {"train.log_interval": 1, "train.epochs": 2, "data.valid": tmp_path / "valid"}
+    # 96 videos, 8 per rank and batch: 6 steps per epoch; a mid-epoch checkpoint every 4 steps (steps 4 and 8).
+    extra = {"train.log_interval": 1, "train.epochs": 2, "data.valid": tmp_path / "valid",
+             "train.checkpoint_interval": 4, "train.keep_checkpoints": 0}
     cfg_overrides = tiny_overrides(tiny_data, **extra)
     cfg = load_config(None, cfg_overrides)
     (r0, r1), dirs = _train(tmp_path, "full", cfg_overrides)
@@ -187,8 +189,9 @@ def test_ddp_ranks_hold_identical_weights_after_every_step_and_resume_continues(
     assert r1["logs"] == []
     assert any("epoch 2/2 done" in m for m in r0["logs"]), r0["logs"]
     run0 = dirs[0]
-    assert sorted(p.name for p in (run0 / "checkpoints").iterdir()) == ["best.pt", "epoch_001.pt", "epoch_002.pt",
-                                                                         "last.pt"]
+    assert sorted(p.name for p in (run0 / "checkpoints").iterdir()) == [
+        "best.pt", "epoch_001.pt", "epoch_001_step_00000004.pt", "epoch_002.pt", "epoch_002_step_00000008.pt",
+        "last.pt"]
     assert (run0 / "config.yaml").is_file()
     records = [json.loads(line) for line in (run0 / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, n + 1))  # once per step, not twice
@@ -207,15 +210,18 @@ def test_ddp_ranks_hold_identical_weights_after_every_step_and_resume_continues(
     for key in ("map", "loss"):
         assert last["metrics"][key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
 
-    # --resume under 2 processes from the end of epoch 1 continues exactly where the full run went.
-    first = load_checkpoint(run0 / "checkpoints" / "epoch_001.pt")
+    # --resume under 2 processes from the middle of epoch 2 (batch 2 of 6), with 2 DataLoader workers per rank
+    # where the full run had none, continues exactly where the full run went: the same batches follow.
+    mid = run0 / "checkpoints" / "epoch_002_step_00000008.pt"
+    first = load_checkpoint(mid)
     k = first["step"]
-    assert first["epoch"] == 1 and 0 < k < n
-    (q0, q1), rdirs = _train(tmp_path, "resumed", cfg_overrides, resume=str(run0 / "checkpoints" / "epoch_001.pt"))
+    assert (first["epoch"], k, first["position"]) == (1, 8, [2, 2]) and 0 < k < n
+    resumed_overrides = tiny_overrides(tiny_data, **extra, **{"data.num_workers": 2})
+    (q0, q1), rdirs = _train(tmp_path, "resumed", resumed_overrides, resume=str(mid))
     assert [s for s, _, _ in q0["steps"]] == list(range(k + 1, n + 1))
     assert q0["steps"] == steps0[k:]  # same step numbers, same weights, same losses as the uninterrupted run
     assert q1["steps"] == steps1[k:]
-    assert any(f"resumed from {run0 / 'checkpoints' / 'epoch_001.pt'}: epoch 1, step {k}" in m for m in q0["logs"])
+    assert any(f"resumed from {mid}: epoch 1, step {k}, batch 2 of epoch 2" in m for m in q0["logs"]), q0["logs"]
     assert q1["logs"] == [] and not rdirs[1].exists()
     resumed_last = load_checkpoint(rdirs[0] / "checkpoints" / "last.pt")
     assert resumed_last["epoch"] == 2 and resumed_last["step"] == n
@@ -271,7 +277,10 @@ def test_every_video_once_per_epoch_over_two_ranks_and_two_workers(tiny_data, tm
         for e in range(len(epochs)):
             per_rank = [seen[r][name][e] for r in range(WORLD)]
             assert all(per_rank), f"{name}: a rank read nothing"
-            assert Counter(per_rank[0] + per_rank[1]) == Counter(ids), f"{name} epoch {epochs[e]}: not exactly once"
+            counts = Counter(per_rank[0] + per_rank[1])
+            # Training gives both ranks N // 2 videos: the last N mod 2 of the epoch's order sit the epoch out.
+            assert set(counts.values()) == {1} and set(counts) <= set(ids), f"{name} epoch {epochs[e]}: not once"
+            assert [len(p) for p in per_rank] == [len(ids) // WORLD] * WORLD, f"{name}: unequal ranks"
         for r in range(WORLD):
             runs = seen[r][name]
             assert runs[0] == runs[2], f"{name}: same seed and epoch must give the same order"
@@ -347,13 +356,19 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
     from attncluster.data.synth import write_synthetic
 
     shards = write_synthetic(tmp_path / "train", videos=32, classes=TINY_CLASSES, shards=2, seed=5, max_frames=12)
-    # Which shard rank 1 reads in epoch 0 (whole shards are dealt to ranks by the (seed, epoch) shard order).
+    # The first record rank 1 reads in epoch 0; damage its payload, so only rank 1 fails (every rank reads the
+    # record headers of every shard at start, so a damaged header would stop both).
+    from attncluster.data.yt8m import YT8MShard
+
     seed = 0
     ds = VideoDataset(str(tmp_path / "train"), modalities={"rgb": 1024, "audio": 128}, num_classes=TINY_CLASSES,
                       seg_num=4, train=True, seed=seed, rank=1, world_size=WORLD)
     first_id = next(iter(ds))["id"]
     bad = next(s for s in shards if first_id in _shard_ids([s]))
-    Path(bad).write_bytes(b"this is not a TFRecord file" * 8)  # rank 1 fails when it opens its shard
+    offset, length = (int(x) for x in YT8MShard(bad).index[_shard_ids([bad]).index(first_id)])
+    data = bytearray(Path(bad).read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    Path(bad).write_bytes(bytes(data))
 
     # torchrun stops the other rank as soon as rank 1 exits (the process group's own timeout is 30 minutes)
     p = torchrun("train", "--config", "configs/quickstart.yaml",

@@ -25,3 +25,34 @@ def test_quickstart_trains_evaluates_predicts_and_beats_mean_pooling(tmp_path):
     out = p.stdout
     assert "Mean pooling" in out and f"GAP {summary['gap']:.4f}" in out
     assert "attncluster eval --config" in out and "attncluster predict --config" in out
+
+
+def test_a_quickstart_rerun_replaces_the_previous_run(tmp_path):
+    """A second quickstart in the same folder starts clean: no stale shard is trained on, no old checkpoint or
+    metrics record survives; a folder holding someone else's data is refused, not emptied."""
+    import pytest
+
+    from attncluster.errors import ConfigError
+    from attncluster.quickstart import quickstart
+
+    small = dict(train_videos=48, valid_videos=16, device="cpu", log=lambda m: None,
+                 overrides=["train.epochs=2", "train.batch_size=16", "model.seg_num=4", "model.hidden_sizes=[8]",
+                            "model.cluster_nums=1", "data.num_workers=0", "train.valid_interval=1"])
+    run = tmp_path / "qs"
+    quickstart(run, **small)
+    stale_shard = run / "data" / "train" / "train9999.tfrecord"
+    stale_shard.write_bytes((run / "data" / "train" / "train0000.tfrecord").read_bytes())
+    (run / "train" / "checkpoints" / "epoch_009.pt").write_bytes(b"old")
+    quickstart(run, **{**small, "overrides": small["overrides"] + ["train.epochs=1"]})
+    assert not stale_shard.exists()
+    assert sorted(p.name for p in (run / "train" / "checkpoints").iterdir()) == ["best.pt", "epoch_001.pt", "last.pt"]
+    records = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "valid"] == [1]
+    assert json.loads((run / "metrics.json").read_text())["num_videos"] == 16
+
+    other = tmp_path / "mine"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not written by a quickstart"):
+        quickstart(other, **small)
+    assert (other / "data" / "precious.txt").read_text() == "keep me"

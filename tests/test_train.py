@@ -206,3 +206,280 @@ def test_kinetics_style_single_label_features_end_to_end(tmp_path):
     assert metrics["num_videos"] == 24 and metrics["top_1"] == max(top1)
     assert metrics["top_5"] == 1.0  # 4 classes: the true class is always within the top 5
     assert metrics["top_1"] > 0.5  # chance is 0.25
+
+
+# ---- batching, workers, run directories, mid-epoch checkpoints -------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _checkpoints(run):
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def _train_records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("config", ["youtube8m.yaml", "youtube8m_video_level.yaml"])
+def test_500_videos_train_with_the_shipped_config_and_its_workers(tmp_path, config):
+    """The issue's case: 500 videos in 2 shards, 4 DataLoader workers, a shipped config whose batch (2048) is larger
+    than the data. Today each worker keeps its own partial batch and drops it: "no full batch". Now the one partial
+    batch trains: all 500 videos, one step."""
+    from attncluster.data.synth import write_synthetic
+
+    write_synthetic(tmp_path / "train", videos=500, classes=5, shards=2, seed=0, min_frames=2, max_frames=4)
+    cfg = load_config(REPO / "configs" / config, [
+        f"data.train={tmp_path / 'train'}", "data.valid=[]", "data.num_workers=4", "model.num_classes=5",
+        "model.cluster_nums=1", "model.hidden_sizes=[4]", "train.epochs=1", "train.num_threads=1"])
+    assert cfg.train.batch_size == 2048
+    steps, logs = [], []
+    fit(cfg, run_dir=tmp_path / "run", device="cpu", log=logs.append, on_step=lambda s, m, loss: steps.append(s))
+    assert steps == [1]
+    assert any(m.startswith("epoch 1/1 done: 500 videos") for m in logs), logs
+
+
+def test_too_few_videos_for_the_ranks_names_the_cause(tmp_path, monkeypatch):
+    from attncluster.data.synth import write_synthetic
+
+    write_synthetic(tmp_path / "train", videos=2, classes=5, shards=1, seed=0, min_frames=2, max_frames=4)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    cfg = load_config(None, tiny_overrides(tmp_path, **{"train.batch_size": 4, "data.valid": "[]"}))
+    with pytest.raises(ConfigError, match="data.train: 2 videos in 1 shard cannot be shared by 4 ranks"):
+        fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run directory
+
+
+def test_auto_workers_fit_the_cores_and_threads_use_the_rest(tiny_data, monkeypatch):
+    from attncluster.config import resolve_num_workers
+    from attncluster.train import cpu_threads
+
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"data.num_workers": "auto"}))
+    assert load_config(None).data.num_workers == "auto"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, world, workers, threads in [(2, 1, 1, 1), (1, 1, 0, 1), (16, 1, 8, 8), (64, 1, 8, 56), (16, 2, 4, 4),
+                                           (4, 4, 0, 1)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert resolve_num_workers("auto", world) == workers, (cores, world)
+        assert cfg.data.workers(world) == workers and cpu_threads(cfg, world) == threads, (cores, world)
+    # 16 ranks over 2 nodes of 16 cores: 8 ranks share each node, 2 cores each
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert cfg.data.workers(16) == 1 and cpu_threads(cfg, 16) == 1
+    with pytest.raises(ConfigError, match="data.num_workers: must be an integer >= 0 or 'auto', got 'many'"):
+        load_config(None, ["data.num_workers=many"])
+
+
+def test_auto_workers_train_without_torch_warnings(tiny_data, tmp_path, monkeypatch):
+    """On a 2-core machine the shipped configs' 'auto' gives one worker: torch has nothing to warn about."""
+    import warnings
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", tiny_overrides(tiny_data, **{
+        "data.num_workers": "auto", "train.epochs": 1, "train.valid_interval": 0}))
+    logs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfg, run_dir=tmp_path, device="cpu", log=logs.append)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    assert "1 data workers" in logs[0]
+
+
+def test_checkpoint_interval_is_typed_and_checked():
+    every = lambda v: load_config(None, [f"train.checkpoint_interval={v}"]).train.checkpoint_every  # noqa: E731
+    assert every(0) == ("steps", 0) and every(250) == ("steps", 250)
+    assert every("30min") == ("seconds", 1800) and every("1.5h") == ("seconds", 5400) and every("90s") == ("seconds", 90)
+    for bad in ("30 parsecs", "-5", "0min", "min"):
+        with pytest.raises(ConfigError, match="train.checkpoint_interval"):
+            every(bad)
+    with pytest.raises(ConfigError, match="train.keep_checkpoints: must be >= 0"):
+        load_config(None, ["train.keep_checkpoints=-1"])
+
+
+def test_keep_checkpoints_prunes_old_ones_and_orphans_go(tiny_data, tmp_path):
+    ck = tmp_path / "checkpoints"
+    ck.mkdir(parents=True)
+    orphan = ck / ".epoch_007.pt.abc123.tmp"  # what a kill -9 during atomic_save leaves
+    orphan.write_bytes(b"half a checkpoint")
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.keep_checkpoints": 2, "train.checkpoint_interval": 4}))
+    fit(cfg, run_dir=tmp_path, device="cpu", log=quiet)
+    # 6 steps per epoch; mid-epoch checkpoints at steps 4 and 8 (6 and 12 are epoch ends)
+    names = _checkpoints(tmp_path)
+    assert [n for n in names if n not in ("best.pt", "last.pt")] == ["epoch_002.pt", "epoch_002_step_00000008.pt"]
+    assert "best.pt" in names and not orphan.exists()
+    best, last = load_checkpoint(ck / "best.pt"), load_checkpoint(ck / "last.pt")
+    assert last["epoch"] == 2 and last["step"] == 12
+    assert best["best_metric"] == max(r["gap"] for r in _train_records(tmp_path) if r["type"] == "valid")
+
+
+def test_run_directory_is_not_reused_silently(tiny_data, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1}))
+    fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml, metrics.jsonl, checkpoints\); "
+                                          r"continue it with --resume .*last.pt, replace it with --overwrite"):
+        fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 2})), run_dir=tmp_path / "run",
+            device="cpu", log=quiet)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before  # untouched
+    (tmp_path / "run" / "checkpoints" / "epoch_009.pt").write_bytes(b"stale")
+    fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.seed": 1})),
+        run_dir=tmp_path / "run", device="cpu", log=quiet, overwrite=True)
+    assert _checkpoints(tmp_path / "run") == ["best.pt", "epoch_001.pt", "last.pt"]
+    assert [r["epoch"] for r in _train_records(tmp_path / "run") if r["type"] == "valid"] == [1]  # no old ones
+    assert load_config(tmp_path / "run" / "config.yaml").train.seed == 1
+
+
+def test_failed_start_leaves_no_run_directory(tiny_data, tmp_path):
+    from attncluster.errors import DataError
+
+    with pytest.raises(DataError, match="matches no files"):
+        fit(load_config(None, tiny_overrides(tiny_data, **{"data.train": tmp_path / "nothing*.tfrecord"})),
+            run_dir=tmp_path / "a", device="cpu", log=quiet)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        fit(load_config(None, tiny_overrides(tiny_data)), run_dir=tmp_path / "b", resume=str(tmp_path / "x.pt"),
+            device="cpu", log=quiet)
+    assert not (tmp_path / "b").exists()
+
+
+def test_config_yaml_is_written_atomically(tiny_cfg, tmp_path):
+    """A file-size limit makes the write fail part-way (as a full disk does): the old config.yaml stays whole."""
+    import resource
+    import signal
+
+    from attncluster.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(tiny_cfg, path)
+    before = path.read_text()
+    changed = load_config(path, ["train.seed=7"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+        with pytest.raises(OSError, match="File too large"):
+            save_config(changed, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert path.read_text() == before and [q.name for q in tmp_path.iterdir()] == ["config.yaml"]
+    save_config(changed, path)
+    assert load_config(path).train.seed == 7
+
+
+def test_resuming_a_finished_run_has_nothing_to_do(tiny_data, tmp_path, capsys):
+    from attncluster.cli import main
+
+    run = tmp_path / "run"
+    fit(load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1})), run_dir=run, device="cpu", log=quiet)
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()}
+    metrics = (run / "metrics.jsonl").read_text()
+    argv = ["train", "--config", str(REPO / "configs" / "quickstart.yaml"), "--resume", str(run / "checkpoints" / "last.pt"),
+            "--run-dir", str(run), "--device", "cpu"]
+    for o in tiny_overrides(tiny_data, **{"train.epochs": 1}):
+        argv += ["-o", o]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("nothing to do: ") and "finished all 1 epochs (step 6)" in out[0]
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "checkpoints").iterdir()} == before
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+_KILLABLE = """
+import json, sys, time
+from attncluster.config import load_config
+from attncluster.train import fit
+
+def on_step(step, model, loss):
+    print(f"step {step}", flush=True)
+    if step >= 11:
+        time.sleep(60)  # the test kills us here
+
+fit(load_config(None, json.loads(sys.argv[1])), run_dir=sys.argv[2], device="cpu", log=lambda m: None,
+    on_step=on_step)
+"""
+
+
+def test_kill_minus_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    """A real kill -9 of a training process (2 DataLoader workers) inside epoch 2, then --resume from its last
+    checkpoint (taken mid-epoch), gives bit for bit the weights of an uninterrupted run without workers: the same
+    batches followed. The lock died with the process; metrics.jsonl holds each step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from attncluster.cli import main
+
+    common = {"train.log_interval": 1, "train.checkpoint_interval": 3, "train.num_threads": 1,
+              "train.keep_checkpoints": 0}
+    killed = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    p = subprocess.Popen([sys.executable, "-c", _KILLABLE,
+                          json.dumps(tiny_overrides(tiny_data, **common, **{"data.num_workers": 2})), str(killed)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in p.stdout:
+            if line.strip() == "step 11":
+                break
+        # While it runs, the run directory is locked against a second training.
+        with pytest.raises(ConfigError, match="another training .*is using this run directory"):
+            fit(load_config(None, tiny_overrides(tiny_data, **common)), run_dir=killed, device="cpu", log=quiet,
+                resume=str(killed / "checkpoints" / "last.pt"))
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.kill()
+        p.wait(30)
+    assert p.returncode == -signal.SIGKILL, p.stderr.read()[-3000:]
+    last = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step"], last["position"]) == (1, 9, [3])  # inside epoch 2, after its 3rd batch
+    assert [r["step"] for r in _train_records(killed) if r["type"] == "train"] == list(range(1, 11))
+
+    argv = ["train", "--config", str(REPO / "configs" / "quickstart.yaml"), "--resume",
+            str(killed / "checkpoints" / "last.pt"), "--run-dir", str(killed), "--device", "cpu"]
+    for o in tiny_overrides(tiny_data, **common):
+        argv += ["-o", o]
+    assert main(argv) == 0
+
+    straight = tmp_path / "straight"
+    fit(load_config(None, tiny_overrides(tiny_data, **common)), run_dir=straight, device="cpu", log=quiet)
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (straight, killed))
+    assert a["step"] == b["step"] == 12 and a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+    assert a["metrics"] == b["metrics"]
+    records = _train_records(killed)
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 13))  # once each, not twice
+    assert [r["epoch"] for r in records if r["type"] == "valid"] == [1, 2]
+    assert [r["loss"] for r in records if r["type"] == "train"] == [
+        r["loss"] for r in _train_records(straight) if r["type"] == "train"]
+
+
+def test_checkpoint_interval_in_time(tiny_data, tmp_path):
+    """A duration: a mid-epoch checkpoint once that much time has passed since the last one (here after every
+    step, since every step takes longer than 1 ms), each resumable at its place."""
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.checkpoint_interval": "0.001s",
+                                                          "train.keep_checkpoints": 0, "train.valid_interval": 0}))
+    fit(cfg, run_dir=tmp_path, device="cpu", log=quiet)
+    assert _checkpoints(tmp_path) == ["epoch_001.pt"] + [f"epoch_001_step_{s:08d}.pt" for s in range(1, 6)] + [
+        "last.pt"]
+    mid = load_checkpoint(tmp_path / "checkpoints" / "epoch_001_step_00000003.pt")
+    assert (mid["epoch"], mid["step"], mid["position"]) == (0, 3, [3])
+
+
+def test_mid_epoch_resume_refuses_changed_data(tiny_data, tmp_path):
+    from attncluster.data.synth import write_synthetic
+
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"train.epochs": 1, "train.checkpoint_interval": 2,
+                                                          "train.keep_checkpoints": 0, "train.valid_interval": 0}))
+    fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
+    mid = tmp_path / "run" / "checkpoints" / "epoch_001_step_00000002.pt"
+    assert load_checkpoint(mid)["num_videos"] == 96
+    write_synthetic(tmp_path / "other", videos=50, classes=5, shards=1, seed=3, max_frames=8)
+    other = load_config(None, tiny_overrides(tiny_data, **{"data.train": tmp_path / "other"}))
+    with pytest.raises(ConfigError, match="taken mid-epoch over 96 training videos, but data.train now holds 50"):
+        fit(other, run_dir=tmp_path / "run", resume=str(mid), device="cpu", log=quiet)

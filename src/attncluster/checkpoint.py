@@ -1,7 +1,8 @@
 """Checkpoints and weights.
 
-A training checkpoint is a plain dict ``{model, optimizer, scheduler, epoch, step, rng, config, metrics,
-best_metric}`` written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
+A training checkpoint is a plain dict ``{model, optimizer, scheduler, scaler, epoch, step, position, num_videos,
+rng, config, metrics, best_metric}`` (``epoch``: whole epochs done; ``position``: per rank, the batches of the
+next epoch done, all 0 at an epoch end) written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
 a half-written file under the final name. ``--weights`` accepts such a checkpoint, a safetensors file of model
 weights, a converted Paddle ``.pt`` (``attncluster convert-paddle``) or the reference's ``.pdparams`` directly.
 """
@@ -12,6 +13,7 @@ import json
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,22 +26,110 @@ from torch import nn
 from attncluster.errors import ConfigError, DataError, FileError, printable, writing
 
 
+def _atomic_write(write, path: str | Path) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, rename it to ``path``, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # the rename itself is durable only once the folder is synced (POSIX; not possible on every system)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to ``path`` via a temporary file and an atomic rename."""
-    path = Path(path)
     with writing(path, "write checkpoint"):  # disk full, read-only folder: one FileError naming the path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _atomic_write(lambda f: torch.save(obj, f), path)
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename): readers see the old or the new file."""
+    with writing(path):
+        _atomic_write(lambda f: f.write(data), path)
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` name the same file as ``src`` (hard link, or a copy where links fail), atomically."""
+    src, dst = Path(src), Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp)  # a unique free name for the link
+    try:
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# epoch_003.pt: the end of epoch 3; epoch_004_step_00001234.pt: inside epoch 4, after global step 1234.
+CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pt$")
+
+
+def checkpoint_name(epochs_done: int, step: int, mid_epoch: bool) -> str:
+    """File name of a checkpoint taken after ``epochs_done`` whole epochs and ``step`` steps."""
+    return f"epoch_{epochs_done + 1:03d}_step_{step:08d}.pt" if mid_epoch else f"epoch_{epochs_done:03d}.pt"
+
+
+def _order_key(match: re.Match) -> tuple[int, int, int]:
+    epoch, step = int(match.group(1)), match.group(2)
+    return (epoch, 0, 0) if step is None else (epoch - 1, 1, int(step))
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``; returns them.
+
+    Only call this while holding the run directory's lock: a live writer's temporary file looks the same."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.glob(".*.tmp")):
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Keep the newest ``keep`` epoch and mid-epoch checkpoints (in training order, read from their names) and
+    delete the older ones; ``keep`` 0 keeps all. ``best.pt`` and ``last.pt`` are names of their own (hard links or
+    copies), so they always survive. Returns the deleted paths."""
+    folder = Path(folder)
+    if keep <= 0 or not folder.is_dir():
+        return []
+    found = sorted((_order_key(m), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
+    removed = [p for _, p in found[:-keep]] if len(found) > keep else []
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def rng_state() -> dict[str, Any]:

@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     from attncluster.train import fit
 
     fit(_config(args), run_dir=args.run_dir, resume=args.resume, weights=args.weights, device=args.device,
-        allow_reinit=args.allow_reinit)
+        allow_reinit=args.allow_reinit, overwrite=args.overwrite)
     return 0
 
 
@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", metavar="CKPT", help="initialise from weights for fine-tuning (ours, safetensors, "
                    "converted Paddle or .pdparams); layers of another shape are re-initialised")
     p.add_argument("--run-dir", default="runs/train", metavar="DIR",
-                   help="where config, metrics.jsonl, TensorBoard events and checkpoints go (default runs/train)")
+                   help="where config, metrics.jsonl, TensorBoard events and checkpoints go (default runs/train); "
+                   "one training at a time, and a directory holding a run needs --resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (its config, metrics, events and checkpoints)")
     p.add_argument("--allow-reinit", action="store_true",
                    help="with --weights: go on even when no tensor of the file fits the model (everything is then "
                    "freshly initialised); without it that is an error")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -143,15 +145,67 @@ class DataConfig:
     train: list[str] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     format: str = "auto"
-    num_workers: int = 2
+    num_workers: Union[int, str] = "auto"
     skip_corrupt: bool = False
     class_names: Union[str, None] = None
     pin_memory: Union[bool, None] = None
 
     def __post_init__(self) -> None:
         _check(self.format in FORMATS, "data.format", f"must be one of {FORMATS}, got {_show(self.format)}")
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {_show(self.num_workers)}")
-        _in_range(self.num_workers, 0, MAX_WORKERS, "data.num_workers")
+        if isinstance(self.num_workers, str):
+            _check(self.num_workers == "auto", "data.num_workers", f"must be an integer >= 0 or 'auto', got "
+                   f"{_show(self.num_workers)}")
+        else:
+            _in_range(self.num_workers, 0, MAX_WORKERS, "data.num_workers", " or 'auto'")
+
+    def workers(self, world_size: int = 1) -> int:
+        """DataLoader workers per rank: ``num_workers``, or what :func:`resolve_num_workers` picks for 'auto'."""
+        return resolve_num_workers(self.num_workers, world_size)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; the machine's count where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def cores_per_rank(world_size: int = 1) -> int:
+    """This process's share of the machine's cores: the cores over the ranks on this node (torchrun's
+    ``LOCAL_WORLD_SIZE``; ``world_size`` when it is not set), at least 1."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    ranks = int(local) if local and local.isdigit() and int(local) > 0 else max(1, world_size)
+    return max(1, available_cores() // ranks)
+
+
+def resolve_num_workers(value: int | str, world_size: int = 1) -> int:
+    """``data.num_workers``: an int as given, or ``"auto"``: half of this rank's share of the cores
+    (:func:`cores_per_rank`, at most 8 workers), 0 when a rank has a single core. The other half is left to the
+    training step's threads, and torch never sees more workers than cores (which it warns about on every run)."""
+    if value != "auto":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"data.num_workers: must be an integer >= 0 or 'auto', got {value!r}")
+        return value
+    return min(8, cores_per_rank(world_size) // 2)
+
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|min|h)\s*$")
+_UNIT_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_interval(value: int | str, key: str = "train.checkpoint_interval") -> tuple[str, float]:
+    """``("steps", n)`` for an integer (0 = never) or ``("seconds", t)`` for a duration like ``"30min"``,
+    ``"2h"`` or ``"90s"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check(0 <= value <= MAX_STEPS, key, f"must be in [0, {MAX_STEPS:_}] steps (0 = only at epoch ends), got "
+               f"{_show(value)}")
+        return "steps", float(value)
+    m = _INTERVAL.match(str(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return "steps", float(int(value))
+    _check(m is not None, key, f"expected a number of steps or a duration such as '30min', '2h' or '90s', got "
+           f"{value!r}")
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    _check(seconds > 0, key, f"a duration must be > 0, got {value!r}")
+    return "seconds", seconds
 
 
 @dataclass
@@ -173,7 +227,8 @@ class TrainConfig:
     compile: bool = False
     grad_clip: float = 0.0
     num_threads: int = 0
-
+    checkpoint_interval: Union[int, str] = 0
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {_show(self.epochs)}")
@@ -199,6 +254,13 @@ class TrainConfig:
         _finite(self.grad_clip, "train.grad_clip", 0.0, 1e9)
         _check(self.num_threads >= 0, "train.num_threads", f"must be >= 0 (0 = auto), got {_show(self.num_threads)}")
         _in_range(self.num_threads, 0, MAX_THREADS, "train.num_threads", " (0 = auto)")
+        parse_interval(self.checkpoint_interval)
+        _in_range(self.keep_checkpoints, 0, MAX_STEPS, "train.keep_checkpoints", " (0 = keep every checkpoint)")
+
+    @property
+    def checkpoint_every(self) -> tuple[str, float]:
+        """``checkpoint_interval`` parsed: ``("steps", n)`` (0 = epoch ends only) or ``("seconds", t)``."""
+        return parse_interval(self.checkpoint_interval)
 
 
 @dataclass
@@ -501,7 +563,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from attncluster.errors import writing
+    """Write the resolved config atomically: a crash or a full disk leaves the old file or the new one, whole."""
+    from attncluster.checkpoint import atomic_write_bytes
 
-    with writing(path, "write config"):  # disk full, read-only folder: one error line naming the file
-        Path(path).write_text(cfg.to_yaml())
+    atomic_write_bytes(cfg.to_yaml().encode(), path)

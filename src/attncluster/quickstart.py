@@ -62,29 +62,58 @@ def mean_pooling_gap(cfg: Config, epochs: int = 30, seed: int = 0) -> float:
     return gap(scores, y_valid.numpy(), cfg.eval.top_k)
 
 
-def quickstart(run_dir: str | Path = "runs/quickstart", device: str | None = None, log=print) -> dict:
+# What a quickstart writes into its folder; a re-run replaces exactly these (and nothing else a user put there).
+OUTPUTS = ("data", "train", "metrics.json", "predictions.jsonl", "summary.json", "submission.csv")
+MARKER = ".quickstart"
+
+
+def quickstart(run_dir: str | Path = "runs/quickstart", device: str | None = None, log=print, *,
+               train_videos: int = TRAIN_VIDEOS, valid_videos: int = VALID_VIDEOS,
+               overrides: list[str] | None = None) -> dict:
+    """Run the five steps in ``run_dir``. A previous quickstart there is replaced (its outputs are removed first)
+    and the folder is locked while this one runs. ``train_videos``, ``valid_videos`` and ``overrides`` (applied
+    to configs/quickstart.yaml) make a smaller run, e.g. for tests."""
+    from attncluster.errors import ConfigError
+    from attncluster.train import RunDirectory
+
+    root = Path(run_dir)
+    found = [n for n in OUTPUTS if (root / n).exists()]
+    if found and not ((root / MARKER).exists() or (root / "summary.json").exists()):
+        raise ConfigError(f"--run-dir {root}: holds {', '.join(found)} not written by a quickstart; a quickstart "
+                          "replaces only its own previous run, so choose another --run-dir")
+    run = RunDirectory.open(root, overwrite=True, owned=OUTPUTS)
+    try:
+        (root / MARKER).write_text("written by attncluster quickstart; a re-run replaces this folder's outputs\n")
+        return _quickstart(Path(run_dir), device, log, train_videos, valid_videos, list(overrides or []))
+    finally:
+        run.close()
+
+
+def _quickstart(run_dir: Path, device: str | None, log, train_videos: int, valid_videos: int,
+                extra: list[str]) -> dict:
     from attncluster.data.synth import write_synthetic
     from attncluster.evaluate import evaluate
     from attncluster.predict import predict
     from attncluster.train import fit
 
     t_start = time.perf_counter()
-    run_dir = Path(run_dir)
     data = run_dir / "data"
     cfg_path = quickstart_config_path()
-    base = load_config(cfg_path)
+    base = load_config(cfg_path, extra)
     classes = base.model.num_classes
     log(f"[1/5] synthesising YouTube-8M-format frame-level shards under {data} ...")
-    write_synthetic(data / "train", videos=TRAIN_VIDEOS, classes=classes, shards=4, seed=0, max_frames=MAX_FRAMES)
-    write_synthetic(data / "valid", videos=VALID_VIDEOS, classes=classes, shards=1, seed=1, max_frames=MAX_FRAMES,
+    write_synthetic(data / "train", videos=train_videos, classes=classes, shards=4, seed=0, max_frames=MAX_FRAMES)
+    write_synthetic(data / "valid", videos=valid_videos, classes=classes, shards=1, seed=1, max_frames=MAX_FRAMES,
                     prefix="validate")
-    overrides = [f"data.train={data / 'train'}", f"data.valid={data / 'valid'}"]
+    overrides = [f"data.train={data / 'train'}", f"data.valid={data / 'valid'}", *extra]
     cfg = load_config(cfg_path, overrides)
 
-    log(f"[2/5] training ({cfg.train.epochs} epochs, {TRAIN_VIDEOS} videos) ...")
+    log(f"[2/5] training ({cfg.train.epochs} epochs, {train_videos} videos) ...")
     train_dir = run_dir / "train"
-    fit(cfg, run_dir=train_dir, device=device, log=lambda m: log("    " + m))
+    fit(cfg, run_dir=train_dir, device=device, log=lambda m: log("    " + m), overwrite=True)
     best = train_dir / "checkpoints" / "best.pt"
+    if not best.exists():  # no validation ran (fewer epochs than train.valid_interval): the last one is the best
+        best = train_dir / "checkpoints" / "last.pt"
 
     log("[3/5] evaluating the best checkpoint on the validation shards ...")
     metrics_path = run_dir / "metrics.json"

@@ -14,10 +14,13 @@ PaddleVideo pickles, :mod:`attncluster.data.pickles`), ``"features"`` (labels CS
 :mod:`attncluster.data.features`), or ``"auto"``: ``.pkl`` / ``.pickle`` -> pickle, ``.csv`` (or a directory
 holding ``labels.csv``) -> features, anything else -> yt8m.
 
-Every video is yielded exactly once per epoch across the whole job (``world_size`` ranks x ``num_workers``
-DataLoader workers = "consumers"). With at least as many shards as consumers, shards are dealt round-robin; with
-fewer, every consumer walks every shard and keeps every ``consumers``-th record, so small datasets still split
-exactly. Ranks therefore may get a few videos more or fewer than each other.
+Every video is yielded exactly once per epoch across the whole job (``world_size`` ranks x DataLoader workers).
+An epoch's order is the shards in a seeded order (``(seed, epoch)``) with each shard's records in a seeded order
+(``(seed, epoch, shard)``); without ``shuffle``, file order. Rank r takes one contiguous part of that order (ranks
+differ by at most one video; in training every rank gets ``N // world_size``), so a rank reads whole shards
+front to back in permuted record order, with at most two shards shared with a neighbour. :func:`make_loader` cuts
+the rank's part into batches by position, so batches depend on the seed, epoch, ranks and batch size, never on
+the number of DataLoader workers, and a batch index is an exact place to resume.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from attncluster.data.features import LABELS_CSV, FeatureShard, resolve_csv
-from attncluster.data.paths import expand_paths
+from attncluster.data.paths import expand_paths, is_url
 from attncluster.data.pickles import PickleShard
 from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, Shard, dequantize
 from attncluster.data.sampling import sample_indices
@@ -44,6 +47,8 @@ FORMATS = ("auto", "yt8m", "pickle", "features")  # as config.DataConfig.format
 _RECORD_ORDER, _JITTER = 1, 2
 # Rows of the shared stats counters: row 0 is the main process, row 1 + w is DataLoader worker w.
 _STAT_ROWS = 257
+# Largest (records x seg_num) jitter block drawn at once for a shard (32 MB of float64); larger shards draw per record.
+_JITTER_BLOCK = 1 << 22
 
 
 def _format_of(path: str, fmt: str) -> str:
@@ -119,7 +124,10 @@ def _warn(message: str) -> None:
 
 
 class VideoDataset(IterableDataset):
-    """Videos from shards as samples (see the module docstring for the sample contract).
+    """Videos from shards as samples (see the module docstring for the sample contract and the epoch order).
+
+    Iterating the dataset yields this rank's samples one by one; :func:`make_loader` yields them as batches that
+    do not depend on the number of DataLoader workers.
 
     Args:
         specs: shard specs (see :func:`resolve_shards`).
@@ -129,7 +137,9 @@ class VideoDataset(IterableDataset):
         train: jitter the sampled frames (stratified random sampling); otherwise stratum centres.
         shuffle: permute shard order and record order every epoch (defaults to ``train``).
         seed: base of every RNG stream: shard order (seed, epoch); record order (seed, epoch, shard index);
-            jitter (seed, epoch, rank, worker).
+            jitter (seed, epoch, shard index): a (records, seg_num) block of uniforms, row i for record i, or
+            (seed, epoch, shard index, record index) for shards too large for one block; so a video's frames in an
+            epoch do not depend on ranks, workers or batch size.
         skip_corrupt: skip damaged records (warned on stderr, counted in :attr:`stats`) instead of raising.
         dequantize: dequantize uint8 sources to float32 here; False keeps the sampled frames uint8 so they can be
             dequantized on the accelerator (4x less host-to-device traffic).
@@ -138,13 +148,16 @@ class VideoDataset(IterableDataset):
         rank, world_size: this process's place in the job; default from the ``RANK`` / ``WORLD_SIZE``
             environment variables (torchrun), else 0 / 1.
         max_frames: frames kept per video before sampling.
+        equal_ranks: give every rank the same number of videos by leaving out the last ``N mod world_size``
+            of the epoch order (defaults to ``train``: DDP ranks then run the same number of steps). Otherwise
+            ranks differ by at most one video and every video is read (evaluation).
     """
 
     def __init__(self, specs: str | Iterable[str], *, modalities: dict[str, int], num_classes: int,
                  seg_num: int = 100, train: bool = False, shuffle: bool | None = None, seed: int = 0,
                  skip_corrupt: bool = False, dequantize: bool = True, fmt: str = "auto",
                  class_names: list[str] | None = None, rank: int | None = None, world_size: int | None = None,
-                 max_frames: int = MAX_FRAMES):
+                 max_frames: int = MAX_FRAMES, equal_ranks: bool | None = None):
         super().__init__()
         if not modalities or any(int(w) < 1 for w in modalities.values()):
             raise ConfigError(f"modalities must map names to positive feature widths, got {modalities!r}")
@@ -164,6 +177,7 @@ class VideoDataset(IterableDataset):
         self.seg_num = int(seg_num)
         self.train = bool(train)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.equal_ranks = self.train if equal_ranks is None else bool(equal_ranks)
         self.seed = int(seed)
         self.skip_corrupt = bool(skip_corrupt)
         self.dequantize = bool(dequantize)
@@ -171,18 +185,32 @@ class VideoDataset(IterableDataset):
         self.class_names = list(class_names) if class_names is not None else None
         self.max_frames = int(max_frames)
         self.shards = resolve_shards(specs, fmt)
+        self._counts: list[int] | None = None
+        self._indices: dict[str, tuple[np.ndarray, int]] = {}  # remote shard -> (record index, corrupt tail count)
         # Shared memory, so DataLoader workers (also persistent ones, also under spawn) see set_epoch and the main
         # process sees the workers' counters. Each process writes only its own row: no locks needed.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        # _epoch holds (epoch, first batch): the batch to start the epoch at when resuming mid-epoch.
+        self._epoch = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._counters = torch.zeros((_STAT_ROWS, 4), dtype=torch.int64).share_memory_()
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shard order, record order and jitter. Call before iterating each epoch."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's shard order, record order and jitter. Call before iterating each epoch.
+
+        ``start_batch`` > 0 makes the next :func:`make_loader` iteration begin at that batch of the epoch (exact
+        mid-epoch resume); direct iteration over samples ignores it.
+        """
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         self._epoch[0] = int(epoch)
+        self._epoch[1] = int(start_batch)
 
     @property
     def epoch(self) -> int:
         return int(self._epoch[0])
+
+    @property
+    def start_batch(self) -> int:
+        return int(self._epoch[1])
 
     @property
     def stats(self) -> ReadStats:
@@ -191,74 +219,107 @@ class VideoDataset(IterableDataset):
         files, videos, frames, corrupt = (int(x) for x in self._counters.sum(0))
         return ReadStats(files=files, videos=videos, frames=frames, corrupt=corrupt)
 
+    # -- the epoch's order ------------------------------------------------------------------------------------------
+
+    def record_counts(self) -> list[int]:
+        """Records per shard (intact ones, up to a damaged tail with skip_corrupt), in shard order. Read once, from
+        the record headers only, and cached; :func:`make_loader` calls it before workers start, so they inherit it.
+
+        For remote shards the record index itself is kept too (16 bytes per record), so readers do not fetch the
+        headers again."""
+        if self._counts is None:
+            counts = []
+            for path in self.shards:
+                shard = self._open(path, None)
+                try:
+                    counts.append(len(shard))
+                    index = getattr(shard, "_index", None)
+                    if is_url(path) and isinstance(index, np.ndarray):
+                        self._indices[path] = (index, int(getattr(shard, "stats", ReadStats()).corrupt))
+                finally:
+                    _close(shard)
+            self._counts = counts
+        return self._counts
+
+    @property
+    def num_videos(self) -> int:
+        """Videos in the whole job's epoch (all ranks), before damaged records are skipped."""
+        return sum(self.record_counts())
+
+    def rank_range(self) -> tuple[int, int]:
+        """This rank's positions ``[lo, hi)`` in the epoch order (see the module docstring)."""
+        total, world = self.num_videos, self.world_size
+        if self.equal_ranks:
+            per = total // world
+            return self.rank * per, (self.rank + 1) * per
+        return self.rank * total // world, (self.rank + 1) * total // world
+
+    def num_batches(self, batch_size: int) -> int:
+        """Batches of ``batch_size`` this rank yields per epoch (the last one may be partial)."""
+        lo, hi = self.rank_range()
+        return -(-(hi - lo) // batch_size)
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard order, end position of each shard in that order) for ``epoch``."""
+        order = np.arange(len(self.shards))
+        if self.shuffle:
+            # Seeded by (seed, epoch) only, so every rank and worker computes the same order without talking.
+            order = np.random.default_rng((self.seed, epoch)).permutation(len(self.shards))
+        counts = np.asarray(self.record_counts(), dtype=np.int64)
+        return order, np.cumsum(counts[order]) if len(order) else np.zeros(0, dtype=np.int64)
+
     def _record_order(self, shard_index: int, n: int, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(n)
         return np.random.default_rng((self.seed, epoch, shard_index, _RECORD_ORDER)).permutation(n)
 
+    def _open(self, path: str, stats: ReadStats | None) -> Shard:
+        return open_shard(path, fmt=self.fmt, modalities=self.modalities, num_classes=self.num_classes,
+                          class_names=self.class_names, skip_corrupt=self.skip_corrupt, stats=stats,
+                          max_frames=self.max_frames)
+
+    # -- reading ------------------------------------------------------------------------------------------------------
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        consumers = self.world_size * num_workers
-        consumer = self.rank * num_workers + worker
-        epoch = self.epoch
-        shard_order = np.arange(len(self.shards))
-        if self.shuffle:
-            # Seeded by (seed, epoch) only, so every rank and worker computes the same order without talking.
-            shard_order = np.random.default_rng((self.seed, epoch)).permutation(len(self.shards))
-        rng = np.random.default_rng((self.seed, epoch, self.rank, worker, _JITTER)) if self.train else None
+        if self._counts is None and self.world_size == 1 and info is None:
+            yield from self._stream()  # the whole epoch in one process: no need to count records first
+            return
+        lo, hi = self.rank_range()
+        if info is not None:  # a DataLoader of the caller's own over samples: each worker a contiguous part
+            n = hi - lo
+            lo, hi = lo + info.id * n // info.num_workers, lo + (info.id + 1) * n // info.num_workers
+        reader = _Reader(self, self.epoch, info)
+        try:
+            yield from reader.samples(lo, hi)
+        finally:
+            reader.close()
 
-        counters = self._counters.numpy()[0 if info is None else 1 + worker % (_STAT_ROWS - 1)]
-        base = counters.copy()
-        stats = ReadStats()
+    def _stream(self) -> Iterator[dict]:
+        """The epoch's order (as :class:`_Reader` reads it), shard by shard, each opened and indexed once."""
+        reader = _Reader(self, self.epoch, None, counted=False)
+        try:
+            for shard_index in reader.order:
+                shard_index = int(shard_index)
+                path = self.shards[shard_index]
+                shard = self._open(path, reader.stats)
+                try:
+                    order = self._record_order(shard_index, len(shard), reader.epoch)
+                    reader.start_shard(shard_index, len(order))
+                    reader.publish()
+                    for i in order:
+                        sample = reader.read(shard, shard_index, int(i))
+                        if sample is not None:
+                            yield sample
+                finally:
+                    _close(shard)
+        finally:
+            reader.close()
 
-        def publish() -> None:
-            counters[:] = base + (stats.files, stats.videos, stats.frames, stats.corrupt)
+    def _sample(self, video: RawVideo, path: str, i: int, rng: _Uniforms | None) -> dict | None:
+        """Sample seg_num frames and build the sample dict; None for a skipped (empty) record.
 
-        whole_shards = len(self.shards) >= consumers
-        offset = 0  # records in the shards walked so far (few-shards mode)
-        for k, shard_index in enumerate(shard_order):
-            if whole_shards and k % consumers != consumer:
-                continue
-            path = self.shards[shard_index]
-            files, corrupt = stats.files, stats.corrupt
-            shard = open_shard(path, fmt=self.fmt, modalities=self.modalities, num_classes=self.num_classes,
-                               class_names=self.class_names, skip_corrupt=self.skip_corrupt, stats=stats,
-                               max_frames=self.max_frames)
-            try:
-                n = len(shard)
-                if not whole_shards and k % consumers != consumer:
-                    # Every consumer opens this shard; let one of them count the open (and a damaged tail found
-                    # while indexing) so the job-wide stats count each file once.
-                    stats.files, stats.corrupt = files, corrupt
-                order = self._record_order(int(shard_index), n, epoch)
-                if not whole_shards:
-                    # Global record number offset + j; this consumer keeps those congruent to its id.
-                    order = order[(consumer - offset) % consumers::consumers]
-                    offset += n
-                publish()
-                for i in order:
-                    i = int(i)
-                    video = shard.read(i)
-                    if video is None:
-                        publish()
-                        reason = getattr(shard, "last_error", None)
-                        _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
-                        continue
-                    sample = self._sample(video, path, i, rng)
-                    if sample is None:
-                        stats.corrupt += 1
-                        publish()
-                        continue
-                    publish()
-                    yield sample
-            finally:
-                close = getattr(shard, "close", None)
-                if close is not None:
-                    close()
-
-    def _sample(self, video: RawVideo, path: str, i: int, rng: np.random.Generator | None) -> dict | None:
-        """Sample seg_num frames and build the sample dict; None for a skipped (empty) record."""
+        ``rng`` holds this record's jitter (training); None samples stratum centres."""
         where = f"{path}: record {i} (id {video.id!r})"
         missing = [m for m in self.modalities if m not in video.features]
         if missing:
@@ -293,18 +354,214 @@ class VideoDataset(IterableDataset):
         return sample
 
 
-def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
-                drop_last: bool = False, persistent_workers: bool = False) -> DataLoader:
-    """A DataLoader with the default collate (uint8 frames stay uint8).
+def _close(shard) -> None:
+    close = getattr(shard, "close", None)
+    if close is not None:
+        close()
 
-    Each worker keeps ``prefetch_factor`` = 4 batches in flight: enough to hide a shard switch (opening a file,
-    possibly remote) behind the training step without holding much memory.
+
+class _Uniforms:
+    """Hands :func:`sample_indices` a record's precomputed uniforms where it expects a generator."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row = row
+
+    def random(self, size: int) -> np.ndarray:
+        return self.row[:size]
+
+
+class _Reader:
+    """Reads positions of one epoch's order in one process, keeping the current shard open between calls.
+
+    Each position belongs to exactly one reader in the job, so each video is read once. A file (and a damaged tail
+    found while indexing it) is counted by the reader that reads the shard's first position, so the job-wide stats
+    count each file once per epoch however many workers open it.
     """
-    kwargs = {}
-    if num_workers > 0:
-        kwargs.update(prefetch_factor=4, persistent_workers=persistent_workers)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                      drop_last=drop_last, **kwargs)
+
+    def __init__(self, ds: VideoDataset, epoch: int, info, counted: bool = True) -> None:
+        self.ds, self.epoch = ds, epoch
+        if counted:
+            self.order, self.ends = ds._plan(epoch)
+        else:  # streaming (VideoDataset._stream): the shard order only
+            self.order = np.arange(len(ds.shards))
+            if ds.shuffle:
+                self.order = np.random.default_rng((ds.seed, epoch)).permutation(len(ds.shards))
+        self.counters = ds._counters.numpy()[0 if info is None else 1 + info.id % (_STAT_ROWS - 1)]
+        self.base = self.counters.copy()
+        self.stats = ReadStats()
+        self.k = -1  # position of the open shard in the epoch's shard order
+        self.shard: Shard | None = None
+        self.records: np.ndarray | None = None
+        self.jitter: np.ndarray | None = None  # (records, seg_num) uniforms of the open shard (training)
+
+    def publish(self) -> None:
+        s = self.stats
+        self.counters[:] = self.base + (s.files, s.videos, s.frames, s.corrupt)
+
+    def close(self) -> None:
+        if self.shard is not None:
+            _close(self.shard)
+        self.shard, self.k = None, -1
+
+    def _select(self, k: int, first: int) -> None:
+        """Open the k-th shard of the order; ``first`` is the first position this call reads from it."""
+        if k == self.k:
+            return
+        self.close()
+        shard_index = int(self.order[k])
+        start = int(self.ends[k - 1]) if k else 0
+        files, corrupt = self.stats.files, self.stats.corrupt
+        path = self.ds.shards[shard_index]
+        self.shard = self.ds._open(path, self.stats)
+        self.k = k
+        known = self.ds._indices.get(path)
+        if known is not None:  # a remote shard indexed by record_counts: no second fetch of its headers
+            self.shard._index = known[0]
+            self.stats.corrupt += known[1]  # a damaged tail found then, counted (below) by one reader
+        n = len(self.shard)
+        if n != int(self.ends[k]) - start:
+            raise DataError(f"{self.ds.shards[shard_index]}: holds {n} records now, {int(self.ends[k]) - start} when "
+                            "the epoch started; was it changed during training?")
+        if first != start:  # another reader counts this file
+            self.stats.files, self.stats.corrupt = files, corrupt
+        self.records = self.ds._record_order(shard_index, n, self.epoch)
+        self.start_shard(shard_index, n)
+        self.publish()
+
+    def start_shard(self, shard_index: int, n: int) -> None:
+        """Draw the jitter of every record of a shard being opened: one (n, seg_num) block of U[0, 1) from
+        (seed, epoch, shard index), row i for record i, so a record's frames do not depend on who reads it."""
+        ds = self.ds
+        self.jitter = None
+        if ds.train and n * ds.seg_num <= _JITTER_BLOCK:
+            self.jitter = np.random.default_rng((ds.seed, self.epoch, shard_index, _JITTER)).random((n, ds.seg_num))
+
+    def read(self, shard: Shard, shard_index: int, i: int) -> dict | None:
+        """Record ``i`` of a shard as a sample; None (warned, counted) when skipped as damaged or empty."""
+        ds, path = self.ds, self.ds.shards[shard_index]
+        video = shard.read(i)
+        if video is None:
+            self.publish()
+            reason = getattr(shard, "last_error", None)
+            _warn(reason if reason else f"{path}: record {i}: skipped a corrupt record")
+            return None
+        rng = None
+        if self.jitter is not None:
+            rng = _Uniforms(self.jitter[i])
+        elif ds.train:  # a shard too large for one block (e.g. a whole features CSV): a generator per record
+            rng = _Uniforms(np.random.default_rng((ds.seed, self.epoch, shard_index, i, _JITTER)).random(ds.seg_num))
+        sample = ds._sample(video, path, i, rng)
+        if sample is None:
+            self.stats.corrupt += 1
+        self.publish()
+        return sample
+
+    def samples(self, lo: int, hi: int) -> Iterator[dict]:
+        """The samples at positions ``[lo, hi)``; damaged records skipped with skip_corrupt (warned, counted)."""
+        p = lo
+        while p < hi:
+            k = int(np.searchsorted(self.ends, p, side="right"))
+            self._select(k, p)
+            start = int(self.ends[k - 1]) if k else 0
+            stop = min(hi, int(self.ends[k]))
+            shard_index = int(self.order[k])
+            for i in self.records[p - start:stop - start]:
+                sample = self.read(self.shard, shard_index, int(i))
+                if sample is not None:
+                    yield sample
+            p = stop
 
 
-__all__ = ["VideoDataset", "make_loader", "open_shard", "resolve_shards", "FORMATS"]
+class _Batches(IterableDataset):
+    """This rank's epoch as ``(batch index, batch)`` pairs; worker w of W builds batches w, w + W, ... .
+
+    Batch j holds the rank's positions ``[j * B, (j + 1) * B)``, so what a batch holds depends on the epoch order
+    and the batch size only, never on the number of workers. ``batch`` is None when every record in it was skipped.
+    """
+
+    def __init__(self, ds: VideoDataset, batch_size: int) -> None:
+        super().__init__()
+        self.ds, self.batch_size = ds, int(batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, dict | None]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        ds, b = self.ds, self.batch_size
+        lo, hi = ds.rank_range()
+        reader = _Reader(ds, ds.epoch, info)
+        try:
+            for j in range(ds.start_batch + worker, ds.num_batches(b), workers):
+                samples = list(reader.samples(lo + j * b, min(hi, lo + (j + 1) * b)))
+                yield j, default_collate(samples) if samples else None
+        finally:
+            reader.close()
+
+
+class BatchLoader:
+    """Batches of one rank's epoch, in order, from a DataLoader over :class:`_Batches` (see :func:`make_loader`).
+
+    Attributes:
+        position: index of the next batch of the epoch, i.e. batches yielded so far plus the start batch. A
+            checkpoint taken after training on a batch stores it to resume exactly there.
+    """
+
+    def __init__(self, dataset: VideoDataset, batch_size: int, num_workers: int, pin_memory: bool, drop_last: bool,
+                 persistent_workers: bool) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        dataset.record_counts()  # once, here, so the workers inherit the counts
+        self.dataset, self.batch_size, self.drop_last = dataset, int(batch_size), drop_last
+        kwargs = {}
+        if num_workers > 0:
+            kwargs.update(prefetch_factor=4, persistent_workers=persistent_workers)
+        # A generator of its own: creating an iterator draws the workers' base seed from it, not from the global
+        # RNG, so a mid-epoch resume (which creates one more iterator) leaves dropout's RNG stream unchanged.
+        self.loader = DataLoader(_Batches(dataset, batch_size), batch_size=None, num_workers=num_workers,
+                                 pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **kwargs)
+        self.num_workers = num_workers
+        self.position = dataset.start_batch
+
+    def __len__(self) -> int:
+        n = self.dataset.num_batches(self.batch_size) - self.dataset.start_batch
+        if self.drop_last and self._partial():
+            n -= 1
+        return max(0, n)
+
+    def _partial(self) -> bool:
+        lo, hi = self.dataset.rank_range()
+        return (hi - lo) % self.batch_size != 0
+
+    def __iter__(self) -> Iterator[dict]:
+        total = self.dataset.num_batches(self.batch_size)
+        skip_last = self.drop_last and self._partial()
+        self.position = expected = self.dataset.start_batch
+        pending: dict[int, dict | None] = {}  # out-of-order arrivals (none with in-order DataLoaders)
+        for j, batch in self.loader:
+            pending[j] = batch
+            while expected in pending:
+                batch = pending.pop(expected)
+                expected += 1
+                self.position = expected
+                if batch is None or (skip_last and expected == total):
+                    continue
+                yield batch
+
+
+def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int | str = 0, pin_memory: bool = False,
+                drop_last: bool = False, persistent_workers: bool = False) -> BatchLoader:
+    """This rank's epoch in batches of ``batch_size``, independent of ``num_workers``.
+
+    Batch j is positions ``[j * batch_size, (j + 1) * batch_size)`` of the rank's part of the epoch order; only the
+    rank's last batch can be partial (``drop_last`` drops it), and a batch shrinks only by records skipped as
+    corrupt. Workers build whole batches (worker w of W builds w, w + W, ...) and the loader hands them out in batch
+    order, so memory stays at ``prefetch_factor`` (4) batches per worker and each video is read once.
+    ``num_workers`` may be ``"auto"`` (see :func:`attncluster.config.resolve_num_workers`). Iteration starts at the
+    ``start_batch`` given to :meth:`VideoDataset.set_epoch`.
+    """
+    from attncluster.config import resolve_num_workers
+
+    workers = resolve_num_workers(num_workers, dataset.world_size)
+    return BatchLoader(dataset, batch_size, workers, pin_memory, drop_last, persistent_workers)
+
+
+__all__ = ["VideoDataset", "BatchLoader", "make_loader", "open_shard", "resolve_shards", "FORMATS"]
