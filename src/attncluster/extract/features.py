@@ -323,17 +323,15 @@ def _load_inception(path: str) -> tuple[inc.InceptionV3, str]:
         head = f.read(2)
     # A torch zip archive starts with "PK"; a legacy torch pickle with 0x80. A GraphDef starts with field 1 (0x0a).
     if path.endswith(".pb") or head[:1] == b"\x0a":
-        model = inc.InceptionV3()
-        model.load_state_dict(inc.load_graphdef_weights(path, model=model))
-        return model, "graph2015"
+        return inc.InceptionV3.from_graphdef(path), "graph2015"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = inc.load_torchvision_inception(path)
     print(f"warning: --inception {path}: torchvision Inception-v3 weights are a later, different model than the "
           f"2015-12-05 graph that made YouTube-8M (different pools and preprocessing): the features only "
           f"approximate the dataset's", file=sys.stderr, flush=True)
-    model = inc.InceptionV3(variant="torchvision")
-    model.load_state_dict(state)
+    model = inc.InceptionV3(variant="torchvision", empty=True)
+    model.load_state_dict(state, assign=True)
     return model, "torchvision"
 
 
@@ -341,8 +339,8 @@ def _load_vggish(path: str) -> vgg.VGGish:
     if path.endswith((".ckpt", ".index", ".meta")) or ".ckpt" in os.path.basename(path):
         raise ConfigError(f"--vggish {path}: TensorFlow checkpoints are not read; use torchvggish's "
                           f"vggish-10086976.pth (the same weights converted to PyTorch)")
-    model = vgg.VGGish()
-    model.load_state_dict(vgg.load_torchvggish_weights(path))
+    model = vgg.VGGish(empty=True)
+    model.load_state_dict(vgg.load_torchvggish_weights(path), assign=True)
     return model
 
 

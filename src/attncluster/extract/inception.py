@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -141,6 +142,8 @@ class ConvBN(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """He-normal conv weights, identity batch norm: activations keep their scale through the 94 layers."""
+        if self.weight.is_meta:  # an empty module waiting for load_state_dict(assign=True)
+            return
         fan_in = self.weight[0].numel()
         with torch.no_grad():
             self.weight.copy_(torch.randn(self.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
@@ -283,16 +286,23 @@ class InceptionV3(nn.Module):
             last block), for :func:`load_torchvision_inception` weights.
 
         generator: seeds the initial (random) parameters.
+        empty: parameters on the meta device (no memory, no init), for ``load_state_dict(state, assign=True)``.
 
     Parameters start at zero-mean He-normal / identity batch norm (:meth:`reset_parameters`): load weights with
     ``load_state_dict(load_graphdef_weights(path))`` or :meth:`from_graphdef`.
     """
 
-    def __init__(self, variant: str = "graph2015", generator: torch.Generator | None = None) -> None:
+    def __init__(self, variant: str = "graph2015", generator: torch.Generator | None = None,
+                 empty: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown Inception variant {variant!r}, expected one of {VARIANTS}")
         self.variant = variant
+        with torch.device("meta") if empty else nullcontext():
+            self._build(variant)
+        self.reset_parameters(generator)
+
+    def _build(self, variant: str) -> None:
         avg = "avg" if variant == "graph2015" else "avg_pad"
         last = "max" if variant == "graph2015" else "avg_pad"
         self.conv = ConvBN(3, 32, 3, stride=2, padding="VALID")
@@ -311,7 +321,6 @@ class InceptionV3(nn.Module):
         self.mixed_8 = BlockD(768)
         self.mixed_9 = BlockE(1280, avg)
         self.mixed_10 = BlockE(2048, last)
-        self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for m in self.modules():
@@ -321,8 +330,8 @@ class InceptionV3(nn.Module):
     @classmethod
     def from_graphdef(cls, path: str) -> InceptionV3:
         """The module with the weights of ``classify_image_graph_def.pb`` (see :func:`load_graphdef_weights`)."""
-        model = cls()
-        model.load_state_dict(load_graphdef_weights(path, model=model))
+        model = cls(empty=True)
+        model.load_state_dict(load_graphdef_weights(path, model=model), assign=True)
         return model.eval()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -482,7 +491,7 @@ def load_graphdef_weights(path: str, model: nn.Module | None = None, check_layou
     """
     from attncluster.extract.graphdef import read_graphdef
 
-    model = InceptionV3() if model is None else model
+    model = InceptionV3(empty=True) if model is None else model  # only its shapes and attributes are used
     nodes = read_graphdef(path)
     consts = {n.name: n for n in nodes.values() if n.op == "Const"}
     bn_nodes = {}
@@ -584,7 +593,7 @@ def load_torchvision_inception(path: str) -> dict[str, Tensor]:
         raise DataError(f"{path}: not a torch state dict ({_one_line(e)[:200]})") from None
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
         raise DataError(f"{path}: not a state dict of tensors")
-    model = InceptionV3(variant="torchvision")
+    model = InceptionV3(variant="torchvision", empty=True)
     state: dict[str, Tensor] = {}
     for layer, m in conv_layers(model).items():
         tv = torchvision_name(layer)

@@ -169,7 +169,9 @@ def waveform_to_examples(wav: np.ndarray, sample_rate: int) -> np.ndarray:
 class VGGish(nn.Module):
     """(K, 1, 96, 64) log-mel patches -> (K, 128) embeddings (pre-activation fc2, as AudioSet's release)."""
 
-    def __init__(self, generator: torch.Generator | None = None) -> None:
+    def __init__(self, generator: torch.Generator | None = None, empty: bool = False) -> None:
+        """Args: generator seeds the random initial weights; ``empty`` leaves them on the meta device (no memory)
+        for ``load_state_dict(state, assign=True)``."""
         super().__init__()
         layers: list[nn.Module] = []
         cin = 1
@@ -184,8 +186,9 @@ class VGGish(nn.Module):
         self.embeddings = nn.Sequential(nn.Linear(512 * 6 * 4, 4096, device=meta), nn.ReLU(inplace=True),
                                         nn.Linear(4096, 4096, device=meta), nn.ReLU(inplace=True),
                                         nn.Linear(4096, EMBEDDING_SIZE, device=meta))
-        self.to_empty(device="cpu")
-        self.reset_parameters(generator)
+        if not empty:
+            self.to_empty(device="cpu")
+            self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """He-normal weights, zero biases (vggish_slim initialises N(0, 0.01); He keeps random activations alive)."""
@@ -240,7 +243,7 @@ def load_torchvggish_weights(path: str) -> dict[str, Tensor]:
         DataError: not a state dict, a missing key, a wrong shape.
     """
     raw = load_torch_dict(path)
-    want = VGGish().state_dict()
+    want = VGGish(empty=True).state_dict()
     out: dict[str, Tensor] = {}
     for key, ref in want.items():
         if key not in raw:
