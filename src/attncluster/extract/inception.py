@@ -417,16 +417,22 @@ def _check_layout(nodes: Mapping, model: InceptionV3, path: str) -> None:
         raise DataError(f"{path}: expected one ResizeBilinear node (the classify_image graph's input resize), "
                         f"found {len(resize)}")
     size = nodes.get(resize[0].inputs[1].split(":")[0]) if len(resize[0].inputs) > 1 else None
-    if size is None or size.op != "Const" or [int(v) for v in np.ravel(size.value)] != [INPUT_SIZE, INPUT_SIZE]:
+    size = size.attr.get("value") if size is not None and size.op == "Const" else None
+    if not isinstance(size, np.ndarray) or [int(v) for v in np.ravel(size)] != [INPUT_SIZE, INPUT_SIZE]:
         raise DataError(f"{path}: ResizeBilinear size is not a Const [299, 299]")
     if resize[0].attr.get("align_corners", False) or resize[0].attr.get("half_pixel_centers", False):
         raise DataError(f"{path}: ResizeBilinear uses align_corners/half_pixel_centers; the 2015 graph uses neither")
+    # The chain after the resize: Sub(resized, 128) -> Mul(., 1/128).
+    previous = resize[0].name
     for op, want in (("Sub", GRAPH_SUB), ("Mul", GRAPH_MUL)):
-        found = [n for n in by_op.get(op, []) if len(n.inputs) == 2 and nodes.get(n.inputs[1]) is not None
-                 and nodes[n.inputs[1]].op == "Const"]
-        if len(found) != 1 or nodes[found[0].inputs[1]].value.size != 1 or \
-                not np.isclose(float(nodes[found[0].inputs[1]].value.ravel()[0]), want, rtol=1e-7, atol=0):
-            raise DataError(f"{path}: expected one input {op} by the Const {want:g} (the graph's normalisation)")
+        found = [n for n in by_op.get(op, []) if len(n.inputs) == 2 and _source(nodes, n.inputs[0]) == previous]
+        const = nodes.get(found[0].inputs[1].split(":")[0]) if len(found) == 1 else None
+        value = const.attr.get("value") if const is not None and const.op == "Const" else None
+        if not isinstance(value, np.ndarray) or value.size != 1 or \
+                not np.isclose(float(value.ravel()[0]), want, rtol=1e-7, atol=0):
+            raise DataError(f"{path}: expected {previous} to be followed by {op} with the Const {want:g} (the graph's "
+                            f"input normalisation)")
+        previous = found[0].name
     for conv in by_op.get("Conv2D", []):
         layer = conv.inputs[1].split(":")[0].removesuffix("/conv2d_params") if len(conv.inputs) > 1 else ""
         m = getattr_path(model, layer)
