@@ -62,17 +62,19 @@ def _tf1_resize_axis(in_size: int, out_size: int, device: torch.device) -> tuple
 
 
 def resize_bilinear_tf1(x: Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> Tensor:
-    """(N, C, H, W) float32 -> (N, C, size) resized like TF1's ``ResizeBilinear`` with ``align_corners=False``.
+    """(N, C, H, W) uint8 or float32 -> (N, C, size) float32, resized like TF1's ``ResizeBilinear`` with
+    ``align_corners=False``.
 
     The arithmetic order is the kernel's: ``top = tl + (tr - tl) * xl; bottom = bl + (br - bl) * xl;
-    out = top + (bottom - top) * yl``.
+    out = top + (bottom - top) * yl``, in float32. uint8 input is gathered first and cast after (the same values as
+    casting first, as the graph does, without a float copy of a full-resolution frame batch).
     """
     n, c, h, w = x.shape
     y0, y1, yl = _tf1_resize_axis(h, size[0], x.device)
     x0, x1, xl = _tf1_resize_axis(w, size[1], x.device)
     top_rows, bottom_rows = x[:, :, y0, :], x[:, :, y1, :]  # (N, C, out_h, W)
-    tl, tr = top_rows[..., x0], top_rows[..., x1]  # (N, C, out_h, out_w)
-    bl, br = bottom_rows[..., x0], bottom_rows[..., x1]
+    tl, tr = top_rows[..., x0].float(), top_rows[..., x1].float()  # (N, C, out_h, out_w)
+    bl, br = bottom_rows[..., x0].float(), bottom_rows[..., x1].float()
     top = tl + (tr - tl) * xl
     bottom = bl + (br - bl) * xl
     return top + (bottom - top) * yl[:, None]
@@ -96,12 +98,13 @@ def preprocess(frames: np.ndarray | Tensor, variant: str = "graph2015",
     x = torch.as_tensor(frames)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"frames must be uint8 (N, H, W, 3) RGB, got {x.dtype} {tuple(x.shape)}")
-    x = x.to(device).permute(0, 3, 1, 2).float()  # (N, 3, H, W): the graph's Cast to float32
+    x = x.to(device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
     if variant == "graph2015":
-        x = resize_bilinear_tf1(x)
+        x = resize_bilinear_tf1(x)  # the graph's Cast to float32, then ResizeBilinear
         return (x - GRAPH_SUB) * GRAPH_MUL
     if variant == "torchvision":
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
+                          antialias=True)
         return x / 127.5 - 1.0
     raise ValueError(f"unknown Inception variant {variant!r}, expected one of {VARIANTS}")
 
