@@ -599,7 +599,9 @@ def load_torchvision_inception(path: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file: one line
-        raise DataError(f"{path}: not a torch state dict ({_one_line(e)[:200]})") from None
+        from attncluster.extract.vggish import torch_load_reason
+
+        raise DataError(f"{path}: not a torch state dict ({torch_load_reason(e)})") from None
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
         raise DataError(f"{path}: not a state dict of tensors")
     model = InceptionV3(variant="torchvision", empty=True)
