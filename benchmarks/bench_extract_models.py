@@ -92,6 +92,9 @@ def main(argv=None) -> dict:
                                 net(inp)
                         times[name].append(sample(run, args.min_seconds, device))
                 ratio = statistics.median(b / a for a, b in zip(times["channels_last"], times["NCHW"]))
+                print(f"# inception {precision} batch {batch}: " + ", ".join(
+                    f"{n} {batch / statistics.median(t):.2f} frames/s" for n, t in times.items()), file=sys.stderr,
+                    flush=True)
                 for name in nets:
                     fps = batch / statistics.median(times[name])
                     rows.append(["Inception-v3 299", precision, batch, name, f"{fps:.2f} frames/s",
@@ -110,7 +113,8 @@ def main(argv=None) -> dict:
                 eps = batch / statistics.median(vt)
                 rows.append(["VGGish", precision, batch, "NCHW", f"{eps:.1f} examples/s", f"{eps * VGGISH_GFLOP:.0f}",
                              "-"])
-                results.append({"model": "vggish", "precision": precision, "batch": batch, "examples_per_s": round(eps, 2)})
+                results.append({"model": "vggish", "precision": precision, "batch": batch,
+                                "examples_per_s": round(eps, 2)})
 
         # The pipeline's rgb path: preprocessing (uint8 640 x 360 frames, TF1 resize) + network + PCA + quantization.
         pipe = FeaturePipeline.create(random_weights=0, device=device, precision=args.precisions[0],

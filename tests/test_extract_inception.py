@@ -128,7 +128,7 @@ def test_tf1_resize_hand_computed():
 def np_resize_tf1(img: np.ndarray, oh: int, ow: int, ys, xs) -> np.ndarray:
     """TensorFlow 1's ResizeBilinear (align_corners=False) written out for output pixels (ys x xs), float32."""
     ih, iw, _ = img.shape
-    sy, sx = np.float32(ih / oh), np.float32(iw / ow)
+    sy, sx = np.float32(ih) / np.float32(oh), np.float32(iw) / np.float32(ow)  # float32 division, as TF
     out = np.zeros((len(ys), len(xs), img.shape[2]), np.float32)
     for a, y in enumerate(ys):
         fy = np.float32(y) * sy

@@ -164,8 +164,8 @@ class FeaturePipeline:
             sources = {k: f"random:{random_weights}" for k in ("inception", "pca", "vggish", "vggish_pca")}
             faithful = False
         else:
-            inception = _need(inception, "--inception", "the Inception graph classify_image_graph_def.pb "
-                                                        "(inception-2015-12-05.tgz) or torchvision Inception-v3 weights")
+            inception = _need(inception, "--inception", "the Inception graph classify_image_graph_def.pb (inside "
+                                                        "inception-2015-12-05.tgz) or torchvision Inception-v3 weights")
             pca = _need(pca, "--pca", "the YouTube-8M PCA yt8m_pca.tgz (or its unpacked folder)", folder_ok=True)
             vggish = _need(vggish, "--vggish", "the VGGish weights (torchvggish vggish-10086976.pth)")
             vggish_pca = _need(vggish_pca, "--vggish-pca", "the VGGish PCA vggish_pca_params.npz (AudioSet) or "

@@ -8,7 +8,8 @@ Only what a frozen inference graph such as Inception's ``classify_image_graph_de
 | ``NodeDef`` | 1: name, 2: op, 3: input (repeated), 5: attr (map<string, AttrValue>) |
 | ``AttrValue`` | 1: list, 2: s, 3: i, 4: f, 5: b, 6: type, 7: shape, 8: tensor |
 | ``AttrValue.ListValue`` | 2: s, 3: i (packed), 4: f (packed), 5: b, 6: type |
-| ``TensorProto`` | 1: dtype, 2: tensor_shape, 4: tensor_content, 5: float_val, 6: double_val, 7: int_val, 10: int64_val, 11: bool_val |
+| ``TensorProto`` | 1: dtype, 2: tensor_shape, 4: tensor_content, 5: float_val, 6: double_val, 7: int_val, |
+| | 10: int64_val, 11: bool_val |
 | ``TensorShapeProto`` | 2: dim (repeated Dim {1: size}) |
 
 It reuses the wire reader of :mod:`attncluster.data.yt8m` (varints, field spans). Parsing never runs code and never

@@ -53,7 +53,8 @@ def _tf1_resize_axis(in_size: int, out_size: int, device: torch.device) -> tuple
     ``in = out_index * (in_size / out_size)`` in float32; lower = floor(in), upper = min(ceil(in), in_size - 1),
     lerp = in - floor(in): ``compute_interpolation_weights`` in TensorFlow's ``resize_bilinear_op.cc``.
     """
-    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    # float32 division, as TF's CalculateResizeScale (not a double quotient rounded to float32).
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
     pos = torch.arange(out_size, dtype=torch.float32) * scale
     lower = pos.floor()
     upper = torch.minimum(pos.ceil(), torch.tensor(in_size - 1, dtype=torch.float32))
@@ -528,8 +529,7 @@ def load_graphdef_weights(path: str, model: nn.Module | None = None, check_layou
         w = const(f"{layer}/conv2d_params", (kh, kw, i, o))
         state[f"{key}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
         for part in ("beta", "gamma", "moving_mean", "moving_variance"):
-            target = part
-            state[f"{key}.{target}"] = torch.from_numpy(const(f"{layer}/batchnorm/{part}", (o,)).copy())
+            state[f"{key}.{part}"] = torch.from_numpy(const(f"{layer}/batchnorm/{part}", (o,)).copy())
         bn = bn_nodes.get(f"{layer}/batchnorm")
         if bn is not None:
             eps = bn.attr.get("variance_epsilon")
@@ -574,7 +574,10 @@ _TV_PARAMS = {"weight": "conv.weight", "gamma": "bn.weight", "beta": "bn.bias", 
 
 
 def torchvision_name(layer: str) -> str:
-    """Graph layer name -> torchvision Inception3 module name (``mixed_4/tower_1/conv_2`` -> ``Mixed_6b.branch7x7dbl_3``)."""
+    """Graph layer name -> torchvision Inception3 module name.
+
+    ``mixed_4/tower_1/conv_2`` -> ``Mixed_6b.branch7x7dbl_3``.
+    """
     block, _, rest = layer.partition("/")
     return _TV_BLOCKS[block] if not rest else f"{_TV_BLOCKS[block]}.{_TV_LAYERS[block][rest]}"
 
