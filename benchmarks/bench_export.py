@@ -123,9 +123,38 @@ def main() -> None:
               "videos_per_s": {n: statistics.median(rates[n]) for n in names},
               "ratio_vs_torch": {n: statistics.median(ratios[n]) for n in names},
               "size_bytes": sizes, "deviation": deviation}
+    result["int8_op_share"] = op_profile(os.path.join(tmp, "model.int8.onnx"), batch)
+    result["fp32_op_share"] = op_profile(os.path.join(tmp, "model.onnx"), batch)
     if args.valid:
         result["gap"] = evaluate_gap(cfg, weights, columns, args.valid)
     report(result, args.json)
+
+
+def op_profile(path: str, batch: dict, runs: int = 2) -> dict:
+    """Where an onnxruntime graph's time goes: share of node time per op type (onnxruntime's own profiler)."""
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs + 1):
+        sess.run(None, batch)
+    trace = sess.end_profiling()
+    with open(trace) as f:
+        events = json.load(f)
+    os.unlink(trace)
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + float(e["dur"])
+    total = sum(per_op.values()) or 1.0
+    share = {op: round(t / total, 3) for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])}
+    print(f"{os.path.basename(path)}: node time by op type: " + ", ".join(f"{k} {v:.1%}" for k, v in list(share.items())[:8]))
+    return share
 
 
 def evaluate_gap(cfg, weights, columns, valid) -> dict:

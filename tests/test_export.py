@@ -254,3 +254,14 @@ def test_predict_onnx_equals_predict_weights(small, tiny_data, tmp_path, capsys)
         assert x["id"] == y["id"] and x["classes"] == y["classes"] and x["names"] == y["names"]
         assert y["names"] == [names[c] for c in y["classes"]]
         np.testing.assert_allclose(x["scores"], y["scores"], atol=2e-6)
+
+
+def test_help_documents_export_and_onnx_options():
+    from attncluster.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for verb in ("export", "eval", "predict"):
+        text = verbs[verb].format_help()
+        for action in verbs[verb]._actions:
+            assert all(opt in text for opt in action.option_strings) and action.help, (verb, action.option_strings)
+        assert verb == "export" or "--onnx" in text
