@@ -229,6 +229,8 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
         raise ConfigError(f"--output {output}: expected a .onnx file name")
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size {max_batch_size}: must be >= 1")
+    if triton:
+        check_triton_name(triton_name)
     onnx = _require("onnx")
     _require("onnxruntime")
     model = load_model(cfg, weights, "cpu")  # strict: a checkpoint that disagrees with the config is one error line
@@ -309,12 +311,16 @@ def triton_config(name: str, modalities: dict[str, int], num_classes: int, input
             f"}}\n")
 
 
+def check_triton_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\ \"") or name.startswith("."):
+        raise ConfigError(f"--triton-name {name!r}: a model name without slashes, spaces or quotes is expected")
+
+
 def write_triton_repository(model_path: str, repo: str, name: str = "attncluster", max_batch_size: int = 256) -> str:
     """``repo/name/1/model.onnx`` (a copy of ``model_path``) and ``repo/name/config.pbtxt``; returns the config path."""
     import shutil
 
-    if not name or any(c in name for c in "/\\ \"") or name.startswith("."):
-        raise ConfigError(f"--triton-name {name!r}: a model name without slashes, spaces or quotes is expected")
+    check_triton_name(name)
     pred = OnnxPredictor(model_path)
     version_dir = Path(repo) / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
