@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default: the config's seg_num)")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (each runs every column once)")
     ap.add_argument("--valid", nargs="+", default=None, help="shards to evaluate GAP on with every column")
+    ap.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"],
+                    help="graph inputs: uint8 (frame-level shards) or float32 (video-level shards store floats)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small model, 2 rounds")
     ap.add_argument("--json", default=None, help="also write the JSON line here")
     args = ap.parse_args()
@@ -67,9 +69,10 @@ def main() -> None:
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     t = time.perf_counter()
-    fp32 = export_onnx(cfg, weights, os.path.join(tmp, "model.onnx"), log=log)
+    fp32 = export_onnx(cfg, weights, os.path.join(tmp, "model.onnx"), input_dtype=args.input_dtype, log=log)
     export_s = time.perf_counter() - t
-    int8 = export_onnx(cfg, weights, os.path.join(tmp, "model.int8.onnx"), int8=True, log=log)
+    int8 = export_onnx(cfg, weights, os.path.join(tmp, "model.int8.onnx"), int8=True, input_dtype=args.input_dtype,
+                       log=log)
 
     columns = {
         "PyTorch fp32": TorchPredictor(cfg, weights, torch.device("cpu")),
@@ -79,6 +82,10 @@ def main() -> None:
     params = count_parameters(columns["PyTorch fp32"].model)
     rng = np.random.default_rng(0)
     batch = {m: rng.integers(0, 256, (args.batch_size, frames, f), dtype=np.uint8) for m, f in cfg.model.feature_dims.items()}
+    if args.input_dtype == "float32":
+        from attncluster.data.records import dequantize
+
+        batch = {m: dequantize(v) for m, v in batch.items()}
     outputs = {name: p.scores(batch) for name, p in columns.items()}  # warm-up, and the deviation figures
     ref = outputs["PyTorch fp32"]
     k = min(20, cfg.model.num_classes)
@@ -104,7 +111,9 @@ def main() -> None:
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {this[n]:.0f}/s" for n in names), flush=True)
     load.append(os.getloadavg()[0])
 
-    sizes = {"PyTorch fp32": os.path.getsize(weights), "onnxruntime fp32": fp32["size_bytes"],
+    state = os.path.join(tmp, "state_dict.pt")  # the weights alone (a training checkpoint also holds Adam's state)
+    torch.save(columns["PyTorch fp32"].model.state_dict(), state)
+    sizes = {"PyTorch fp32": os.path.getsize(state), "onnxruntime fp32": fp32["size_bytes"],
              "onnxruntime int8 head": int8["size_bytes"]}
     rows = []
     for name in names:
@@ -119,6 +128,7 @@ def main() -> None:
                  "max |dprob| vs PyTorch", "top-20 identical"], rows))
 
     result = {"bench": "export", "machine": machine_info(), "batch_size": args.batch_size, "frames": frames,
+              "input_dtype": args.input_dtype,
               "params": params, "rounds": rounds, "export_seconds": round(export_s, 1), "loadavg": load,
               "videos_per_s": {n: statistics.median(rates[n]) for n in names},
               "ratio_vs_torch": {n: statistics.median(ratios[n]) for n in names},
