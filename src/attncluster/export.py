@@ -340,7 +340,8 @@ class OnnxPredictor(Predictor):
     Args:
         path: a graph written by ``attncluster export`` (fp32 or int8).
         providers: onnxruntime execution providers (default: CUDA when onnxruntime has it, then CPU).
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice, one per core).
+        threads: onnxruntime intra-op threads (default: one per core; under torchrun the cores divided by the
+            ranks on this machine, LOCAL_WORLD_SIZE).
 
     Attributes (from the graph's metadata): ``modalities`` (name -> F, input order), ``num_classes``, ``loss``,
     ``seg_num``, ``vocabulary`` (class names or None), ``precision`` (fp32 / int8), ``input_dtype`` (uint8 / float32).
@@ -357,6 +358,10 @@ class OnnxPredictor(Predictor):
             raise DataError(f"{path}: not an ONNX model (a torch checkpoint? pass it as --weights)")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no per-session warnings on the terminal
+        if threads is None and int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
+            # Under torchrun every rank on this machine has its own session: share the cores instead of each
+            # taking all of them (onnxruntime ignores OMP_NUM_THREADS).
+            threads = max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"]))
         if threads:
             opts.intra_op_num_threads = int(threads)
         if providers is None:
