@@ -3,8 +3,7 @@
 The graph (``export_onnx``):
 
 * one input per modality, named after it: ``(batch, frames, F)`` **uint8** (YouTube-8M-quantized, 4x fewer bytes
-  than float32), dequantized inside the graph exactly as the readers do (``q * 4/255 + 4/512 - 2`` in float32, as
-  ``DequantizeLinear`` + ``Add``: see ``fuse_dequantize``);
+  than float32), dequantized inside the graph exactly as the readers do (``q * 4/255 + 4/512 - 2`` in float32);
   ``input_dtype="float32"`` exports float inputs instead, for float feature datasets;
 * both the batch and the frames axes are dynamic (attention pools over any number of frames);
 * outputs ``probabilities`` (sigmoid for bce models, softmax for ce) and ``logits``, both ``(batch, num_classes)``;
@@ -164,49 +163,6 @@ def _onnx_proto(graph, example: tuple, modalities: list[str], opset: int):
     return program.model_proto
 
 
-def fuse_dequantize(proto, modalities: list[str]) -> int:
-    """Rewrite each uint8 input's ``Cast -> Mul(scale)`` as one ``DequantizeLinear(q, scale, zero_point 0)``.
-
-    Both compute float32(q) * scale with one rounding, so the graph's values do not change (bit for bit; the parity
-    check still runs), and the (batch, frames, F) input is traversed once less: ~1/3 of the dequantization's time,
-    which is ~1/3 of the int8 graph's (docs/benchmarks.md). Returns the number of inputs rewritten.
-    """
-    from onnx import helper, numpy_helper
-
-    g = proto.graph
-    inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list] = {}
-    for node in g.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    done = 0
-    for m in modalities:
-        cast = consumers.get(m, [])
-        if len(cast) != 1 or cast[0].op_type != "Cast":
-            continue
-        mul = consumers.get(cast[0].output[0], [])
-        if len(mul) != 1 or mul[0].op_type != "Mul":
-            continue
-        other = [i for i in mul[0].input if i != cast[0].output[0]]
-        if len(other) != 1 or other[0] not in inits:
-            continue
-        scale = numpy_helper.to_array(inits[other[0]])
-        if scale.size != 1 or scale.dtype != np.float32 or float(scale.reshape(())) != np.float32(DEQUANT_SCALE):
-            continue
-        g.initializer.append(numpy_helper.from_array(scale.reshape(()), f"{m}_dequant_scale"))
-        g.initializer.append(numpy_helper.from_array(np.zeros((), np.uint8), f"{m}_dequant_zero_point"))
-        node = helper.make_node("DequantizeLinear", [m, f"{m}_dequant_scale", f"{m}_dequant_zero_point"],
-                                [mul[0].output[0]], name=f"{m}_dequantize")
-        at = list(g.node).index(cast[0])
-        g.node.remove(cast[0])
-        g.node.remove(mul[0])
-        g.node.insert(at, node)
-        if len(consumers[other[0]]) == 1:  # the old scale constant fed only this Mul
-            g.initializer.remove(inits[other[0]])
-        done += 1
-    return done
-
-
 def _set_metadata(proto, meta: dict[str, Any]) -> None:
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -286,8 +242,6 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
     example = tuple(torch.from_numpy(batches[0][m]) for m in modalities)
     with torch.no_grad():
         proto = _onnx_proto(graph, example, list(modalities), opset)
-        if input_dtype == "uint8":
-            fuse_dequantize(proto, list(modalities))
         reference = [graph(*(torch.from_numpy(b[m]) for m in modalities))[0].numpy() for b in batches]
     meta: dict[str, Any] = {"num_classes": str(cfg.model.num_classes), "modalities": modalities,
                             "seg_num": str(cfg.model.seg_num), "loss": loss, "input_dtype": input_dtype,
