@@ -81,7 +81,8 @@ def main() -> None:
     }
     params = count_parameters(columns["PyTorch fp32"].model)
     rng = np.random.default_rng(0)
-    batch = {m: rng.integers(0, 256, (args.batch_size, frames, f), dtype=np.uint8) for m, f in cfg.model.feature_dims.items()}
+    batch = {m: rng.integers(0, 256, (args.batch_size, frames, f), dtype=np.uint8)
+             for m, f in cfg.model.feature_dims.items()}
     if args.input_dtype == "float32":
         from attncluster.data.records import dequantize
 
@@ -163,7 +164,8 @@ def op_profile(path: str, batch: dict, runs: int = 2) -> dict:
             per_op[op] = per_op.get(op, 0.0) + float(e["dur"])
     total = sum(per_op.values()) or 1.0
     share = {op: round(t / total, 3) for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])}
-    print(f"{os.path.basename(path)}: node time by op type: " + ", ".join(f"{k} {v:.1%}" for k, v in list(share.items())[:8]))
+    top = ", ".join(f"{k} {v:.1%}" for k, v in list(share.items())[:8])
+    print(f"{os.path.basename(path)}: node time by op type: {top}")
     return share
 
 

@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                    help=f"ONNX opset, one of {', '.join(map(str, SUPPORTED_OPSETS))} (default {DEFAULT_OPSET})")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the MLP head (onnxruntime)")
-    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx}")
-    p.add_argument("--triton-name", default="attncluster", metavar="NAME", help="Triton model name (default attncluster)")
+    p.add_argument("--triton", metavar="DIR",
+                   help="also write a Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx}")
+    p.add_argument("--triton-name", default="attncluster", metavar="NAME",
+                   help="Triton model name (default attncluster)")
     p.add_argument("--max-batch-size", type=int, default=256, metavar="N", help="Triton max_batch_size (default 256)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv: class names stored in the graph metadata")
     p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",

@@ -60,7 +60,8 @@ def _require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"{module} is not installed; install the export extra: pip install 'attncluster[export]'") from None
+        raise ConfigError(f"{module} is not installed; install the export extra: "
+                          f"pip install 'attncluster[export]'") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -298,8 +299,8 @@ def triton_config(name: str, modalities: dict[str, int], num_classes: int, input
                         for m, f in modalities.items())
     outputs = ",\n".join(f'  {{\n    name: "{o}"\n    data_type: TYPE_FP32\n    dims: [ {num_classes} ]\n  }}'
                          for o in OUTPUTS)
-    return (f"# attncluster export: Attention Cluster, {num_classes} classes. Inputs are (frames, F) per video; Triton\n"
-            f"# batches requests whose frame counts match, so send every video sampled to the same number of frames.\n"
+    return (f"# attncluster export: Attention Cluster, {num_classes} classes. Inputs are (frames, F) per video;\n"
+            f"# Triton batches requests whose frame counts match: send every video sampled to the same frame count.\n"
             f'name: "{name}"\n'
             f'platform: "onnxruntime_onnx"\n'
             f"max_batch_size: {max_batch_size}\n"
@@ -376,8 +377,9 @@ class OnnxPredictor(Predictor):
                 if k.startswith(META_PREFIX)}
         missing = [k for k in REQUIRED_META if k not in meta]
         if missing:
-            raise DataError(f"{path}: ONNX model has no attncluster metadata ({', '.join(META_PREFIX + k for k in missing)} "
-                            f"missing); export it with attncluster export")
+            keys = ", ".join(META_PREFIX + k for k in missing)
+            raise DataError(f"{path}: ONNX model has no attncluster metadata ({keys} missing); export it with "
+                            f"attncluster export")
         try:
             self.modalities = {str(m): int(f) for m, f in json.loads(meta["modalities"]).items()}
             self.num_classes = int(meta["num_classes"])

@@ -52,7 +52,8 @@ def format_row(vid: str, classes: np.ndarray, scores: np.ndarray, suffix: str, n
     """One output line (with its newline): a Kaggle CSV row or a JSON object."""
     if suffix == ".csv":
         return f"{vid}," + " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(classes, scores)) + "\n"
-    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in classes], "scores": [round(float(p), 6) for p in scores]}
+    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in classes],
+                           "scores": [round(float(p), 6) for p in scores]}
     if names is not None:
         rec["names"] = [names[int(k)] for k in classes]
     return json.dumps(rec) + "\n"
