@@ -434,7 +434,7 @@ def test_ctrl_c_in_predict_leaves_no_partial_output_and_says_so(tiny_ckpt, tiny_
 
     out = tmp_path / "p.jsonl"
     out.write_text("previous\n")
-    _interrupt_on_call(monkeypatch, predict_mod, "predict_scores", 2)
+    _interrupt_on_call(monkeypatch, predict_mod, "write_part_row", 12)  # inside the second batch
     code, lines = main_lines(capsys, "predict", "--config", tiny_ckpt / "config.yaml", "--weights",
                              tiny_ckpt / "model.pt", "--data", tiny_data / "train", "--output", out, "--device", "cpu",
                              "-o", "eval.batch_size=8")
