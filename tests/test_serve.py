@@ -284,6 +284,17 @@ def test_bearer_token_is_required(setup, server):
     assert httpx.post(server.url + "/v1/predict", json=payload, headers=AUTH).status_code == 200
 
 
+def test_readme_client_example_runs(server, capsys):
+    # The README's client block, as written, against this server (its URL and token put in the first line).
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = text.split("\n## Serving\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    first = 'URL, TOKEN = "http://127.0.0.1:8000", None'
+    assert first in code and len(code.strip().splitlines()) <= 12
+    exec(compile(code.replace(first, f"URL, TOKEN = {server.url!r}, {TOKEN!r}"), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("my-video [") and "Synthetic class" in out[0], out
+
+
 def test_sigterm_lets_in_flight_requests_finish(setup, server):
     # Last test on this server. Clients that upload slowly are in flight when the signal arrives.
     videos, results = setup["videos"], {}

@@ -99,14 +99,15 @@ def cmd_convert_paddle(args) -> int:
 def cmd_serve(args) -> int:
     from attncluster.serve import ServeLimits, serve
 
-    limits = ServeLimits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_video_bytes=int(args.max_video_mb * (1 << 20)),
+    mib = 1 << 20
+    limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
                          max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout)
     extract = {"random_weights": args.random_weights, "inception": args.inception, "pca": args.pca,
                "vggish": args.vggish, "fps": args.fps}
     return serve(_config(args) if args.config else None, weights=args.weights, onnx=args.onnx, vocab=args.vocab,
                  device=args.device, host=args.host, port=args.port, max_batch=args.max_batch,
                  max_wait_ms=args.max_wait_ms, token_file=args.token_file, limits=limits, extract=extract,
-                 log_level=args.log_level)
+                 threads=args.threads, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca", metavar="PATH", help="/v1/predict/video: the YouTube-8M PCA (extract)")
     p.add_argument("--vggish", metavar="PATH", help="/v1/predict/video: VGGish weights (extract)")
     p.add_argument("--fps", type=float, default=None, metavar="F", help="/v1/predict/video: frames per second (default 1)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="the model's intra-op threads (default 0: PyTorch's / onnxruntime's default, one per core; "
+                   "1 is far faster on a machine whose cores are busy with other work)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="uvicorn log level (default warning)")
     _add_device(p)

@@ -100,6 +100,8 @@ class ModelService:
         self.seg_num = int(seg_num)
         self.class_names = class_names
         self.default_top_k = min(20, self.num_classes)  # as predict
+        # An ONNX graph exported with uint8 inputs takes quantized frames only: float requests are refused up front.
+        self.accepts_float = getattr(predictor, "input_dtype", "float32") != "uint8"
 
     def sample(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """(T, F) per modality -> (seg_num, F): the stratum centres of the common length, as eval and predict."""
@@ -280,6 +282,9 @@ def decode_json(body: bytes, service: ModelService, limits: ServeLimits) -> tupl
                                             f"{t * f}")
                 feats[m] = np.frombuffer(data, dtype=np.uint8).reshape(t, f)
             else:
+                if not service.accepts_float:
+                    raise RequestError(422, f"{at}: this model (an ONNX graph with uint8 inputs) takes quantized "
+                                            f"frames: send {{\"uint8_b64\": ..., \"shape\": [T, {dim}]}}")
                 if any(len(row) != dim for row in value):
                     bad = next(j for j, row in enumerate(value) if len(row) != dim)
                     raise RequestError(422, f"{at}: frame {bad} has {len(value[bad])} values, expected {dim}")
@@ -310,6 +315,9 @@ def decode_file(data: bytes, service: ModelService, limits: ServeLimits, name: s
         for m, dim in service.modalities.items():
             a = arrays[m]
             if a.dtype != np.uint8:
+                if not service.accepts_float:
+                    raise RequestError(422, f"{name}: array {m!r} is {a.dtype}; this model (an ONNX graph with uint8 "
+                                            f"inputs) takes uint8 (quantized) frames")
                 if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
                     raise RequestError(422, f"{name}: array {m!r} has dtype {a.dtype}, expected uint8 or float")
                 a = a.astype(np.float32)
@@ -531,7 +539,7 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
     """
     from contextlib import asynccontextmanager
 
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -611,11 +619,7 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
                                     f"(--request-timeout)") from None
 
     async def read_body(request: Request) -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():  # through _Guard's counting receive
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return b"".join([chunk async for chunk in request.stream()])  # through _Guard's counting receive
 
     async def upload(request: Request, kind: str) -> tuple[bytes, str, dict[str, str]]:
         """The file of a multipart form (field ``file``) or a raw body, its name, and the form's other fields."""
@@ -646,10 +650,15 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
         except (TypeError, ValueError):
             raise RequestError(422, f"top_k {value!r}: not an integer") from None
 
+    def sampled(videos, *rest):
+        """Decoded videos, sampled to seg_num (in the same thread-pool call as the decoding)."""
+        return ([(vid, service.sample(f)) for vid, f in videos], *rest)
+
     async def score(videos: list[tuple[str, dict]], top_k: int | None, fmt: str | None):
+        """Sampled videos -> the batcher -> records. ``videos`` are (id, {modality: (seg_num, F)}) pairs."""
         k = service.check_top_k(top_k)
         batcher: DynamicBatcher = state["batcher"]
-        items = await run_in_threadpool(lambda: [service.sample(f) for _, f in videos])
+        items = [f for _, f in videos]
         try:
             futures = batcher.submit_many(items)
         except BatcherClosed:
@@ -681,8 +690,9 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
 
     @app.post(PREDICT, dependencies=[Depends(authorize)], response_model=PredictResponse, responses=errors,
               openapi_extra=bodies, summary="Classify videos given as features")
-    async def predict_features(request: Request, top_k: Optional[int] = None, format: Optional[str] = None,
-                               id: Optional[str] = None):
+    async def predict_features(request: Request, top_k: Optional[int] = Query(None, description="classes per video"),
+                               format: Optional[str] = Query(None, pattern="^(json|jsonl)$", description=fmt_doc),
+                               id: Optional[str] = Query(None, description="the id of an uploaded .npz video")):
         """Top-k classes per video, as `attncluster predict`'s JSONL records. The body is JSON (`PredictRequest`),
         or a TFRecord / .npz file (multipart field `file`, or the raw body as application/octet-stream; `top_k`
         and `id` then as form fields or query parameters). Frames are sampled to the model's seg_num as in eval.
@@ -691,12 +701,14 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             k = top_k
             if ctype == "application/json":
-                videos, k_body = await run_in_threadpool(decode_json, await read_body(request), service, limits)
+                body = await read_body(request)
+                videos, k_body = await run_in_threadpool(lambda: sampled(*decode_json(body, service, limits)))
                 k = k_body if k_body is not None else k
             else:
                 data, name, fields = await upload(request, "TFRecord or .npz")
                 k = parse_top_k(fields.get("top_k")) if fields.get("top_k") is not None else k
-                videos = await run_in_threadpool(decode_file, data, service, limits, name, fields.get("id") or id)
+                videos = await run_in_threadpool(
+                    lambda: sampled(decode_file(data, service, limits, name, fields.get("id") or id))[0])
             return await score(videos, k, format)
 
         return await within_time(handle())
@@ -708,8 +720,9 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
                       "file": {"type": "string", "format": "binary"}, "top_k": {"type": "integer"},
                       "id": {"type": "string"}}}},
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def predict_video(request: Request, top_k: Optional[int] = None, format: Optional[str] = None,
-                            id: Optional[str] = None):
+    async def predict_video(request: Request, top_k: Optional[int] = Query(None, description="classes per video"),
+                            format: Optional[str] = Query(None, pattern="^(json|jsonl)$", description=fmt_doc),
+                            id: Optional[str] = Query(None, description="the video's id (default: the file name)")):
         """Decode the video, extract YouTube-8M features (attncluster.extract), then classify as /v1/predict.
         Needs extract weights at start-up (--random-weights SEED, or --inception/--pca/--vggish)."""
         if extractor is None:
@@ -739,7 +752,7 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
                                                                                          MAX_FRAMES))
                 return feats
 
-            feats = await run_in_threadpool(extract)
+            feats = await run_in_threadpool(lambda: service.sample(extract()))
             return await score([(vid, feats)], k, format)
 
         return await within_time(handle())
@@ -822,23 +835,32 @@ def _import_serving():
         raise ConfigError(f"serve needs the serve extra: pip install 'attncluster[serve]' ({e.name} is missing)") from None
 
 
-def build_predictor(cfg, weights: str | None, onnx: str | None, device: str | None):
-    """TorchPredictor for --weights, export's OnnxPredictor for --onnx; and the seg_num to sample to."""
+def build_predictor(cfg, weights: str | None, onnx: str | None, device: str | None, threads: int = 0):
+    """TorchPredictor for --weights, export's OnnxPredictor for --onnx; and the seg_num to sample to.
+
+    ``threads`` > 0 sets the intra-op threads of the model (torch.set_num_threads, or onnxruntime's); 0 keeps the
+    library's default (one per core).
+    """
     if onnx is not None:
         try:
             from attncluster.export import OnnxPredictor
         except ImportError as e:
             raise ConfigError(f"--onnx needs attncluster.export and onnxruntime "
                               f"(pip install 'attncluster[export]'): {e}") from None
-        predictor = OnnxPredictor(onnx)
-        seg_num = cfg.model.seg_num if cfg is not None else getattr(predictor, "seg_num", None)
+        predictor = OnnxPredictor(onnx, threads=threads or None)
+        # The graph's metadata knows its seg_num; a config (optional with --onnx) only supplies data.class_names.
+        seg_num = getattr(predictor, "seg_num", None) or (cfg.model.seg_num if cfg is not None else None)
         if seg_num is None:
             raise ConfigError(f"--onnx {onnx}: the file does not record seg_num; pass --config too")
         return predictor, int(seg_num)
     if cfg is None:
         raise ConfigError("--weights needs --config")
+    import torch
+
     from attncluster.inference import TorchPredictor
 
+    if threads:
+        torch.set_num_threads(threads)
     return TorchPredictor(cfg, weights, device), cfg.model.seg_num
 
 
@@ -864,7 +886,7 @@ def build_extractor(options: dict, modalities: dict[str, int], device: str | Non
 def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: str | None = None,
           device: str | None = None, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
           max_wait_ms: float = 5.0, token_file: str | None = None, limits: ServeLimits | None = None,
-          extract: dict | None = None, log_level: str = "warning", stream=None) -> int:
+          extract: dict | None = None, threads: int = 0, log_level: str = "warning", stream=None) -> int:
     """The ``serve`` verb: load the model, bind, serve until SIGTERM / SIGINT, then finish in-flight requests."""
     stream = stream or sys.stderr
     _import_serving()
@@ -880,15 +902,17 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
         raise ConfigError(f"--max-wait-ms: must be >= 0, got {max_wait_ms}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: must be in 0..65535")
+    if threads < 0:
+        raise ConfigError(f"--threads: must be >= 0 (0 = the library's default), got {threads}")
     token = read_token(token_file) if token_file else None
-    predictor, seg_num = build_predictor(cfg, weights, onnx, device)
+    predictor, seg_num = build_predictor(cfg, weights, onnx, device, threads)
     names = None
     if vocab:
         names = load_vocabulary(vocab, predictor.num_classes)
     elif cfg is not None and cfg.data.class_names:
         names = load_class_names(cfg)
-    elif getattr(predictor, "class_names", None):
-        names = list(predictor.class_names)
+    elif getattr(predictor, "vocabulary", None):  # an ONNX graph exported with --vocab
+        names = list(predictor.vocabulary)
     service = ModelService(predictor, seg_num, names)
     extractor = build_extractor(extract or {}, service.modalities, device)
     app = create_app(service, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, token=token,
