@@ -31,6 +31,14 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
                    help="checkpoint, safetensors, converted Paddle .pt or .pdparams")
 
 
+def _add_weights_or_onnx(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--weights", metavar="CKPT", help="checkpoint, safetensors, converted Paddle .pt or .pdparams "
+                   "(with --config)")
+    g.add_argument("--onnx", metavar="FILE", help="a graph from 'attncluster export', run by onnxruntime (no "
+                   "PyTorch model); the model settings come from the graph, --config (optional) gives data settings")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
@@ -43,18 +51,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _model_source(args) -> None:
+    """--weights needs --config; --onnx (an exported graph) carries its model settings and may go without one."""
+    if getattr(args, "onnx", None) is None and args.config is None:
+        raise AttnClusterError("--config is required with --weights (only --onnx runs without a config)")
+
+
 def cmd_eval(args) -> int:
     from attncluster.evaluate import evaluate
 
-    evaluate(_config(args), args.weights, data=args.data, device=args.device, output=args.output)
+    _model_source(args)
+    cfg = _config(args) if args.config or args.override else None
+    evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx)
     return 0
 
 
 def cmd_predict(args) -> int:
     from attncluster.predict import predict
 
-    predict(_config(args), args.weights, args.data, args.output, top_k=args.top_k, vocab=args.vocab,
-            device=args.device)
+    _model_source(args)
+    cfg = _config(args) if args.config or args.override else None
+    predict(cfg, args.weights, args.data, args.output, top_k=args.top_k, vocab=args.vocab,
+            device=args.device, onnx=args.onnx)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from attncluster.export import export_onnx
+
+    export_onnx(_config(args), args.weights, args.output, opset=args.opset, int8=args.int8, triton=args.triton,
+                triton_name=args.triton_name, max_batch_size=args.max_batch_size, vocab=args.vocab,
+                input_dtype=args.input_dtype)
     return 0
 
 
@@ -134,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate weights: GAP, Hit@1, PERR, mAP "
                        "and loss (top-1/top-5 for single-label configs).")
-    _add_config(p)
-    _add_weights(p)
+    _add_config(p, required=False)
+    _add_weights_or_onnx(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="data to evaluate (default: data.valid of the config)")
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to FILE")
     _add_device(p)
@@ -144,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict top-k classes per video",
                        description="Predict the top-k classes of every video. FILE.csv: Kaggle YouTube-8M "
                        "submission format (VideoId,LabelConfidencePairs); FILE.jsonl: one object per video with "
-                       "classes, scores and (with --vocab) names.")
-    _add_config(p)
-    _add_weights(p)
+                       "classes, scores and (with --vocab) names. Under torchrun every rank predicts its share of "
+                       "the videos and rank 0 merges them; rows are always in --data order (shard, then record).")
+    _add_config(p, required=False)
+    _add_weights_or_onnx(p)
     p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="shards, globs, directories or .list files")
     p.add_argument("--output", required=True, metavar="FILE", help="output file, .csv or .jsonl")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -154,6 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv (Index, Name columns) for label names")
     _add_device(p)
     p.set_defaults(func=cmd_predict)
+
+    from attncluster.export import DEFAULT_OPSET, INPUT_DTYPES, SUPPORTED_OPSETS
+
+    p = sub.add_parser("export", help="export to ONNX (optionally int8) and a Triton model repository",
+                       description="Export weights to one ONNX graph: one uint8 input per modality (batch, frames, F), "
+                       "dequantized inside the graph; outputs probabilities and logits; metadata for --onnx. A parity "
+                       "check against PyTorch (max |dprob| <= 1e-5, identical top-20) runs before anything is written.")
+    _add_config(p)
+    _add_weights(p)
+    p.add_argument("--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset, one of {', '.join(map(str, SUPPORTED_OPSETS))} (default {DEFAULT_OPSET})")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the MLP head (onnxruntime)")
+    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx}")
+    p.add_argument("--triton-name", default="attncluster", metavar="NAME", help="Triton model name (default attncluster)")
+    p.add_argument("--max-batch-size", type=int, default=256, metavar="N", help="Triton max_batch_size (default 256)")
+    p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv: class names stored in the graph metadata")
+    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
+                   help="uint8: dataset-quantized features (default); float32: float features as they are")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
                        description="Generate a small synthetic YouTube-8M-format dataset, train on it, evaluate, "

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,11 +35,35 @@ def run_evaluation(model: nn.Module, loader, cfg: Config, device: torch.device) 
         loss = compute_loss(logits, labels, cfg.train.loss)
         acc.update(predict_scores(logits, cfg.train.loss).cpu().numpy(), labels.cpu().numpy(), loss=float(loss))
     model.train(was_training)
+    return _merged(acc)
+
+
+def _merged(acc: MetricAccumulator) -> dict[str, Any]:
+    """Every rank's accumulator merged: the metrics of a single-process run over all the data."""
     states = distributed.gather_objects(acc.state_dict())
     merged = MetricAccumulator.from_state_dict(states[0])
     for s in states[1:]:
         merged.merge(MetricAccumulator.from_state_dict(s))
     return merged.result()
+
+
+def scores_and_logits(predictor, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, logits) of one batch in one forward pass: an OnnxPredictor computes both in its graph."""
+    if hasattr(predictor, "run"):
+        return predictor.run(features)
+    logits = predictor.logits(features)
+    return predict_scores(torch.from_numpy(logits), predictor.loss).numpy(), logits
+
+
+def run_evaluation_predictor(predictor, loader, cfg: Config) -> dict[str, Any]:
+    """``run_evaluation`` for an ``inference.Predictor`` (e.g. ``export.OnnxPredictor``): arrays in, no nn.Module."""
+    acc = MetricAccumulator(cfg.model.num_classes, top_k=cfg.eval.top_k, multi_label=cfg.multi_label)
+    modalities = list(cfg.model.feature_dims)
+    for batch in loader:
+        scores, logits = scores_and_logits(predictor, {m: batch[m].numpy() for m in modalities})
+        loss = compute_loss(torch.from_numpy(logits), batch["labels"], cfg.train.loss)
+        acc.update(scores, batch["labels"].numpy(), loss=float(loss))
+    return _merged(acc)
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -49,31 +74,45 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 
 def evaluate(
-    cfg: Config,
-    weights: str,
+    cfg: Config | None,
+    weights: str | None,
     data: list[str] | None = None,
     device: str | None = None,
     output: str | None = None,
     log=print,
+    onnx: str | None = None,
 ) -> dict[str, Any]:
-    """The ``eval`` verb: load ``weights`` into the config's model and evaluate on ``data`` (default data.valid)."""
+    """The ``eval`` verb: load ``weights`` into the config's model and evaluate on ``data`` (default data.valid).
+
+    With ``onnx`` (a graph from ``attncluster export``) onnxruntime runs it instead: the model settings come from
+    the graph's metadata, ``cfg`` (optional) gives the data and eval settings.
+    """
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.errors import ConfigError
 
+    predictor = None
+    if onnx is not None:
+        from attncluster.export import OnnxPredictor, model_config
+
+        predictor = OnnxPredictor(onnx)
+        cfg = model_config(predictor, cfg)
     specs = data or cfg.data.valid
     if not specs:
         raise ConfigError("eval: no data; pass --data PATHS or set data.valid in the config")
     info = distributed.env_info()
-    dev = distributed.device_for(device, info)
+    dev = distributed.device_for(device if predictor is None else "cpu", info)
     distributed.setup(dev.type)
     try:
-        model = load_model(cfg, weights, dev)
+        model = load_model(cfg, weights, dev) if predictor is None else None
         ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
                           dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg))
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                              pin_memory=dev.type == "cuda")
-        metrics = run_evaluation(model, loader, cfg, dev)
+        if predictor is None:
+            metrics = run_evaluation(model, loader, cfg, dev)
+        else:
+            metrics = run_evaluation_predictor(predictor, loader, cfg)
         if distributed.is_main_process():
             log(f"eval: {format_metrics(metrics)}")
             if output:

@@ -1,43 +1,138 @@
 """Prediction: stream any number of videos to a Kaggle CSV or a JSON-lines file, with label names.
 
 Memory is flat in the number of videos: each batch's top-k is written as soon as it is computed.
+
+Under ``torchrun`` every rank predicts its share of the videos (the dataset splits shards, or records of few shards,
+over ranks: each video exactly once) and streams its rows to a part file next to the output; rank 0 then merges
+the parts into the one output file. Rows are always written in ``--data`` order, shard by shard and record by
+record within a shard, whatever the number of ranks and DataLoader workers, so 1 and N processes write the same
+file. The merge holds 40 bytes per video in memory on rank 0 (its sort keys and file offsets), not the rows.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import uuid
+from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from attncluster import distributed
 from attncluster.config import Config
-from attncluster.data.transfer import batch_to_device
+from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError
-from attncluster.inference import autocast_for, load_class_names, load_model, load_vocabulary, predict_scores
+from attncluster.inference import load_class_names, load_vocabulary
 
 FORMATS = (".csv", ".jsonl")
+CSV_HEADER = "VideoId,LabelConfidencePairs\n"
+
+
+class OrderedVideos(VideoDataset):
+    """VideoDataset whose samples also carry ``shard`` (index in the resolved --data list) and ``record``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._shard_index: dict[str, int] = {}
+        for i, path in enumerate(self.shards):
+            self._shard_index.setdefault(path, i)
+
+    def _sample(self, video, path, i, rng):
+        sample = super()._sample(video, path, i, rng)
+        if sample is not None:
+            sample["shard"], sample["record"] = self._shard_index[path], int(i)
+        return sample
+
+
+def format_row(vid: str, classes: np.ndarray, scores: np.ndarray, suffix: str, names: list[str] | None) -> str:
+    """One output line (with its newline): a Kaggle CSV row or a JSON object."""
+    if suffix == ".csv":
+        return f"{vid}," + " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(classes, scores)) + "\n"
+    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in classes], "scores": [round(float(p), 6) for p in scores]}
+    if names is not None:
+        rec["names"] = [names[int(k)] for k in classes]
+    return json.dumps(rec) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Part files: what one rank predicted, each row with its (shard, record) key. A row is framed by a header line
+# "shard record nbytes", so ids with any characters (commas, quotes, newlines) pass through unchanged.
+
+
+def part_paths(output: str, token: str, world_size: int) -> list[str]:
+    out = Path(output)
+    return [str(out.with_name(f".{out.name}.{token}.part{r}of{world_size}")) for r in range(world_size)]
+
+
+def write_part_row(f, shard: int, record: int, row: str) -> None:
+    data = row.encode("utf-8")
+    f.write(f"{shard} {record} {len(data)}\n".encode("ascii"))
+    f.write(data)
+
+
+def merge_parts(parts: list[str], output: str, header: str = "") -> int:
+    """Sort the rows of ``parts`` by (shard, record) into ``output`` (atomically); returns the row count."""
+    shard, record, part, offset, size = array("q"), array("q"), array("q"), array("q"), array("q")
+    for p, path in enumerate(parts):
+        with open(path, "rb") as f:
+            while line := f.readline():
+                s, r, n = (int(x) for x in line.split())
+                shard.append(s), record.append(r), part.append(p), offset.append(f.tell()), size.append(n)
+                f.seek(n, os.SEEK_CUR)
+    order = np.lexsort((np.frombuffer(record, dtype=np.int64), np.frombuffer(shard, dtype=np.int64)))
+    out = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        files = [open(path, "rb") for path in parts]
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(header.encode("utf-8"))
+                for i in order:
+                    src = files[part[i]]
+                    src.seek(offset[i])
+                    dst.write(src.read(size[i]))
+        finally:
+            for f in files:
+                f.close()
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return len(order)
 
 
 def predict(
-    cfg: Config,
-    weights: str,
+    cfg: Config | None,
+    weights: str | None,
     data: list[str],
     output: str,
     top_k: int | None = None,
     vocab: str | None = None,
     device: str | None = None,
     log=print,
+    onnx: str | None = None,
 ) -> int:
     """The ``predict`` verb. Writes ``output`` (.csv Kaggle format or .jsonl); returns the number of videos.
 
-    ``top_k`` defaults to 20 (the Kaggle submission format), or to every class when the model has fewer.
+    ``top_k`` defaults to 20 (the Kaggle submission format), or to every class when the model has fewer. With
+    ``onnx`` (a graph from ``attncluster export``) onnxruntime runs the model; its settings come from the graph, and
+    class names from the graph's vocabulary when ``vocab`` is not given. Under torchrun rank 0 returns the total and
+    the other ranks their own share.
     """
-    from attncluster.data.dataset import VideoDataset, make_loader
+    from attncluster.data.dataset import make_loader
+    from attncluster.inference import TorchPredictor
 
-    if distributed.env_info().is_distributed:
-        raise ConfigError("predict runs in one process (it streams to one file); run it without torchrun")
+    predictor = None
+    if onnx is not None:
+        from attncluster.export import OnnxPredictor, model_config
+
+        predictor = OnnxPredictor(onnx)
+        cfg = model_config(predictor, cfg)
     suffix = Path(output).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
@@ -45,36 +140,49 @@ def predict(
         top_k = min(20, cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else None
-    dev = distributed.device_for(device, distributed.DistInfo())
-    model = load_model(cfg, weights, dev)
-    ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                      seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
-                      fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)
-    loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-    modalities = list(cfg.model.feature_dims)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(output).with_name(Path(output).name + ".tmp")
+    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else getattr(predictor, "vocabulary", None)
+    info = distributed.env_info()
+    dev = distributed.device_for(device if predictor is None else "cpu", info)
+    distributed.setup(dev.type)
+    parts: list[str] = []
+    try:
+        if predictor is None:
+            predictor = TorchPredictor(cfg, weights, dev)
+        ds = OrderedVideos(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
+                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
+                           dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg),
+                           rank=info.rank, world_size=info.world_size)
+        loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        token = distributed.gather_objects(uuid.uuid4().hex[:12])[0]  # rank 0's: one name set for the whole job
+        parts = part_paths(output, token, info.world_size)
+        count = _predict_part(predictor, loader, list(cfg.model.feature_dims), parts[info.rank], top_k, suffix, names)
+        distributed.barrier()  # every part is complete before rank 0 reads them
+        if info.rank == 0:
+            count = merge_parts(parts, output, CSV_HEADER if suffix == ".csv" else "")
+            log(f"predict: {count} videos -> {output}" + (f" ({info.world_size} ranks)" if info.is_distributed else ""))
+        distributed.barrier()  # the parts are read before anyone removes its own
+        return count
+    finally:
+        if parts and os.path.exists(parts[info.rank]):
+            os.unlink(parts[info.rank])
+        distributed.cleanup()
+
+
+@torch.no_grad()
+def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: int, suffix: str,
+                  names: list[str] | None) -> int:
+    """Stream this rank's videos through ``predictor`` into its part file; returns the number of videos."""
+    from attncluster.evaluate import scores_and_logits
+
     count = 0
-    with open(tmp, "w", newline="") as f, torch.no_grad():
-        if suffix == ".csv":
-            f.write("VideoId,LabelConfidencePairs\n")
+    with open(part, "wb") as f:
         for batch in loader:
-            features, _ = batch_to_device(batch, modalities, dev)
-            with autocast_for(dev, cfg.train.precision):
-                logits = model(features)
-            scores, classes = predict_scores(logits, cfg.train.loss).topk(top_k, dim=1)  # (N, k), highest first
-            scores, classes = scores.cpu().numpy(), classes.cpu().numpy()
-            for vid, s, c in zip(batch["id"], scores, classes):
-                if suffix == ".csv":
-                    f.write(f"{vid}," + " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(c, s)) + "\n")
-                else:
-                    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in c],
-                                           "scores": [round(float(p), 6) for p in s]}
-                    if names is not None:
-                        rec["names"] = [names[int(k)] for k in c]
-                    f.write(json.dumps(rec) + "\n")
+            scores, _ = scores_and_logits(predictor, {m: batch[m].numpy() for m in modalities})
+            top, classes = torch.from_numpy(np.ascontiguousarray(scores)).topk(top_k, dim=1)  # (N, k), highest first
+            top, classes = top.numpy(), classes.numpy()
+            for j, vid in enumerate(batch["id"]):
+                row = format_row(vid, classes[j], top[j], suffix, names)
+                write_part_row(f, int(batch["shard"][j]), int(batch["record"][j]), row)
             count += len(batch["id"])
-    tmp.replace(output)
-    log(f"predict: {count} videos -> {output}")
     return count
