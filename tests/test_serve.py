@@ -124,6 +124,13 @@ def assert_error(r, status, *needles):
         assert n in body["error"], (n, body["error"])
 
 
+def batch_metrics(server) -> tuple[int, int]:
+    """(model calls, videos scored) from the server's /metrics."""
+    lines = httpx.get(server.url + "/metrics", headers=AUTH).text.splitlines()
+    get = lambda name: int(float(next(x.split()[-1] for x in lines if x.startswith(name + " "))))  # noqa: E731
+    return get("attncluster_batch_size_count"), get("attncluster_batch_size_sum")
+
+
 def test_health_readiness_metrics_and_docs(server):
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
@@ -145,6 +152,7 @@ def test_concurrent_requests_answer_as_predict_does(setup, server):
     jobs += [[videos[16]], [videos[17]]]
     results, errors = [None] * len(jobs), []
     barrier = threading.Barrier(len(jobs))
+    before = batch_metrics(server)
 
     def client(i):
         floats = i % 4 == 3
@@ -166,10 +174,10 @@ def test_concurrent_requests_answer_as_predict_does(setup, server):
         assert status == 200, body
         assert [r["id"] for r in body["predictions"]] == [v for v, _ in job]
         assert_same_as_predict(body["predictions"], expected)
-    metrics = httpx.get(server.url + "/metrics", headers=AUTH).text
-    le1 = int(next(line.split()[-1] for line in metrics.splitlines() if line.startswith('attncluster_batch_size_bucket{le="1"}')))
-    total = int(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("attncluster_batch_size_count")))
-    assert le1 < total - 1, metrics  # besides the warm-up batch, some batches held several videos
+    after = batch_metrics(server)
+    sent = sum(len(job) for job in jobs)
+    assert after[1] - before[1] == sent  # every video scored once
+    assert after[0] - before[0] < sent  # in fewer model calls: batches of several requests formed
 
     # A whole shard is 12 videos: over --max-videos 6.
     shard = sorted((setup["root"] / "data").glob("*.tfrecord"))[1]
@@ -212,6 +220,7 @@ def _frames(t, dim, value=0):
 BAD_JSON = [
     (b'{"videos": [', 400, "malformed JSON"),
     (b'[1, 2]', 422, "body"),
+    (b'[' * 100000 + b']' * 100000, 400, "nested too deeply"),
     (json.dumps({"videos": []}).encode(), 422, "videos"),
     (json.dumps({"videos": [{"id": "a", "rgb": _frames(3, 1000), "audio": _frames(3, 128)}]}).encode(), 422,
      "[T, 1024]"),
@@ -258,7 +267,8 @@ def test_bad_uploads_and_paths_get_one_line_4xx(setup, server):
 
 
 def test_oversized_bodies_are_refused(server):
-    r = httpx.post(server.url + "/v1/predict", content=b" " * (3 << 20), headers={**AUTH, "content-type": "application/json"})
+    r = httpx.post(server.url + "/v1/predict", content=b" " * (3 << 20),
+                   headers={**AUTH, "content-type": "application/json"})
     assert_error(r, 413, "the limit is 1048576 bytes")
     r = httpx.post(server.url + "/v1/predict", content=(b" " * (1 << 18) for _ in range(8)),  # chunked: no length
                    headers={**AUTH, "content-type": "application/json"})
@@ -351,13 +361,14 @@ class _Predictor:
 
 
 def _client(predictor, **kwargs):
+    """A TestClient on create_app (the app's lifespan runs inside ``with``)."""
     import warnings
 
     with warnings.catch_warnings():  # starlette's note about httpx versions
         warnings.filterwarnings("ignore", message=".*httpx.*testclient|.*testclient.*httpx", category=UserWarning)
         from starlette.testclient import TestClient
 
-    from attncluster.serve import ModelService, ServeLimits, create_app
+    from attncluster.serve import ModelService, create_app
 
     app = create_app(ModelService(predictor, seg_num=2), warmup=False, **kwargs)
     return TestClient(app, raise_server_exceptions=False)
@@ -368,9 +379,7 @@ def _video(value, vid="v"):
 
 
 def test_internal_errors_are_one_line_json_and_fail_only_their_request():
-    from attncluster.serve import ServeLimits
-
-    with _client(_Predictor(), max_batch=8, max_wait_ms=200, limits=ServeLimits()) as c:
+    with _client(_Predictor(), max_batch=8, max_wait_ms=200) as c:
         out = {}
 
         def post(name, value):
@@ -410,6 +419,11 @@ def test_cli_errors_are_one_line(setup, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
     assert "missing.pt" in err[0] and "--token-file" in err[1] and "cannot listen on 127.0.0.1" in err[2]
+    # A non-loopback address is warned about (before binding; 203.0.113.1 is a documentation address, not ours).
+    assert main(["serve", *common, "--host", "203.0.113.1"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[0].startswith("warning: --host 203.0.113.1 is not a loopback address"), err
+    assert err[1].startswith("error: cannot listen on 203.0.113.1:8000"), err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 

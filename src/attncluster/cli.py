@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="An HTTP service (FastAPI + uvicorn): POST /v1/predict (features as JSON, or an "
                        "uploaded TFRecord / .npz), POST /v1/predict/video (a video file, with extract weights), "
                        "GET /healthz, /readyz, /metrics (Prometheus), OpenAPI docs at /docs. Concurrent requests are "
-                       "batched. Needs the serve extra. SIGTERM / SIGINT stop it after in-flight requests are answered.")
+                       "batched. Needs the serve extra. SIGTERM / SIGINT stop it after in-flight requests are "
+                       "answered.")
     _add_config(p, required=False)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--weights", metavar="CKPT", help="checkpoint, safetensors, converted Paddle .pt or .pdparams "
@@ -273,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception", metavar="PATH", help="/v1/predict/video: Inception-v3 weights (extract)")
     p.add_argument("--pca", metavar="PATH", help="/v1/predict/video: the YouTube-8M PCA (extract)")
     p.add_argument("--vggish", metavar="PATH", help="/v1/predict/video: VGGish weights (extract)")
-    p.add_argument("--fps", type=float, default=None, metavar="F", help="/v1/predict/video: frames per second (default 1)")
+    p.add_argument("--fps", type=float, default=None, metavar="F",
+                   help="/v1/predict/video: frames per second (default 1)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="the model's intra-op threads (default 0: PyTorch's / onnxruntime's default, one per core; "
                    "1 is far faster on a machine whose cores are busy with other work)")

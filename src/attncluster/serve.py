@@ -252,6 +252,8 @@ def decode_json(body: bytes, service: ModelService, limits: ServeLimits) -> tupl
         raw = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
     if isinstance(raw, dict) and isinstance(raw.get("videos"), list) and len(raw["videos"]) > limits.max_videos:
         raise RequestError(413, f"{len(raw['videos'])} videos in one request, the limit is {limits.max_videos}")
     try:
@@ -426,16 +428,14 @@ class ServeMetrics:
             lines += ["# HELP attncluster_batch_duration_seconds Time of one model call.",
                       "# TYPE attncluster_batch_duration_seconds histogram"]
             lines += self.batch_seconds.lines("attncluster_batch_duration_seconds")
-            lines += ["# HELP attncluster_batch_failures_total Model calls that raised.",
-                      "# TYPE attncluster_batch_failures_total counter", f"attncluster_batch_failures_total {self.batch_failures}",
-                      "# HELP attncluster_videos_total Videos scored.", "# TYPE attncluster_videos_total counter",
-                      f"attncluster_videos_total {self.videos}",
-                      "# HELP attncluster_queue_depth Videos waiting for a batch.", "# TYPE attncluster_queue_depth gauge",
-                      f"attncluster_queue_depth {queue_depth}",
-                      "# HELP attncluster_in_flight_requests Requests being answered.",
-                      "# TYPE attncluster_in_flight_requests gauge", f"attncluster_in_flight_requests {self.in_flight}",
-                      "# HELP attncluster_ready 1 once the model is loaded and warmed up.",
-                      "# TYPE attncluster_ready gauge", f"attncluster_ready {int(ready)}"]
+            for name, kind, text, value in (
+                    ("batch_failures_total", "counter", "Model calls that raised.", self.batch_failures),
+                    ("videos_total", "counter", "Videos scored.", self.videos),
+                    ("queue_depth", "gauge", "Videos waiting for a batch.", queue_depth),
+                    ("in_flight_requests", "gauge", "Requests being answered.", self.in_flight),
+                    ("ready", "gauge", "1 once the model is loaded and warmed up.", int(ready))):
+                lines += [f"# HELP attncluster_{name} {text}", f"# TYPE attncluster_{name} {kind}",
+                          f"attncluster_{name} {value}"]
         return "\n".join(lines) + "\n"
 
 
@@ -829,10 +829,11 @@ def read_token(path: str) -> str:
 def _import_serving():
     try:
         import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401  (form uploads)
+        import python_multipart  # noqa: F401 - form uploads
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"serve needs the serve extra: pip install 'attncluster[serve]' ({e.name} is missing)") from None
+        raise ConfigError(f"serve needs the serve extra: pip install 'attncluster[serve]' "
+                          f"({e.name} is missing)") from None
 
 
 def build_predictor(cfg, weights: str | None, onnx: str | None, device: str | None, threads: int = 0):
@@ -918,6 +919,9 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
     app = create_app(service, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, token=token,
                      extractor=extractor)
 
+    if not is_loopback(host):
+        print(f"warning: --host {host} is not a loopback address: anyone who can reach this machine can call the "
+              f"service{'' if token else ' (no --token-file set)'}; put it behind TLS", file=stream, flush=True)
     # Bind here, so a busy port is one error line (uvicorn would log and exit) and --port 0 picks a free one.
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -928,9 +932,6 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.setblocking(False)
-    if not is_loopback(host):
-        print(f"warning: --host {host} is not a loopback address: anyone who can reach this machine can call the "
-              f"service{'' if token else ' (no --token-file set)'}; put it behind TLS", file=stream, flush=True)
     bound = sock.getsockname()[1]
     print(f"serve: http://{host if ':' not in host else f'[{host}]'}:{bound} (docs at /docs); "
           f"{'onnx ' + onnx if onnx else 'weights ' + str(weights)}, {len(service.modalities)} modalities, "
