@@ -130,7 +130,7 @@ def cmd_serve(args) -> int:
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
                          max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout)
     extract = {"random_weights": args.random_weights, "inception": args.inception, "pca": args.pca,
-               "vggish": args.vggish, "fps": args.fps}
+               "vggish": args.vggish, "vggish_pca": args.vggish_pca, "fps": args.fps}
     return serve(_config(args) if args.config else None, weights=args.weights, onnx=args.onnx, vocab=args.vocab,
                  device=args.device, host=args.host, port=args.port, max_batch=args.max_batch,
                  max_wait_ms=args.max_wait_ms, token_file=args.token_file, limits=limits, extract=extract,
@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception", metavar="PATH", help="/v1/predict/video: Inception-v3 weights (extract)")
     p.add_argument("--pca", metavar="PATH", help="/v1/predict/video: the YouTube-8M PCA (extract)")
     p.add_argument("--vggish", metavar="PATH", help="/v1/predict/video: VGGish weights (extract)")
+    p.add_argument("--vggish-pca", metavar="PATH", help="/v1/predict/video: AudioSet vggish_pca_params.npz (extract)")
     p.add_argument("--fps", type=float, default=None, metavar="F",
                    help="/v1/predict/video: frames per second (default 1)")
     p.add_argument("--threads", type=int, default=0, metavar="N",

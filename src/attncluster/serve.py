@@ -877,8 +877,8 @@ def build_extractor(options: dict, modalities: dict[str, int], device: str | Non
         raise ConfigError(f"/v1/predict/video needs attncluster.extract and PyAV (pip install 'attncluster[video]'): "
                           f"{e}") from None
     pipeline = FeaturePipeline.create(preset="yt8m", inception=options.get("inception"), pca=options.get("pca"),
-                                      vggish=options.get("vggish"), random_weights=options.get("random_weights"),
-                                      device=device or "cpu")
+                                      vggish=options.get("vggish"), vggish_pca=options.get("vggish_pca"),
+                                      random_weights=options.get("random_weights"), device=device or "cpu")
     if dict(pipeline.modalities) != dict(modalities):
         raise ConfigError(f"the extractor gives {dict(pipeline.modalities)}, the model takes {dict(modalities)}")
     return Extractor(pipeline, fps=options.get("fps") or 1.0, max_frames=MAX_FRAMES, num_workers=0)
