@@ -444,6 +444,28 @@ def test_help_names_the_endpoints(capsys):
         assert needle in out, needle
 
 
+@pytest.mark.slow
+def test_onnx_model_serves_the_same_answers(setup, tmp_path):
+    # --onnx: export's graph run by onnxruntime (slow: the export's dynamo trace), no config needed.
+    pytest.importorskip("onnxruntime")
+    from attncluster.cli import main
+
+    root = setup["root"]
+    assert main(["export", "--config", str(root / "cfg.yaml"), "--weights", str(root / "w.pt"), "--output",
+                 str(tmp_path / "m.onnx"), "--vocab", str(setup["vocab"])]) == 0
+    s = Server("--onnx", tmp_path / "m.onnx")
+    try:
+        payload = {"videos": [as_json(*v) for v in setup["videos"][:6]], "top_k": 3}
+        r = httpx.post(s.url + "/v1/predict", json=payload, timeout=60)
+        assert r.status_code == 200, r.text
+        assert [p["id"] for p in r.json()["predictions"]] == [v for v, _ in setup["videos"][:6]]
+        assert_same_as_predict(r.json()["predictions"], setup["expected"])  # names from the graph's vocabulary
+        floats = {"videos": [as_json(*setup["videos"][0], floats=True)]}
+        assert_error(httpx.post(s.url + "/v1/predict", json=floats), 422, "uint8 inputs")
+    finally:
+        s.stop()
+
+
 # /v1/predict/video: needs attncluster.extract (issue 9) and PyAV; skipped where they are absent.
 
 
