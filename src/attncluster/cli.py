@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest /v1/predict body (default 32)")
     p.add_argument("--max-video-mb", type=float, default=256.0, metavar="MB",
                    help="largest /v1/predict/video upload (default 256)")
-    p.add_argument("--max-videos", type=int, default=256, metavar="N", help="videos per request (default 256)")
+    p.add_argument("--max-videos", type=int, default=1024, metavar="N", help="videos per request (default 1024)")
     p.add_argument("--max-frames", type=int, default=300, metavar="T",
                    help="frames per video in JSON / npz requests (default 300, as the dataset reader keeps)")
     p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",

@@ -59,7 +59,7 @@ class ServeLimits:
 
     max_body_bytes: int = 32 * MiB        # features requests (JSON or an uploaded TFRecord / npz)
     max_video_bytes: int = 256 * MiB      # /v1/predict/video uploads
-    max_videos: int = 256                 # videos (records) per request
+    max_videos: int = 1024                # videos (records) per request: a video-level shard holds ~300
     max_frames: int = MAX_FRAMES          # frames per video; the dataset reader keeps 300, so predict sees as many
     request_timeout_s: float = 30.0       # from the first byte of the body to the answer
 
