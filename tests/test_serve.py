@@ -213,6 +213,15 @@ def test_uploads_tfrecord_and_npz(setup, server, tmp_path):
                    headers={**AUTH, "content-type": "application/octet-stream"})
     assert r.status_code == 200, r.text
     assert_same_as_predict(r.json()["predictions"], expected)
+    # A compressed npz whose array would inflate to 100 MB is refused before it is inflated.
+    np.savez_compressed(tmp_path / "bomb.npz", rgb=np.zeros((100_000, 1024), np.uint8), audio=feats["audio"])
+    r = httpx.post(server.url + "/v1/predict", files={"file": ("bomb.npz", (tmp_path / "bomb.npz").read_bytes())},
+                   headers=AUTH)
+    assert_error(r, 413, "bomb.npz: array 'rgb' is 102400128 bytes uncompressed")
+    np.savez(tmp_path / "extra.npz", **feats, flow=feats["audio"])
+    r = httpx.post(server.url + "/v1/predict", files={"file": ("extra.npz", (tmp_path / "extra.npz").read_bytes())},
+                   headers=AUTH)
+    assert_error(r, 422, "extra.npz: unknown modality 'flow'")
 
 
 def _frames(t, dim, value=0):

@@ -309,10 +309,18 @@ def decode_file(data: bytes, service: ModelService, limits: ServeLimits, name: s
     if data[:4] == b"PK\x03\x04":  # a zip archive: .npz
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+                _check_modalities(z.files, name, service.modalities)
+                for m, dim in service.modalities.items():
+                    # Checked before inflating: a small compressed member may hold a huge array.
+                    size, most = z.zip.getinfo(m + ".npy").file_size, limits.max_frames * dim * 8 + 4096
+                    if size > most:
+                        raise RequestError(413, f"{name}: array {m!r} is {size} bytes uncompressed, more than "
+                                                f"{limits.max_frames} frames of {dim} values can be")
+                arrays = {m: z[m] for m in service.modalities}
+        except RequestError:
+            raise
         except Exception as e:  # noqa: BLE001 - any unreadable archive is the client's error
             raise RequestError(422, f"{name}: not a readable .npz ({type(e).__name__}: {e})") from None
-        _check_modalities(arrays, name, service.modalities)
         feats = {}
         for m, dim in service.modalities.items():
             a = arrays[m]
