@@ -128,7 +128,8 @@ def cmd_serve(args) -> int:
 
     mib = 1 << 20
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
-                         max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout)
+                         max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout,
+                         video_timeout_s=args.video_timeout)
     extract = {"random_weights": args.random_weights, "inception": args.inception, "pca": args.pca,
                "vggish": args.vggish, "vggish_pca": args.vggish_pca, "fps": args.fps}
     return serve(_config(args) if args.config else None, weights=args.weights, onnx=args.onnx, vocab=args.vocab,
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per video in JSON / npz requests (default 300, as the dataset reader keeps)")
     p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
                    help="seconds a request may take before it is answered 504 (default 30)")
+    p.add_argument("--video-timeout", type=float, default=300.0, metavar="S",
+                   help="the same for /v1/predict/video (default 300)")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="/v1/predict/video with randomly initialised extract backbones (for trying it out)")
     p.add_argument("--inception", metavar="PATH", help="/v1/predict/video: Inception-v3 weights (extract)")

@@ -62,13 +62,16 @@ class ServeLimits:
     max_videos: int = 1024                # videos (records) per request: a video-level shard holds ~300
     max_frames: int = MAX_FRAMES          # frames per video; the dataset reader keeps 300, so predict sees as many
     request_timeout_s: float = 30.0       # from the first byte of the body to the answer
+    video_timeout_s: float = 300.0        # the same for /v1/predict/video (decoding and backbones take longer)
 
     def check(self) -> None:
         for name in ("max_body_bytes", "max_video_bytes", "max_videos", "max_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"--request-timeout: must be > 0 seconds, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "video_timeout_s"):
+            if not getattr(self, name) > 0:
+                flag = "--" + name[:-2].replace("_", "-")
+                raise ConfigError(f"{flag}: must be > 0 seconds, got {getattr(self, name)}")
 
 
 class RequestError(Exception):
@@ -619,12 +622,11 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
         log.exception("internal error on %s", request.url.path)
         return error_response(500, f"internal error ({type(e).__name__}); the server log has the details")
 
-    async def within_time(coro):
+    async def within_time(coro, seconds: float = limits.request_timeout_s, flag: str = "--request-timeout"):
         try:
-            return await asyncio.wait_for(coro, timeout=limits.request_timeout_s)
+            return await asyncio.wait_for(coro, timeout=seconds)
         except asyncio.TimeoutError:
-            raise RequestError(504, f"the request took longer than {limits.request_timeout_s:g} s "
-                                    f"(--request-timeout)") from None
+            raise RequestError(504, f"the request took longer than {seconds:g} s ({flag})") from None
 
     async def read_body(request: Request) -> bytes:
         return b"".join([chunk async for chunk in request.stream()])  # through _Guard's counting receive
@@ -763,7 +765,7 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
             feats = await run_in_threadpool(lambda: service.sample(extract()))
             return await score([(vid, feats)], k, format)
 
-        return await within_time(handle())
+        return await within_time(handle(), limits.video_timeout_s, "--video-timeout")
 
     @app.get("/healthz", summary="The process is up")
     async def healthz():
@@ -946,8 +948,9 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
           f"{service.num_classes} classes, seg_num {seg_num}; max batch {max_batch}, max wait {max_wait_ms:g} ms"
           f"{'; bearer token required' if token else ''}", file=stream, flush=True)
 
+    longest = max(limits.request_timeout_s, limits.video_timeout_s if extractor is not None else 0.0)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(limits.request_timeout_s) + 5, timeout_keep_alive=5)
+                            timeout_graceful_shutdown=int(longest) + 5, timeout_keep_alive=5)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped on once it has shut down; these handlers take it, so the process
     # ends with status 0 after a graceful stop (and SIGINT does not surface as KeyboardInterrupt).
