@@ -11,10 +11,14 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
+
+httpx = pytest.importorskip("httpx")  # with fastapi, uvicorn, python-multipart: the serve extra (CI installs it)
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("python_multipart")
 
 from attncluster.config import load_config, save_config
 from attncluster.data.records import dequantize
@@ -310,7 +314,7 @@ def test_readme_client_example_runs(server, capsys):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = text.split("\n## Serving\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     first = 'URL, TOKEN = "http://127.0.0.1:8000", None'
-    assert first in code and len(code.strip().splitlines()) <= 12
+    assert first in code and len([x for x in code.splitlines() if x.strip()]) <= 10
     exec(compile(code.replace(first, f"URL, TOKEN = {server.url!r}, {TOKEN!r}"), "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("my-video [") and "Synthetic class" in out[0], out
