@@ -309,6 +309,31 @@ def test_bearer_token_is_required(setup, server):
     assert httpx.post(server.url + "/v1/predict", json=payload, headers=AUTH).status_code == 200
 
 
+def test_a_slow_upload_does_not_hold_up_others(setup, server):
+    videos, done = setup["videos"], {}
+    body = json.dumps({"videos": [as_json(*videos[0])], "top_k": 3}).encode()
+
+    def slow():
+        def parts():
+            yield body[:50]
+            time.sleep(2.0)
+            yield body[50:]
+
+        r = httpx.post(server.url + "/v1/predict", content=parts(), timeout=30,
+                       headers={**AUTH, "content-type": "application/json"})
+        done["slow"] = (time.monotonic(), r.status_code)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.2)
+    r = httpx.post(server.url + "/v1/predict", json={"videos": [as_json(*videos[1])], "top_k": 3}, headers=AUTH)
+    fast_done = time.monotonic()
+    assert r.status_code == 200
+    assert_same_as_predict(r.json()["predictions"], setup["expected"])
+    t.join(30)
+    assert done["slow"][1] == 200 and done["slow"][0] - fast_done > 1.0  # the fast one did not wait for it
+
+
 def test_readme_client_example_runs(server, capsys):
     # The README's client block, as written, against this server (its URL and token put in the first line).
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
