@@ -124,6 +124,21 @@ def cmd_convert_paddle(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from attncluster.serve import ServeLimits, serve
+
+    mib = 1 << 20
+    limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
+                         max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout,
+                         video_timeout_s=args.video_timeout)
+    extract = {"random_weights": args.random_weights, "inception": args.inception, "pca": args.pca,
+               "vggish": args.vggish, "vggish_pca": args.vggish_pca, "fps": args.fps}
+    return serve(_config(args) if args.config else None, weights=args.weights, onnx=args.onnx, vocab=args.vocab,
+                 device=args.device, host=args.host, port=args.port, max_batch=args.max_batch,
+                 max_wait_ms=args.max_wait_ms, token_file=args.token_file, limits=limits, extract=extract,
+                 threads=args.threads, log_level=args.log_level)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage mistakes as one ``error:`` line (exit 2) like every other user error."""
 
@@ -234,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="X", help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--max-frames", type=int, default=300, metavar="T", help="longest video in frames (default 300)")
     p.add_argument("--prefix", default="train", help="shard file name prefix (default train)")
-    p.set_defaults(func=cmd_synth, interrupted=lambda a: f"synth stopped; {a.out} does not hold all {a.videos} videos")
+    p.set_defaults(func=cmd_synth, interrupted=lambda a: f"synth stopped; {a.out} holds only the shards completed so "
+                   "far (never a partial one); remove it before running synth again")
 
     p = sub.add_parser("convert-paddle", help="convert the reference's released Paddle weights",
                        description="Convert a PaddlePaddle AttentionCluster .pdparams (no Paddle needed) to PyTorch. "
@@ -246,6 +262,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-rate", type=float, default=0.5, metavar="P", help="the reference's dropout (default 0.5)")
     p.set_defaults(func=cmd_convert_paddle,
                    interrupted=lambda a: f"convert-paddle stopped; {a.output} was not written (a previous file there is unchanged)")
+
+    p = sub.add_parser("serve", help="serve a model over HTTP with dynamic batching",
+                       description="An HTTP service (FastAPI + uvicorn): POST /v1/predict (features as JSON, or an "
+                       "uploaded TFRecord / .npz), POST /v1/predict/video (a video file, with extract weights), "
+                       "GET /healthz, /readyz, /metrics (Prometheus), OpenAPI docs at /docs. Concurrent requests are "
+                       "batched. Needs the serve extra. SIGTERM / SIGINT stop it after in-flight requests are "
+                       "answered.")
+    _add_config(p, required=False)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--weights", metavar="CKPT", help="checkpoint, safetensors, converted Paddle .pt or .pdparams "
+                   "(needs --config)")
+    g.add_argument("--onnx", metavar="FILE", help="a model written by attncluster export (onnxruntime)")
+    p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for label names (default: "
+                   "data.class_names of the config, if set)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed)")
+    p.add_argument("--max-batch", type=int, default=64, metavar="N", help="videos per model call (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a batch waits for more videos after its first (default 5)")
+    p.add_argument("--token-file", metavar="F", help="require 'Authorization: Bearer <token>' with the token in F")
+    p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
+                   help="largest /v1/predict body (default 32)")
+    p.add_argument("--max-video-mb", type=float, default=256.0, metavar="MB",
+                   help="largest /v1/predict/video upload (default 256)")
+    p.add_argument("--max-videos", type=int, default=1024, metavar="N", help="videos per request (default 1024)")
+    p.add_argument("--max-frames", type=int, default=300, metavar="T",
+                   help="frames per video in JSON / npz requests (default 300, as the dataset reader keeps)")
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a request may take before it is answered 504 (default 30)")
+    p.add_argument("--video-timeout", type=float, default=300.0, metavar="S",
+                   help="the same for /v1/predict/video (default 300)")
+    p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
+                   help="/v1/predict/video with randomly initialised extract backbones (for trying it out)")
+    p.add_argument("--inception", metavar="PATH", help="/v1/predict/video: Inception-v3 weights (extract)")
+    p.add_argument("--pca", metavar="PATH", help="/v1/predict/video: the YouTube-8M PCA (extract)")
+    p.add_argument("--vggish", metavar="PATH", help="/v1/predict/video: VGGish weights (extract)")
+    p.add_argument("--vggish-pca", metavar="PATH", help="/v1/predict/video: AudioSet vggish_pca_params.npz (extract)")
+    p.add_argument("--fps", type=float, default=None, metavar="F",
+                   help="/v1/predict/video: frames per second (default 1)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="the model's intra-op threads (default 0: PyTorch's / onnxruntime's default, one per core; "
+                   "1 is far faster on a machine whose cores are busy with other work)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn log level (default warning)")
+    _add_device(p)
+    p.set_defaults(func=cmd_serve, interrupted=lambda a: "serve stopped")
     return parser
 
 
