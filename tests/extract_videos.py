@@ -92,3 +92,46 @@ def expected_indices(times, fps: float = 1.0, max_frames: int = 300) -> list[int
             out.append(i)
             last = Fraction(t)
     return out
+
+
+class TinyPipeline:
+    """A real, small FeaturePipeline with random weights (the interface of ``extract.features.FeaturePipeline``):
+    a strided conv + mean pool + linear on frames, a random projection of per-example band energies on audio,
+    both quantized as the dataset. Seconds to run, so the driver can be tested without the real backbones."""
+
+    quantized = True
+    frame_size = (32, 32)
+
+    def __init__(self, rgb: int = 1024, audio: int = 128, seed: int = 0) -> None:
+        import torch
+
+        self.modalities = {"rgb": rgb, "audio": audio}
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.fc = torch.nn.Linear(8, rgb)
+        with torch.no_grad():
+            for p in (*self.conv.parameters(), *self.fc.parameters()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.audio_proj = np.random.default_rng(seed).standard_normal((16, audio)).astype(np.float32)
+        self.frame_calls: list[int] = []  # batch sizes seen (the driver batches across videos)
+
+    def frame_features(self, frames: np.ndarray) -> np.ndarray:
+        import torch
+
+        from attncluster.data.yt8m import quantize
+
+        assert frames.dtype == np.uint8 and frames.shape[1:] == (*self.frame_size, 3), frames.shape
+        self.frame_calls.append(len(frames))
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.no_grad():
+            y = self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        return quantize(y.numpy())
+
+    def audio_features(self, wav: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+        from attncluster.data.yt8m import quantize
+
+        assert sample_rate == 16000 and wav.dtype == np.float32 and wav.size >= 15600
+        k = (wav.size - 15600) // 15360 + 1  # 0.96 s examples at a 0.96 s hop, as vggish_input
+        ex = np.stack([wav[i * 15360:i * 15360 + 15600] for i in range(k)])
+        bands = np.log1p(np.abs(np.fft.rfft(ex, axis=1))[:, :7792].reshape(k, 16, -1).mean(axis=2))
+        return quantize((bands - bands.mean()) @ self.audio_proj)

@@ -195,9 +195,10 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        # On an error the queued (unwritten) videos are dropped; they are not in the manifest, so a re-run redoes
-        # them. On success (or Ctrl-C, which still leaves complete shards) the partial shard is written.
-        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+        # The queued videos are complete: write them on success, on a bad input file (DataError: the run stops
+        # there, a re-run starts after them) and on Ctrl-C. Any other error (a full disk, a bug) may come from
+        # writing itself: drop them; not in the manifest, a re-run redoes them.
+        if exc_type is None or issubclass(exc_type, (DataError, KeyboardInterrupt)):
             self.flush()
 
 
