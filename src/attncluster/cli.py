@@ -136,7 +136,7 @@ def _extract_options(args, cfg) -> dict:
 
     return {"preset": pick("preset") or "yt8m", "inception": pick("inception"), "pca": pick("pca"),
             "vggish": pick("vggish"), "vggish_pca": pick("vggish_pca"), "backbone": pick("backbone"),
-            "weights": pick("backbone_weights"), "random_weights": args.random_weights,
+            "backbone_weights": pick("backbone_weights"), "random_weights": args.random_weights,
             "precision": args.precision, "device": args.device,
             "fps": pick("fps") or 1.0, "max_frames": pick("max_frames") or 300}
 

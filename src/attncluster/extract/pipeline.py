@@ -263,23 +263,25 @@ class Extractor:
 
 # -- the pipeline from options -------------------------------------------------------------------------------------
 
-PIPELINE_OPTIONS = ("preset", "inception", "pca", "vggish", "vggish_pca", "random_weights", "backbone", "weights",
-                    "device", "precision", "dtype")
+PIPELINE_OPTIONS = ("preset", "inception", "pca", "vggish", "vggish_pca", "random_weights", "backbone",
+                    "backbone_weights", "device", "precision", "dtype")
 
 
 def make_pipeline(**options):
-    """``FeaturePipeline.create(**options)`` (see ``attncluster.extract.features``), None options left out."""
+    """``FeaturePipeline.create(**options)`` (see ``attncluster.extract.features``), None options left out.
+
+    ``backbone_weights`` is passed as ``weights`` (the image preset's state dict; named apart from a model
+    checkpoint's ``weights``)."""
     try:
         from attncluster.extract.features import FeaturePipeline
     except ImportError as e:
         raise ConfigError(f"the feature backbones are not available ({e}); install attncluster with its "
                           f"'video' extra") from None
-    kwargs = {k: v for k, v in options.items() if v is not None and k in PIPELINE_OPTIONS}
+    unknown = [k for k in options if k not in PIPELINE_OPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown feature pipeline options {unknown}; expected some of {', '.join(PIPELINE_OPTIONS)}")
+    kwargs = {("weights" if k == "backbone_weights" else k): v for k, v in options.items() if v is not None}
     return FeaturePipeline.create(**kwargs)
-
-
-RANDOM_WEIGHTS_WARNING = ("WARNING: --random-weights: the backbones and PCA are random; these features MEAN "
-                          "NOTHING. Use them only to check decoding, batching and output files.")
 
 
 def _labels_by_id(path: str | None) -> dict[str, list[int]]:
@@ -341,9 +343,7 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
         _warn(f"extract: removed {name}, left unrecorded by an interrupted run (its videos are redone)")
     todo = [p for p in mine if video_id(p) not in writer.done]
     already = len(mine) - len(todo)
-    if pipeline is None:
-        if pipeline_options.get("random_weights") is not None:
-            _warn(RANDOM_WEIGHTS_WARNING)
+    if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
         pipeline = make_pipeline(**pipeline_options)
     ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
@@ -422,8 +422,6 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
     if extractor is None:
         pipeline_options.setdefault("device", device)
-        if pipeline_options.get("random_weights") is not None:
-            _warn(RANDOM_WEIGHTS_WARNING)
         extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
                               num_workers=num_workers)
     for m, dim in cfg.model.feature_dims.items():
