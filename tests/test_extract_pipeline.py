@@ -192,3 +192,51 @@ def test_video_ids():
     assert video_id("/x/clips/abc.mp4") == "abc"
     assert video_id("s3://bucket/v/a.b.mkv") == "a.b"
     assert video_id("https://h/x/v1.webm?sig=1") == "v1"
+
+
+def test_cli_extract_then_predict_equals_predict_videos_with_random_weights(tmp_path, capsys):
+    """The real YouTube-8M pipeline (random weights) through the CLI: extract -> inspect, and predict --videos
+    equals predict on the extracted shards with the same checkpoint. One 1-second frame per clip keeps it short."""
+    pytest.importorskip("attncluster.extract.features")
+    import torch
+    from safetensors.torch import save_file
+
+    from attncluster.cli import main
+    from attncluster.config import save_config
+    from attncluster.model import AttentionCluster
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    make_video(clips / "one.mp4", 25, Fraction(25), audio_hz=440.0)
+    make_video(clips / "two.mkv", 12, Fraction(12))
+    (clips / "broken.mp4").write_text("not a video")
+    cfg = load_config(None, ["model.num_classes=4", "model.seg_num=2", "model.cluster_nums=2",
+                             "model.hidden_sizes=[8]", "data.num_workers=0"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    torch.manual_seed(0)
+    save_file(AttentionCluster(**cfg.model.model_kwargs()).state_dict(), str(tmp_path / "m.safetensors"))
+    common = ["--random-weights", "0", "--num-workers", "0"]
+
+    out = str(tmp_path / "out")
+    assert main(["extract", str(clips), "--output", out, *common]) == 2  # the broken file stops the run ...
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {clips / 'broken.mp4'}: not a readable video file (")
+    assert main(["extract", str(clips), "--output", out, "--skip-bad", *common]) == 0  # ... or is skipped
+    captured = capsys.readouterr()
+    assert f"skipped: {clips / 'broken.mp4'}: not a readable video file (" in captured.err
+    assert "skipped 1 bad files" in captured.out
+    assert sorted(e["id"] for e in read_manifests(out)) == ["one", "two"]
+    assert main(["inspect", out]) == 0
+    lines = {j["id"]: j for j in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert lines["one"]["num_frames"] == 1 and lines["two"]["num_frames"] == 1
+
+    weights = ["--config", str(tmp_path / "cfg.yaml"), "--weights", str(tmp_path / "m.safetensors"), "--top-k", "3"]
+    assert main(["predict", *weights, "--data", out, "--output", str(tmp_path / "p.jsonl")]) == 0
+    via_shards = {r["id"]: r for r in map(json.loads, open(tmp_path / "p.jsonl"))}
+    capsys.readouterr()
+    assert main(["predict", *weights, "--videos", str(clips / "one.mp4"), str(clips / "two.mkv"), *common]) == 0
+    direct = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in direct] == ["one", "two"]
+    for r in direct:
+        assert r["classes"] == via_shards[r["id"]]["classes"]
+        np.testing.assert_allclose(r["scores"], via_shards[r["id"]]["scores"], atol=2e-6)

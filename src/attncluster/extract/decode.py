@@ -161,7 +161,7 @@ def decode_video(path: str, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_
 
 
 def _reason(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = getattr(e, "strerror", None) or " ".join(str(e).split())  # FFmpeg's message, without errno and path
     return text[:200] if text else type(e).__name__
 
 
