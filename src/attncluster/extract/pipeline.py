@@ -39,6 +39,10 @@ AUDIO_HOP_SECONDS = 0.96  # vggish_params.EXAMPLE_HOP_SECONDS
 AUDIO_MIN_SAMPLES = 15600  # 0.975 s: 96 log-mel frames of 25 ms windows at a 10 ms hop, one VGGish example
 BATCH_FRAMES = 32  # frames per backbone call (across videos)
 MAX_AUTO_WORKERS = 16
+# Decoded frames in flight (decoded by workers, not yet through the model). The YouTube-8M preset takes frames at
+# their native size (the 2015 graph resizes them itself), so one 300-frame 1080p video is 1.9 GB: the number of
+# videos decoded ahead shrinks to fit this budget (at least one at a time).
+MAX_INFLIGHT_BYTES = 2 << 30
 
 
 def video_id(path: str) -> str:
@@ -208,9 +212,11 @@ class Extractor:
         pending: deque = deque()
         pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
         ahead = 2 * self.num_workers + 1
+        video_bytes = 0.0  # running mean of a decoded video's size
         try:
             while todo or pending:
-                while todo and len(pending) < ahead:
+                limit = ahead if video_bytes == 0 else max(1, min(ahead, int(MAX_INFLIGHT_BYTES // video_bytes)))
+                while todo and len(pending) < limit:
                     p = todo.popleft()
                     pending.append((p, pool.submit(_decode_job, *self._job(p))))
                 p, fut = pending.popleft()
@@ -225,6 +231,9 @@ class Extractor:
                     pending.clear()
                     todo.extendleft(reversed(retry))
                     status, value = "bad", f"{p}: the decoder crashed on this file"
+                if status == "ok":
+                    size = float(value.frames.nbytes + (value.audio.nbytes if value.audio is not None else 0))
+                    video_bytes = size if video_bytes == 0 else 0.8 * video_bytes + 0.2 * size
                 yield p, status, value
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
