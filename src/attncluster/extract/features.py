@@ -226,11 +226,7 @@ class FeaturePipeline:
     def pool_features(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB -> (T, 2048) float32 Inception pool_3 (yt8m) / (T, D) pooled features (image),
         before PCA and quantization."""
-        frames = self._check_frames(frames)
-        out = [self._forward_rgb(frames[i:i + self.batch_size]).float().cpu()
-               for i in range(0, len(frames), self.batch_size)]
-        width = inc.FEATURE_DIM if self.preset == "yt8m" else self.rgb_dim
-        return torch.cat(out).numpy() if out else np.zeros((0, width), dtype=np.float32)
+        return self.frame_and_pool_features(frames)[1]
 
     def _forward_rgb(self, batch: np.ndarray) -> Tensor:
         if self.image_variant is not None:
@@ -248,17 +244,24 @@ class FeaturePipeline:
         Any T (0 included); frames of several videos may be concatenated into one call. Runs in batches of
         ``batch_size`` frames on ``device``; the PCA runs there in float32 right after the network.
         """
+        return self.frame_and_pool_features(frames)[0]
+
+    @torch.inference_mode()
+    def frame_and_pool_features(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both :meth:`frame_features` and :meth:`pool_features` from one pass over the network."""
         frames = self._check_frames(frames)
-        chunks = []
+        feats, pools = [], []
         for i in range(0, len(frames), self.batch_size):
             pooled = self._forward_rgb(frames[i:i + self.batch_size]).float()
+            pools.append(pooled.cpu().numpy())
             if self.pca is not None:
-                chunks.append(quantize(self.pca.apply_torch(pooled, self._pca_params).cpu().numpy()))
+                feats.append(quantize(self.pca.apply_torch(pooled, self._pca_params).cpu().numpy()))
             else:
-                chunks.append(pooled.cpu().numpy().astype(self.out_dtype))
-        if not chunks:
-            return np.zeros((0, self.rgb_dim), dtype=self.out_dtype)
-        return np.concatenate(chunks)
+                feats.append(pools[-1].astype(self.out_dtype))
+        if not feats:
+            width = inc.FEATURE_DIM if self.preset == "yt8m" else self.rgb_dim
+            return np.zeros((0, self.rgb_dim), dtype=self.out_dtype), np.zeros((0, width), dtype=np.float32)
+        return np.concatenate(feats), np.concatenate(pools)
 
     @torch.inference_mode()
     def audio_embeddings(self, wav: np.ndarray, sample_rate: int = vgg.SAMPLE_RATE) -> np.ndarray:
@@ -300,8 +303,9 @@ def _random_pcas(rgb: nn.Module, audio: nn.Module, seed: int) -> tuple[YT8MPCA, 
     """Random PCAs centred and scaled on the random networks' outputs for fixed noise inputs, so the quantized
     random features spread over 0..255 instead of saturating (they still mean nothing)."""
     rng = np.random.default_rng(seed)
-    # Two smooth random 16 x 16 images through the real preprocessing (resized to 299), and 2 s of noisy tones.
-    frames = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    # One smooth random image through the real preprocessing (299 x 299: at the network's smallest input, 75 x 75,
+    # the pooled features have another scale), and 2 s of noisy tones.
+    frames = rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     pooled = rgb(inc.preprocess(frames).contiguous(memory_format=torch.channels_last)).double().numpy()
     t = np.arange(2 * vgg.SAMPLE_RATE) / vgg.SAMPLE_RATE
     wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.05 * rng.standard_normal(len(t))
