@@ -240,3 +240,17 @@ def test_cli_extract_then_predict_equals_predict_videos_with_random_weights(tmp_
     for r in direct:
         assert r["classes"] == via_shards[r["id"]]["classes"]
         np.testing.assert_allclose(r["scores"], via_shards[r["id"]]["scores"], atol=2e-6)
+
+
+def test_fsspec_url_inputs(videos):
+    fsspec = pytest.importorskip("fsspec")
+    from attncluster.extract.pipeline import expand_videos
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/clips_url/a.mp4", (videos / "a.mp4").read_bytes())
+    paths = expand_videos(["memory://clips_url"])
+    assert len(paths) == 1 and paths[0].startswith("memory://") and paths[0].endswith("/clips_url/a.mp4")
+    (rec,) = Extractor(TinyPipeline(), num_workers=0).iter_extract(paths)  # in-process: memory:// is per process
+    assert rec["id"] == "a" and rec["source"] == paths[0]
+    rgb, _, _ = expected_record(str(videos / "a.mp4"), TinyPipeline())
+    np.testing.assert_array_equal(rec["rgb"], rgb)
