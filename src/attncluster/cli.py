@@ -52,6 +52,8 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     if args.videos:
+        if args.data:
+            raise AttnClusterError("predict takes --data (feature shards) or --videos (video files), not both")
         return cmd_predict_videos(args)
     if not args.data or not args.output:
         raise AttnClusterError("predict needs --data PATH... and --output FILE (or --videos FILE... for video files)")

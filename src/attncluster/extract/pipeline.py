@@ -353,6 +353,8 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
     todo = [p for p in mine if video_id(p) not in writer.done]
     already = len(mine) - len(todo)
     if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
+        # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
         pipeline = make_pipeline(**pipeline_options)
     ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
@@ -430,7 +432,10 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
         raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
     if extractor is None:
-        pipeline_options.setdefault("device", device)
+        from attncluster import distributed
+
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device") or device,
+                                                                distributed.DistInfo()))
         extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
                               num_workers=num_workers)
     for m, dim in cfg.model.feature_dims.items():
