@@ -254,3 +254,17 @@ def test_fsspec_url_inputs(videos):
     assert rec["id"] == "a" and rec["source"] == paths[0]
     rgb, _, _ = expected_record(str(videos / "a.mp4"), TinyPipeline())
     np.testing.assert_array_equal(rec["rgb"], rgb)
+
+
+def test_a_decoder_crash_is_one_bad_file_not_a_dead_job(videos, tmp_path):
+    from extract_videos import crashing_decode
+
+    crash = tmp_path / "crash.mp4"
+    crash.write_bytes((videos / "a.mp4").read_bytes())
+    ex = Extractor(TinyPipeline(), num_workers=2)
+    ex.decode_fn = crashing_decode
+    seen = []
+    paths = [str(videos / "a.mp4"), str(crash), str(videos / "b.mkv"), str(videos / "c.mp4")]
+    ids = [r["id"] for r in ex.iter_extract(paths, skip_bad=True, on_bad=lambda p, m: seen.append(m))]
+    assert ids == ["a", "b", "c"]
+    assert seen == [f"{crash}: the decoder crashed on this file (its process died)"]

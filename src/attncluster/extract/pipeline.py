@@ -132,6 +132,8 @@ class Extractor:
         rec = ex.extract("clip.mp4")   # {"id", "rgb": (T, 1024) uint8, "audio": (T, 128) uint8, "timestamps", ...}
     """
 
+    decode_fn = staticmethod(_decode_job)  # what the worker processes run (a module-level function)
+
     def __init__(self, pipeline, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
                  num_workers: int | str = "auto", batch_frames: int = BATCH_FRAMES) -> None:
         self.pipeline = pipeline
@@ -213,24 +215,32 @@ class Extractor:
         pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
         ahead = 2 * self.num_workers + 1
         video_bytes = 0.0  # running mean of a decoded video's size
+        solo = 0  # after a worker crash: the next `solo` files run one at a time, so a crash names its file
         try:
             while todo or pending:
                 limit = ahead if video_bytes == 0 else max(1, min(ahead, int(MAX_INFLIGHT_BYTES // video_bytes)))
-                while todo and len(pending) < limit:
+                while todo and len(pending) < (1 if solo else limit):
                     p = todo.popleft()
-                    pending.append((p, pool.submit(_decode_job, *self._job(p))))
+                    pending.append((p, pool.submit(self.decode_fn, *self._job(p))))
                 p, fut = pending.popleft()
                 try:
                     status, value = fut.result()
                 except cf.process.BrokenProcessPool:
-                    # A decoder crashed its process (FFmpeg on a hostile file): that file is bad; restart the
-                    # pool and resubmit the others that were in flight.
+                    # A decoder crashed its process (FFmpeg on a hostile file). Every file in flight fails with
+                    # it; restart the pool and redo them one at a time: the file that crashes alone is bad.
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
                     retry = [q for q, _ in pending]
                     pending.clear()
+                    if not solo:
+                        retry.insert(0, p)
                     todo.extendleft(reversed(retry))
-                    status, value = "bad", f"{p}: the decoder crashed on this file"
+                    solo = len(retry)
+                    if retry and retry[0] == p:
+                        continue
+                    status, value = "bad", f"{p}: the decoder crashed on this file (its process died)"
+                if solo:
+                    solo -= 1
                 if status == "ok":
                     size = float(value.frames.nbytes + (value.audio.nbytes if value.audio is not None else 0))
                     video_bytes = size if video_bytes == 0 else 0.8 * video_bytes + 0.2 * size
