@@ -268,3 +268,20 @@ def test_a_decoder_crash_is_one_bad_file_not_a_dead_job(videos, tmp_path):
     ids = [r["id"] for r in ex.iter_extract(paths, skip_bad=True, on_bad=lambda p, m: seen.append(m))]
     assert ids == ["a", "b", "c"]
     assert seen == [f"{crash}: the decoder crashed on this file (its process died)"]
+
+
+def test_weight_paths_and_sampling_from_the_config_extract_section(tmp_path):
+    from attncluster.cli import _extract_options, build_parser
+    from attncluster.errors import ConfigError
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text("extract:\n  inception: /w/classify_image_graph_def.pb\n  pca: /w/yt8m_pca\n  fps: 2\n")
+    args = build_parser().parse_args(["extract", "v.mp4", "--output", "o", "--config", str(cfg_path),
+                                      "--pca", "/other/pca"])
+    opts = _extract_options(args, load_config(cfg_path))
+    assert opts["inception"] == "/w/classify_image_graph_def.pb"  # from the config
+    assert opts["pca"] == "/other/pca"  # the command line wins
+    assert opts["fps"] == 2.0 and opts["max_frames"] == 300 and opts["preset"] == "yt8m"
+    cfg_path.write_text("extract:\n  fps: 0\n")
+    with pytest.raises(ConfigError, match="extract.fps: must be > 0"):
+        load_config(cfg_path)
