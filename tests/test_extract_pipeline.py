@@ -285,3 +285,31 @@ def test_weight_paths_and_sampling_from_the_config_extract_section(tmp_path):
     cfg_path.write_text("extract:\n  fps: 0\n")
     with pytest.raises(ConfigError, match="extract.fps: must be > 0"):
         load_config(cfg_path)
+
+
+def test_float_backbone_needs_features_format(videos, tmp_path):
+    from attncluster.data.dataset import VideoDataset
+    from attncluster.errors import ConfigError
+
+    class FloatPipeline(TinyPipeline):
+        """The image preset's contract: float features, no audio."""
+        quantized = False
+
+        def __init__(self):
+            super().__init__(rgb=12)
+            self.modalities = {"rgb": 12}
+
+        def frame_features(self, frames):
+            import torch
+
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+            with torch.no_grad():
+                return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3))).numpy().astype(np.float16)
+
+    with pytest.raises(ConfigError, match="use --format features"):
+        run_extract(good(videos), str(tmp_path / "y"), pipeline=FloatPipeline(), num_workers=0, log=lambda m: None)
+    out = str(tmp_path / "f")
+    run_extract(good(videos), out, pipeline=FloatPipeline(), fmt="features", num_workers=0, log=lambda m: None)
+    ds = VideoDataset(out, modalities={"rgb": 12}, num_classes=3, seg_num=2, train=False, fmt="features")
+    assert sorted(s["id"] for s in ds) == ["a", "b", "c", "d"]
+    assert np.load(os.path.join(out, "a.npz"))["rgb"].dtype == np.float16

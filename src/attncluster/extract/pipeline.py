@@ -366,6 +366,9 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
         # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
         pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
         pipeline = make_pipeline(**pipeline_options)
+    if fmt == "yt8m" and not getattr(pipeline, "quantized", True):
+        raise ConfigError("--format yt8m stores the dataset's quantized uint8 features; this backbone gives float "
+                          "features: use --format features")
     ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
     log(f"extract: {len(todo)} videos to do{where}, {already} already in {output}; "
