@@ -218,14 +218,14 @@ def test_cli_extract_then_predict_equals_predict_videos_with_random_weights(tmp_
     common = ["--random-weights", "0", "--num-workers", "0"]
 
     out = str(tmp_path / "out")
-    assert main(["extract", str(clips), "--output", out, *common]) == 2  # the broken file stops the run ...
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: {clips / 'broken.mp4'}: not a readable video file (")
-    assert main(["extract", str(clips), "--output", out, "--skip-bad", *common]) == 0  # ... or is skipped
+    assert main(["extract", str(clips), "--output", out, "--skip-bad", *common]) == 0  # the broken file is skipped
     captured = capsys.readouterr()
     assert f"skipped: {clips / 'broken.mp4'}: not a readable video file (" in captured.err
     assert "skipped 1 bad files" in captured.out
     assert sorted(e["id"] for e in read_manifests(out)) == ["one", "two"]
+    # Re-run with all good videos done: nothing to do, and the backbones are not even built.
+    assert main(["extract", str(clips / "one.mp4"), str(clips / "two.mkv"), "--output", out, *common]) == 0
+    assert "all 2 videos are already in" in capsys.readouterr().out
     assert main(["inspect", out]) == 0
     lines = {j["id"]: j for j in map(json.loads, capsys.readouterr().out.splitlines())}
     assert lines["one"]["num_frames"] == 1 and lines["two"]["num_frames"] == 1
@@ -313,3 +313,21 @@ def test_float_backbone_needs_features_format(videos, tmp_path):
     ds = VideoDataset(out, modalities={"rgb": 12}, num_classes=3, seg_num=2, train=False, fmt="features")
     assert sorted(s["id"] for s in ds) == ["a", "b", "c", "d"]
     assert np.load(os.path.join(out, "a.npz"))["rgb"].dtype == np.float16
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from attncluster.cli import main
+
+    cases = [
+        (["extract", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o")],
+         f"error: {tmp_path / 'missing.mp4'}: matches no files (videos)"),
+        (["extract", str(tmp_path), "--output", str(tmp_path / "o"), "--shard-size", "0"],
+         "error: --shard-size 0: must be >= 1"),
+        (["predict", "--config", "c.yaml", "--weights", "w", "--videos", "a.mp4", "--data", "d"],
+         "error: predict takes --data (feature shards) or --videos (video files), not both"),
+    ]
+    (tmp_path / "x.mp4").write_bytes(b"")
+    for argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(expected), (argv, err)

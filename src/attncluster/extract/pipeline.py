@@ -362,6 +362,11 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
         _warn(f"extract: removed {name}, left unrecorded by an interrupted run (its videos are redone)")
     todo = [p for p in mine if video_id(p) not in writer.done]
     already = len(mine) - len(todo)
+    if not todo:  # nothing to do: no need to build the backbones (or find their weight files)
+        log(f"extract: all {len(mine)} videos{' of this rank' if info.is_distributed else ''} are already in "
+            f"{output}")
+        return {"written": 0, "already_done": already, "bad": 0, "frames": 0, "seconds": 0.0, "rank": info.rank,
+                "world_size": info.world_size, "output": output}
     if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
         # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
         pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
