@@ -24,7 +24,9 @@ instead. Both differ from the rule above by less than one source frame per pick.
 
 Audio is decoded from the first audio stream, resampled by FFmpeg (``av.AudioResampler``) to 16 kHz float32
 and averaged over channels to mono, in [-1, 1]: the input VGGish expects (``vggish_input.waveform_to_examples``
-takes the channel mean too; FFmpeg's own mono downmix would weigh stereo by 1/sqrt(2) instead).
+takes the channel mean too; FFmpeg's own mono downmix would weigh stereo by 1/sqrt(2) instead). Sample 0 of the
+track is taken to be at the first video frame's time: a start offset between the streams (typically the < 50 ms of
+AAC priming) is not corrected.
 
 Limits. A clip must last at least :data:`MIN_DURATION` = 0.96 s: one VGGish example (0.96 s of audio) per sampled
 second is what the audio features are made of, and a shorter clip has no full example; YouTube-8M's own videos are
@@ -62,7 +64,8 @@ class DecodedVideo:
         frame_indices: int64 (T,) index of each sampled frame among all decoded frames of the stream.
         audio: float32 (S,) 16 kHz mono in [-1, 1], or None when the file has no (decodable) audio.
         sample_rate: 16000.
-        duration: seconds, of the video stream (last frame's end - first frame's start).
+        duration: seconds of video decoded (last decoded frame's end - first frame's start): the whole stream, or
+            up to the frame after the last sampled one when ``max_frames`` stopped decoding early.
         has_audio: whether ``audio`` holds a decoded track.
     """
 
