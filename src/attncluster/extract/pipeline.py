@@ -378,8 +378,8 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
     log(f"extract: {len(todo)} videos to do{where}, {already} already in {output}; "
         f"{ex.num_workers} decode workers")
-    if progress is None:
-        progress = sys.stderr.isatty()
+    if progress is None:  # one bar per job: rank 0's (the ranks get equal shares)
+        progress = sys.stderr.isatty() and info.rank == 0
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
