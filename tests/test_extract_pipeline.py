@@ -331,3 +331,10 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(expected), (argv, err)
+
+
+def test_progress_bar_shows_videos_and_frames_per_second(videos, tmp_path, capsys):
+    run_extract(good(videos)[:2], str(tmp_path / "p"), pipeline=TinyPipeline(), num_workers=0, progress=True,
+                log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "video" in err and "frames/s" in err
