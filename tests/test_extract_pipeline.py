@@ -187,6 +187,21 @@ def test_classify_videos_equals_extract_then_predict(videos, tmp_path):
         assert r["classes"] == ref["classes"] and r["names"] == ref["names"]
         np.testing.assert_allclose(r["scores"], ref["scores"], atol=2e-6)
 
+    # predict_videos writes predict's Kaggle CSV from the same records.
+    from attncluster.predict import predict_videos
+
+    predict(cfg, weights, [out], str(tmp_path / "p.csv"), top_k=3, log=lambda m: None)
+    predict_videos(cfg, weights, good(videos), output=str(tmp_path / "v.csv"), top_k=3,
+                   extractor=Extractor(TinyPipeline(), num_workers=0))
+    got_rows, ref_rows = open(tmp_path / "v.csv").read().splitlines(), open(tmp_path / "p.csv").read().splitlines()
+    assert got_rows[0] == ref_rows[0] == "VideoId,LabelConfidencePairs" and len(got_rows) == len(ref_rows) == 5
+    for g, r in zip(sorted(got_rows[1:]), sorted(ref_rows[1:])):
+        gid, gpairs = g.split(",")
+        rid, rpairs = r.split(",")
+        assert gid == rid and gpairs.split()[::2] == rpairs.split()[::2]
+        np.testing.assert_allclose([float(x) for x in gpairs.split()[1::2]], [float(x) for x in rpairs.split()[1::2]],
+                                   atol=2e-6)
+
 
 def test_video_ids():
     assert video_id("/x/clips/abc.mp4") == "abc"
