@@ -35,12 +35,13 @@ def frame_index(rgb: np.ndarray) -> int:
 
 def make_video(path, n_frames: int, rate=Fraction(25), *, pts: list[int] | None = None, time_base=None,
                audio_hz: float | None = None, audio_rate: int = 44100, stereo: bool = False,
-               audio_seconds: float | None = None, codec: str = "mpeg4", amplitude: float = 0.5) -> None:
+               audio_seconds: float | None = None, codec: str = "mpeg4", amplitude: float = 0.5,
+               audio_delay: float = 0.0) -> None:
     """Write a video of ``n_frames`` frames at ``rate`` fps (or at explicit ``pts`` in ``time_base``: VFR).
 
     Args:
         audio_hz: add a sine tone of this frequency (left channel only when ``stereo``), lasting ``audio_seconds``
-            (default: the video's length).
+            (default: the video's length), starting ``audio_delay`` seconds after the video.
     """
     import av
 
@@ -72,7 +73,7 @@ def make_video(path, n_frames: int, rate=Fraction(25), *, pts: list[int] | None 
             chunk = np.ascontiguousarray(data[:, start:start + step])
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo" if stereo else "mono")
             frame.sample_rate = audio_rate
-            frame.pts = start
+            frame.pts = start + int(round(audio_delay * audio_rate))
             for p in astream.encode(frame):
                 container.mux(p)
         for p in astream.encode():

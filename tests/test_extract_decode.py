@@ -147,3 +147,13 @@ def test_broken_inputs_raise_one_line_naming_the_file(tmp_path):
         assert expect[what] in msg, (what, msg)
     with pytest.raises(DataError, match="no such video file"):
         decode_video(str(tmp_path / "missing.mp4"))
+
+
+def test_audio_is_aligned_to_the_first_video_frame(tmp_path):
+    path = tmp_path / "late_audio.mkv"
+    make_video(path, 75, Fraction(25), audio_hz=440.0, audio_rate=16000, audio_seconds=2.0, audio_delay=0.5)
+    d = decode_video(str(path))
+    rms = lambda a, b: float(np.sqrt(np.mean(d.audio[int(a * 16000):int(b * 16000)] ** 2)))  # noqa: E731
+    assert rms(0.0, 0.4) < 0.01  # the 0.5 s before the track starts: silence put in front
+    np.testing.assert_allclose(rms(0.7, 2.3), 0.5 / np.sqrt(2), rtol=0.05)  # the tone, from 0.5 s on
+    np.testing.assert_allclose(d.audio.size / 16000, 2.5, atol=0.05)

@@ -24,9 +24,9 @@ instead. Both differ from the rule above by less than one source frame per pick.
 
 Audio is decoded from the first audio stream, resampled by FFmpeg (``av.AudioResampler``) to 16 kHz float32
 and averaged over channels to mono, in [-1, 1]: the input VGGish expects (``vggish_input.waveform_to_examples``
-takes the channel mean too; FFmpeg's own mono downmix would weigh stereo by 1/sqrt(2) instead). Sample 0 of the
-track is taken to be at the first video frame's time: a start offset between the streams (typically the < 50 ms of
-AAC priming) is not corrected.
+takes the channel mean too; FFmpeg's own mono downmix would weigh stereo by 1/sqrt(2) instead). The track is
+aligned to the video: sample 0 of the returned audio is at the first video frame's time (an audio stream that
+starts later is preceded by silence, one that starts earlier is cut).
 
 Limits. A clip must last at least :data:`MIN_DURATION` = 0.96 s: one VGGish example (0.96 s of audio) per sampled
 second is what the audio features are made of, and a shorter clip has no full example; YouTube-8M's own videos are
@@ -199,6 +199,7 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     audio_broken = False
+    audio_start: Fraction | None = None  # presentation time of the first decoded audio frame
 
     streams = [vstream] + ([astream] if astream is not None else [])
     for packet in container.demux(*streams):
@@ -235,6 +236,9 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
         elif resampler is not None and not audio_broken:
             try:
                 for frame in packet.decode():
+                    if audio_start is None and frame.pts is not None and frame.time_base is not None:
+                        audio_start = Fraction(int(frame.pts)) * Fraction(frame.time_base.numerator,
+                                                                          frame.time_base.denominator)
                     for out in resampler.resample(frame):
                         chunks.append(out.to_ndarray().mean(axis=0, dtype=np.float32))
             except av.error.FFmpegError:
@@ -278,6 +282,11 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
                         f"a video must last at least {MIN_DURATION} s, one VGGish audio example (0.96 s) per "
                         f"sampled second")
     wav = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else None
+    if wav is not None and audio_start is not None and first is not None:
+        # Put audio sample 0 at the first video frame's time: a track that starts later is preceded by silence,
+        # one that starts earlier loses its head, so audio examples line up with the sampled frames.
+        shift = int(round((audio_start - first) * SAMPLE_RATE))
+        wav = np.concatenate([np.zeros(shift, np.float32), wav]) if shift > 0 else wav[-shift:]
     has_audio = wav is not None and wav.size > 0
     return DecodedVideo(
         path=path,
