@@ -36,7 +36,7 @@ def frame_index(rgb: np.ndarray) -> int:
 def make_video(path, n_frames: int, rate=Fraction(25), *, pts: list[int] | None = None, time_base=None,
                audio_hz: float | None = None, audio_rate: int = 44100, stereo: bool = False,
                audio_seconds: float | None = None, codec: str = "mpeg4", amplitude: float = 0.5,
-               audio_delay: float = 0.0) -> None:
+               audio_delay: float = 0.0, size: tuple[int, int] = (W, H)) -> None:
     """Write a video of ``n_frames`` frames at ``rate`` fps (or at explicit ``pts`` in ``time_base``: VFR).
 
     Args:
@@ -47,7 +47,7 @@ def make_video(path, n_frames: int, rate=Fraction(25), *, pts: list[int] | None 
 
     container = av.open(str(path), "w")
     stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
     if time_base is not None:
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
@@ -55,7 +55,7 @@ def make_video(path, n_frames: int, rate=Fraction(25), *, pts: list[int] | None 
     if audio_hz is not None:
         astream = container.add_stream("aac", rate=audio_rate, layout="stereo" if stereo else "mono")
     for i in range(n_frames):
-        frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(frame_image(i, size[1], size[0]), format="rgb24")
         if pts is not None:
             frame.pts, frame.time_base = pts[i], time_base
         for p in stream.encode(frame):
@@ -121,7 +121,8 @@ class TinyPipeline:
 
         from attncluster.data.yt8m import quantize
 
-        assert frames.dtype == np.uint8 and frames.shape[1:] == (*self.frame_size, 3), frames.shape
+        assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[3] == 3, frames.shape
+        assert self.frame_size is None or frames.shape[1:3] == self.frame_size, frames.shape
         self.frame_calls.append(len(frames))
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         with torch.no_grad():

@@ -353,3 +353,18 @@ def test_progress_bar_shows_videos_and_frames_per_second(videos, tmp_path, capsy
                 log=lambda m: None)
     err = capsys.readouterr().err
     assert "2/2" in err and "video" in err and "frames/s" in err
+
+
+def test_videos_of_different_sizes_at_native_size(videos, tmp_path):
+    """frame_size None (the YouTube-8M preset: the graph resizes): frames keep their size; a batch mixing sizes
+    is split by size, and each video's features are those of its own frames."""
+    pipe = TinyPipeline()
+    pipe.frame_size = None
+    make_video(tmp_path / "big.mp4", 30, Fraction(25), size=(96, 64))
+    paths = [str(videos / "a.mp4"), str(tmp_path / "big.mp4"), str(videos / "c.mp4")]
+    recs = list(Extractor(pipe, num_workers=0, batch_frames=64).iter_extract(paths))
+    assert sorted(pipe.frame_calls) == [2, 9]  # one call for the two 64x48 videos (4 + 5 frames), one for 96x64
+    ref = TinyPipeline()
+    ref.frame_size = None
+    for r, p in zip(recs, paths):
+        np.testing.assert_array_equal(r["rgb"], ref.frame_features(decode_video(p).frames))

@@ -179,17 +179,27 @@ class Extractor:
     def _featurise(self, videos: list[DecodedVideo]) -> list[dict]:
         """Run the backbone on the frames of several videos in batches of ``batch_frames``; one dict per video."""
         t0 = time.perf_counter()
-        frames = np.concatenate([d.frames for d in videos]) if len(videos) > 1 else videos[0].frames
-        outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
-                for i in range(0, len(frames), self.batch_frames)]
-        feats = np.concatenate(outs) if len(outs) > 1 else outs[0]
-        records, start = [], 0
-        for d in videos:
+        # One backbone call per batch of frames of the same size (videos of different sizes do not stack; with
+        # frame_size None the frames keep their native size).
+        feats_of: dict[int, np.ndarray] = {}
+        groups: dict[tuple, list[int]] = {}
+        for k, d in enumerate(videos):
+            groups.setdefault(d.frames.shape[1:], []).append(k)
+        for members in groups.values():
+            frames = np.concatenate([videos[k].frames for k in members]) if len(members) > 1 else videos[members[0]].frames
+            outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
+                    for i in range(0, len(frames), self.batch_frames)]
+            feats = np.concatenate(outs) if len(outs) > 1 else outs[0]
+            start = 0
+            for k in members:
+                feats_of[k] = feats[start:start + len(videos[k].frames)]
+                start += len(videos[k].frames)
+        records = []
+        for k, d in enumerate(videos):
             n = len(d.frames)
-            rec = {"id": video_id(d.path), "source": d.path, "rgb": feats[start:start + n],
+            rec = {"id": video_id(d.path), "source": d.path, "rgb": feats_of[k],
                    "timestamps": d.timestamps, "frame_indices": d.frame_indices, "has_audio": d.has_audio,
                    "duration": d.duration}
-            start += n
             if self._wants_audio:
                 rec["audio"], rec["audio_source"] = self._audio_rows(d)
             records.append(rec)
