@@ -134,6 +134,11 @@ def test_bad_options_and_torchvision_error():
         FeaturePipeline.create(preset="video")
     with pytest.raises(ConfigError, match="--precision 'int8'"):
         FeaturePipeline.create(precision="int8", random_weights=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: CUDA is not available"):
+            FeaturePipeline.create(device="cuda", random_weights=0)
+    with pytest.raises(ConfigError, match="--device 'gpu0'"):
+        FeaturePipeline.create(device="gpu0", random_weights=0)
     with pytest.raises(ConfigError, match="expected torchvision:NAME"):
         FeaturePipeline.create(preset="image", backbone="resnet50", weights="w.pth")
     with pytest.raises(ConfigError, match="--dtype 'int8'"):

@@ -287,7 +287,8 @@ def test_graphdef_wrong_files_are_one_line_errors(tmp_path):
 _POOLS = {"avg": "AvgPool", "max": "MaxPool"}
 
 
-def inception_graph(model: inc.InceptionV3, *, join_swap: str | None = None, pool_op: dict | None = None) -> bytes:
+def inception_graph(model: inc.InceptionV3, *, join_swap: str | None = None, pool_op: dict | None = None,
+                    padding: dict | None = None) -> bytes:
     """A GraphDef of ``model``'s weights with the 2015 graph's node names, pools and concat order."""
     nodes = preprocess_nodes()
 
@@ -295,7 +296,7 @@ def inception_graph(model: inc.InceptionV3, *, join_swap: str | None = None, poo
         m = inc.getattr_path(model, name)
         w = m.weight.detach().numpy().transpose(2, 3, 1, 0)  # OIHW -> HWIO
         bn = {p: getattr(m, p).detach().numpy() for p in ("beta", "gamma", "moving_mean", "moving_variance")}
-        nodes.extend(layer_nodes(name, src, w, m.stride, m.padding, bn))
+        nodes.extend(layer_nodes(name, src, w, m.stride, (padding or {}).get(name, m.padding), bn))
         return name
 
     def add_pool(name: str, src: str, op: str, k: int, s: int, pad: str) -> str:
@@ -391,6 +392,12 @@ def test_full_graph_layout_differences_are_caught(tmp_path, random_inception):
     path.write_bytes(inception_graph(random_inception, pool_op={"mixed_10": "AvgPool"}))
     with pytest.raises(DataError, match="mixed_10/tower_2 pools with AvgPool, this module expects MaxPool"):
         inc.load_graphdef_weights(str(path))
+    path.write_bytes(inception_graph(random_inception, padding={"mixed_5/tower/conv_1": "VALID"}))  # a 1x7 conv
+    with pytest.raises(DataError, match="mixed_5/tower/conv_1/Conv2D: padding VALID, this module expects SAME"):
+        inc.load_graphdef_weights(str(path))
+    # A 1x1 conv written VALID is the same conv: accepted.
+    path.write_bytes(inception_graph(random_inception, padding={"mixed_5/conv": "VALID", "conv_3": "SAME"}))
+    assert len(inc.load_graphdef_weights(str(path))) == 94 * 5
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -437,15 +437,18 @@ def _check_layout(nodes: Mapping, model: InceptionV3, path: str) -> None:
             raise DataError(f"{path}: expected {previous} to be followed by {op} with the Const {want:g} (the graph's "
                             f"input normalisation)")
         previous = found[0].name
+    conv_of_layer = {}
     for conv in by_op.get("Conv2D", []):
         layer = conv.inputs[1].split(":")[0].removesuffix("/conv2d_params") if len(conv.inputs) > 1 else ""
+        conv_of_layer[layer] = conv
         m = getattr_path(model, layer)
         if m is None:
             continue
         what = f"{path}: {conv.name}"
         _check_list_attr(conv, "strides", [1, m.stride, m.stride, 1], what)
         pad = conv.attr.get("padding")
-        if pad is not None and pad.decode() != m.padding:
+        one_by_one = tuple(m.weight.shape[2:]) == (1, 1)  # SAME and VALID are the same for a 1x1 stride-1 conv
+        if pad is not None and pad.decode() != m.padding and not one_by_one:
             raise DataError(f"{what}: padding {pad.decode()}, this module expects {m.padding}")
         fmt = conv.attr.get("data_format")
         if fmt is not None and fmt.decode() != "NHWC":
@@ -464,7 +467,7 @@ def _check_layout(nodes: Mapping, model: InceptionV3, path: str) -> None:
             raise DataError(f"{path}: {prefix}/join concatenates {list(got)}, this module expects {list(want)}")
         for name, tower in block.named_children():
             if isinstance(tower, Tower) and tower.pool is not None:
-                first = nodes.get(f"{prefix}/{name}/conv/Conv2D")
+                first = conv_of_layer.get(f"{prefix}/{name}/conv")
                 src = nodes.get(_source(nodes, first.inputs[0])) if first is not None else None
                 want_op = "MaxPool" if tower.pool == "max" else "AvgPool"
                 if src is not None and src.op != want_op:
