@@ -111,8 +111,9 @@ def _add_extract_weights(p: argparse.ArgumentParser, weights_flags: tuple[str, .
     g.add_argument("--inception", metavar="FILE", help="classify_image_graph_def.pb (2015-12-05 graph, faithful) "
                    "or a torchvision Inception-v3 state dict (approximate)")
     g.add_argument("--pca", metavar="FILE", help="yt8m_pca.tgz or its folder (mean.npy, eigenvals.npy, eigenvecs.npy)")
-    g.add_argument("--vggish", metavar="FILE", help="AudioSet VGGish weights (or the PyTorch port's state dict)")
-    g.add_argument("--vggish-pca", metavar="FILE", help="AudioSet vggish_pca_params.npz")
+    g.add_argument("--vggish", metavar="FILE", help="torchvggish's vggish-10086976.pth (AudioSet's VGGish, converted)")
+    g.add_argument("--vggish-pca", metavar="FILE", help="AudioSet vggish_pca_params.npz (or torchvggish's "
+                   "vggish_pca_params-970ea276.pth)")
     g.add_argument("--backbone", metavar="torchvision:NAME", help="image preset: a torchvision classifier")
     g.add_argument(*weights_flags, dest="backbone_weights", metavar="FILE", help="image preset: its weights")
     g.add_argument("--random-weights", type=int, default=None, metavar="SEED",
