@@ -114,7 +114,8 @@ def split_tfrecord(raw: bytes) -> list[bytes]:
 
 def video(seed: int, t: int):
     rng = np.random.default_rng(seed)
-    return {"rgb": rng.integers(0, 256, (t, 1024), dtype=np.uint8), "audio": rng.integers(0, 256, (t, 128), dtype=np.uint8)}
+    return {"rgb": rng.integers(0, 256, (t, 1024), dtype=np.uint8),
+            "audio": rng.integers(0, 256, (t, 128), dtype=np.uint8)}
 
 
 def test_record_decodes_identically_by_hand_by_protobuf_and_by_our_parser():
@@ -183,7 +184,8 @@ def test_record_parses_with_the_protobuf_library_as_tf_train_sequence_example():
     assert ex.context.feature["id"].bytes_list.value == [b"abcd"]
     assert list(ex.context.feature["labels"].int64_list.value) == [5]
     for m, a in arrays.items():
-        got = np.stack([np.frombuffer(f.bytes_list.value[0], np.uint8) for f in ex.feature_lists.feature_list[m].feature])
+        frames = ex.feature_lists.feature_list[m].feature
+        got = np.stack([np.frombuffer(f.bytes_list.value[0], np.uint8) for f in frames])
         np.testing.assert_array_equal(got, a)
     # Re-serialising with protobuf and parsing that with our parser gives the same video (byte layout agrees).
     raw = parse_yt8m(ex.SerializeToString())

@@ -158,7 +158,8 @@ class ExtractConfig:
     max_frames: int = 300
 
     def __post_init__(self) -> None:
-        _check(self.preset in EXTRACT_PRESETS, "extract.preset", f"must be one of {EXTRACT_PRESETS}, got {self.preset!r}")
+        _check(self.preset in EXTRACT_PRESETS, "extract.preset",
+               f"must be one of {EXTRACT_PRESETS}, got {self.preset!r}")
         _check(self.fps > 0, "extract.fps", f"must be > 0, got {self.fps}")
         _check(self.max_frames > 0, "extract.max_frames", f"must be > 0, got {self.max_frames}")
 

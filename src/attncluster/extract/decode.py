@@ -249,7 +249,10 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
         try:
             for frame in vstream.codec_context.decode(None):  # flush frames held back by the decoder
                 t = _frame_time(frame, vstream, n_decoded)
-                rel = (t - first) if (t is not None and first is not None) else (prev + (step or 0) if prev is not None else Fraction(0))
+                if t is not None and first is not None:
+                    rel = t - first
+                else:
+                    rel = prev + (step or 0) if prev is not None else Fraction(0)
                 if first is None:
                     first = Fraction(0)
                 if len(frames) < max_frames and (last_sampled is None or rel >= last_sampled + period):

@@ -186,7 +186,7 @@ class Extractor:
         for k, d in enumerate(videos):
             groups.setdefault(d.frames.shape[1:], []).append(k)
         for members in groups.values():
-            frames = np.concatenate([videos[k].frames for k in members]) if len(members) > 1 else videos[members[0]].frames
+            frames = np.concatenate([videos[k].frames for k in members])
             outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
                     for i in range(0, len(frames), self.batch_frames)]
             feats = np.concatenate(outs) if len(outs) > 1 else outs[0]

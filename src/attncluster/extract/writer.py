@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from attncluster.data.tfrecord import encode_record
-from attncluster.data.yt8m import ID_KEY, LABELS_KEY, _bytes_feature, _feature_list, _int64_feature, _len_field, _map_entry
+from attncluster.data.yt8m import (ID_KEY, LABELS_KEY, _bytes_feature, _feature_list, _int64_feature, _len_field,
+                                   _map_entry)
 from attncluster.errors import ConfigError, DataError
 
 FORMATS = ("yt8m", "features")
