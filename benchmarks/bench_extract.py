@@ -98,7 +98,7 @@ def main() -> None:
     def decode_only() -> float:
         ex = Extractor(pipe, num_workers=workers)
         t0 = time.perf_counter()
-        n = sum(len(v.frames) for _, status, v in ex._decoded(paths) if status == "ok")
+        n = sum(len(v.frames) for _, status, v in ex._decoded(paths) if status == "ok")  # ("wait": no frames)
         return n / (time.perf_counter() - t0)
 
     def model_only() -> float:

@@ -211,7 +211,10 @@ class Extractor:
     # -- streaming ------------------------------------------------------------------------------------------------
 
     def _decoded(self, paths: list[str]) -> Iterator[tuple[str, str, Any]]:
-        """(path, status, DecodedVideo | message) in input order, decoded by the worker processes."""
+        """(path, status, DecodedVideo | message) in input order, decoded by the worker processes.
+
+        ``status`` is "ok", "bad", or "wait" (value None) just before blocking on a video still being decoded.
+        """
         if self.num_workers == 0:
             for p in paths:
                 t0 = time.perf_counter()
@@ -233,6 +236,8 @@ class Extractor:
                     p = todo.popleft()
                     pending.append((p, pool.submit(self.decode_fn, *self._job(p))))
                 p, fut = pending.popleft()
+                if not fut.done():
+                    yield p, "wait", None  # the next video is not decoded yet: the caller may run the model now
                 try:
                     status, value = fut.result()
                 except cf.process.BrokenProcessPool:
@@ -273,6 +278,11 @@ class Extractor:
         batch: list[DecodedVideo] = []
         frames = 0
         for p, status, value in self._decoded(list(paths)):
+            if status == "wait":  # rather than idle until the next video is decoded, featurise what is here
+                if batch:
+                    yield from self._featurise(batch)
+                    batch, frames = [], 0
+                continue
             if status == "bad":
                 if not skip_bad:
                     yield from (self._featurise(batch) if batch else [])
