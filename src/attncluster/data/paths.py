@@ -13,11 +13,11 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from attncluster.errors import DataError
+from attncluster.errors import DataError, printable
 
 LIST_SUFFIXES = (".list", ".txt")
 # Files a directory listing skips: they sit beside shards but are not shards.
-IGNORED_SUFFIXES = (".csv", ".md", ".json", ".yaml", ".yml", ".list", ".txt", ".lock", ".tmp")
+IGNORED_SUFFIXES = (".csv", ".md", ".json", ".jsonl", ".yaml", ".yml", ".list", ".txt", ".lock", ".tmp")
 READ_BUFFER = 4 << 20  # bytes per read block of a remote file
 # Blocks kept per open remote file (LRU), filled only as read: up to 128 x 4 MiB, more than a whole YouTube-8M
 # frame-level shard (about 250 MB for train), so the shuffled record reads of training fetch each byte of a shard
@@ -86,17 +86,11 @@ def _read_list_file(path: str, depth: int = 0) -> list[str]:
             line = f"{base}/{line}" if is_url(path) else os.path.join(base, line)
         found = _expand_one(line, depth + 1)
         if not found:
-            raise DataError(f"{path}: line {number}: {safe_repr(line)} matches no files")
+            raise DataError(f"{path}: line {number}: {printable(line, limit=1 << 20)} matches no files")
         out.extend(found)
     if not out:
         raise DataError(f"{path}: list file names no shards")
     return out
-
-
-def safe_repr(text: str, limit: int = 200) -> str:
-    """``text`` for a message: non-printable characters escaped, at most ``limit`` characters."""
-    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _expand_one(spec: str, depth: int = 0) -> list[str]:
