@@ -63,9 +63,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         _atomic_write(lambda f: torch.save(obj, f), path)
 
 
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+def atomic_write_bytes(data: bytes, path: str | Path, what: str = "write") -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename): readers see the old or the new file."""
-    with writing(path):
+    with writing(path, what):
         _atomic_write(lambda f: f.write(data), path)
 
 

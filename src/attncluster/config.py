@@ -595,4 +595,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically: a crash or a full disk leaves the old file or the new one, whole."""
     from attncluster.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(cfg.to_yaml().encode(), path)
+    atomic_write_bytes(cfg.to_yaml().encode(), path, "write config")

@@ -187,11 +187,22 @@ class VideoDataset(IterableDataset):
         self.shards = resolve_shards(specs, fmt)
         self._counts: list[int] | None = None
         self._indices: dict[str, tuple[np.ndarray, int]] = {}  # remote shard -> (record index, corrupt tail count)
-        # Shared memory, so DataLoader workers (also persistent ones, also under spawn) see set_epoch and the main
-        # process sees the workers' counters. Each process writes only its own row: no locks needed.
+        # Moved to shared memory (share_memory()) before DataLoader workers start, so workers (also persistent ones,
+        # also under spawn) see set_epoch and the main process sees the workers' counters. Each process writes only
+        # its own row: no locks needed. Plain memory until then: a single-process run needs no /dev/shm.
         # _epoch holds (epoch, first batch): the batch to start the epoch at when resuming mid-epoch.
-        self._epoch = torch.zeros(2, dtype=torch.int64).share_memory_()
-        self._counters = torch.zeros((_STAT_ROWS, 4), dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros(2, dtype=torch.int64)
+        self._counters = torch.zeros((_STAT_ROWS, 4), dtype=torch.int64)
+
+    def share_memory(self) -> None:
+        """Put the epoch and counters in shared memory (in place). :func:`make_loader` calls it; a DataLoader with
+        workers built by hand must call it before its workers start, or the main process sees no worker counts."""
+        try:
+            self._epoch.share_memory_()
+            self._counters.share_memory_()
+        except RuntimeError as e:  # /dev/shm full or limited (e.g. a container's 64 MB default)
+            raise DataError(f"shared memory (/dev/shm) for DataLoader workers: {' '.join(str(e).split())[:200]}; "
+                            "give it more room (docker --shm-size) or set data.num_workers=0") from None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's shard order, record order and jitter. Call before iterating each epoch.
@@ -513,6 +524,7 @@ class BatchLoader:
         self.dataset, self.batch_size, self.drop_last = dataset, int(batch_size), drop_last
         kwargs = {}
         if num_workers > 0:
+            dataset.share_memory()
             kwargs.update(prefetch_factor=4, persistent_workers=persistent_workers)
         # A generator of its own: creating an iterator draws the workers' base seed from it, not from the global
         # RNG, so a mid-epoch resume (which creates one more iterator) leaves dropout's RNG stream unchanged.
