@@ -14,13 +14,14 @@ All use train.py's loss (:func:`compute_loss`, BCE summed over classes, mean ove
 
 ``diagnose`` measures why a fresh AttentionCluster starts slowly: the scale and the video-dependent share of the
 L2-normalised cluster features, each layer's pre-activation std, tanh saturation, and per-layer gradient norms at
-initialisation.
+initialisation; with ``--steps N`` it then trains N steps and follows tanh saturation and the spread of the hidden
+layers and logits between videos.
 
 Usage (from the repository root; ``nice`` because the CPU is shared)::
 
     PYTHONPATH=src nice -n 10 python benchmarks/bench_learning.py curve --threads 2 \\
         --config src/attncluster/configs/youtube8m_video_level.yaml
-    PYTHONPATH=src python benchmarks/bench_learning.py diagnose --threads 2
+    PYTHONPATH=src python benchmarks/bench_learning.py diagnose --threads 2 --steps 60 -o train.batch_size=256
     # tuning without touching the held-out shards: train 0000-0013, score 0014-0015
     PYTHONPATH=src python benchmarks/bench_learning.py curve --train 0-13 --eval 14-15 -o train.learning_rate=3e-3
 """
