@@ -198,3 +198,91 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_naming_it(tmp_path):
         signal.signal(signal.SIGXFSZ, old)
     assert "\n" not in str(e.value)
     assert list(path.parent.iterdir()) == []  # no temporary file left behind
+# Files written before the state format ("weights_format"): the model had inverted dropout (nn.Dropout, the identity
+# at inference), and convert-paddle folded (1 - p) into fc1. They must load with the outputs they had.
+
+
+def _legacy_converted_state(params, p):
+    """What convert-paddle wrote before the state format: fc1 scaled by (1 - p), everything else as now."""
+    from attncluster.paddle import convert_paddle_state
+
+    state, kwargs = convert_paddle_state(params, DIMS, drop_rate=p)
+    return {**state, "hidden.0.weight": state["hidden.0.weight"] * (1 - p)}, kwargs
+
+
+def test_pre_format_files_load_with_unchanged_outputs(tmp_path):
+    import json
+
+    p = 0.3
+    params = paddle_params(seed=21)
+    feats = inputs(seed=22)
+    expected = paddle_infer(params, feats, drop_rate=p)
+    legacy, kwargs = _legacy_converted_state(params, p)
+    torch.save({"model": legacy, "model_config": kwargs, "source": "paddle", "source_file": "x.pdparams"},
+               tmp_path / "conv.pt")
+    save_file(legacy, str(tmp_path / "conv.safetensors"),
+              metadata={"attncluster_model": json.dumps(kwargs), "source": "paddle"})
+    # a training checkpoint of the old model: its inference output was fc1(x), no dropout factor at all
+    torch.manual_seed(23)
+    old = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=0.0, hidden_sizes=HIDDEN)  # p = 0: same function
+    old_out = run_torch(old, feats)
+    torch.save({"model": old.state_dict(), "epoch": 1, "step": 5, "config": {"model": {"drop_rate": p}},
+                "metrics": {}, "best_metric": None}, tmp_path / "epoch_001.pt")
+
+    for name, want in [("conv.pt", expected), ("conv.safetensors", expected), ("epoch_001.pt", old_out)]:
+        model = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=p, hidden_sizes=HIDDEN)
+        load_weights(model, tmp_path / name)
+        np.testing.assert_allclose(run_torch(model, feats), want, atol=1e-5, rtol=0, err_msg=name)
+        # fc1 now holds the reference parameterisation: the raw Paddle weight for converted files
+        if name.startswith("conv"):
+            np.testing.assert_allclose(model.hidden[0].weight.detach().numpy(), params["fc1.weights"].T, rtol=1e-6)
+    # files with the format marker are taken as they are: a re-save of the upgraded weights round-trips
+    model = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=p, hidden_sizes=HIDDEN)
+    load_weights(model, tmp_path / "conv.pt")
+    atomic_save({"model": model.state_dict(), "config": {"model": {"drop_rate": p}}}, tmp_path / "new.pt")
+    assert load_checkpoint(tmp_path / "new.pt")["weights_format"] == 2
+    again = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=p, hidden_sizes=HIDDEN)
+    load_weights(again, tmp_path / "new.pt")
+    np.testing.assert_array_equal(run_torch(again, feats), run_torch(model, feats))
+
+
+def test_resuming_a_pre_format_checkpoint_rescales_adams_moments(tmp_path):
+    """An old run's Adam state, upgraded, equals the moments of the new model's gradient at the same point."""
+    from attncluster.config import load_config
+    from attncluster.inference import compute_loss
+    from attncluster.train import build_optimizer
+
+    p = 0.5
+    cfg = load_config(None, ["train.learning_rate=0.01"])
+    feats = {m: torch.from_numpy(x) for m, x in zip(DIMS, inputs(seed=24))}
+    labels = (torch.rand(3, CLASSES, generator=torch.Generator().manual_seed(25)) > 0.5).float()
+    torch.manual_seed(26)
+    old = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=0.0, hidden_sizes=HIDDEN)
+    mask = (torch.rand(3, old.num_features, generator=torch.Generator().manual_seed(27)) > p).float()
+    start = {k: v.clone() for k, v in old.state_dict().items()}
+    # one step of the old model: inverted dropout, x * mask / (1 - p)
+    opt = build_optimizer(old, cfg)
+    compute_loss(old.forward_head(old.forward_features(feats) * mask / (1 - p)), labels, "bce").backward()
+    opt.step()
+    torch.save({"model": old.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "step": 1,
+                "config": {"model": {"drop_rate": p}}}, tmp_path / "last.pt")
+
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    # the new model at the old model's starting point (fc1 / (1 - p)), with the same mask and no rescale
+    new = AttentionCluster(DIMS, CLUSTERS, CLASSES, drop_rate=p, hidden_sizes=HIDDEN).train()
+    new.load_state_dict({**start, "hidden.0.weight": start["hidden.0.weight"] / (1 - p)})
+    new.dropout.sample_mask = lambda x: mask
+    compute_loss(new(feats), labels, "bce").backward()
+    g = new.hidden[0].weight.grad
+    index = list(new.state_dict()).index("hidden.0.weight")
+    moments = ckpt["optimizer"]["state"][index]
+    torch.testing.assert_close(moments["exp_avg"], 0.1 * g, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(moments["exp_avg_sq"], 0.001 * g * g, atol=1e-9, rtol=1e-4)
+    other = ckpt["optimizer"]["state"][index + 1]  # fc1.bias: its gradient does not depend on the parameterisation
+    torch.testing.assert_close(other["exp_avg"], 0.1 * new.hidden[0].bias.grad, atol=1e-7, rtol=1e-5)
+    # and the upgraded weights give the old model's outputs, then load into train.py's optimizer
+    new.load_state_dict(ckpt["model"])
+    old.eval()
+    np.testing.assert_allclose(run_torch(new, [x.numpy() for x in feats.values()]),
+                               run_torch(old, [x.numpy() for x in feats.values()]), atol=1e-5, rtol=0)
+    build_optimizer(new, cfg).load_state_dict(ckpt["optimizer"])

@@ -1,4 +1,5 @@
-"""AttentionCluster against a plain per-unit reference loop, its gradients, parameter count and initialisation."""
+"""AttentionCluster against a plain per-unit reference loop, its gradients, training step, parameter count and
+initialisation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import torch
 from attncluster.model import AttentionCluster, ShiftingAttention, count_parameters
 
 
-def reference_forward(model: AttentionCluster, features: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The spec's math one sample, one modality and one attention unit at a time, in float64 (eval mode)."""
-    p = {k: v.detach().double() for k, v in model.state_dict().items()}
+def reference_forward(model: AttentionCluster, features: dict[str, torch.Tensor],
+                      params: dict[str, torch.Tensor] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The spec's math one sample, one modality and one attention unit at a time, in float64.
+
+    Dropout is Paddle's downgrade_in_infer: ``h * mask`` (no rescale) when a training ``mask`` (N, D) is given, else
+    ``h * (1 - p)`` (inference). ``params`` (default: the model's, detached) may require grad.
+    """
+    p = params if params is not None else {k: v.detach().double() for k, v in model.state_dict().items()}
     n = next(iter(features.values())).shape[0]
     rows = []
     for i in range(n):
@@ -31,6 +37,7 @@ def reference_forward(model: AttentionCluster, features: dict[str, torch.Tensor]
                 v = v / torch.sqrt((v * v).sum() + 1e-12)
                 parts.append(v / math.sqrt(num_c))
         h = torch.cat(parts)
+        h = h * mask[i] if mask is not None else h * (1.0 - model.drop_rate)
         for j in range(len(model.hidden_sizes)):
             h = torch.tanh(p[f"hidden.{j}.weight"] @ h + p[f"hidden.{j}.bias"])
         rows.append(p["logits.weight"] @ h + p["logits.bias"])
@@ -196,6 +203,65 @@ def test_forward_features_and_head_compose():
     torch.manual_seed(9)
     b = model(feats)
     torch.testing.assert_close(a, b)
+
+
+def test_training_step_follows_the_reference_dynamics():
+    """Train forward with a fixed mask, backward and one Adam step, then eval, against Paddle semantics by hand."""
+    from attncluster.config import load_config
+    from attncluster.inference import compute_loss
+    from attncluster.train import build_optimizer
+
+    torch.manual_seed(11)
+    dims, p_drop, lr = {"rgb": 6, "audio": 4}, 0.25, 1e-2
+    model = AttentionCluster(dims, 3, num_classes=5, drop_rate=p_drop, hidden_sizes=(7, 6)).train()
+    feats = make_inputs(dims, n=4, length=5, seed=12)
+    labels = (torch.rand(4, 5, generator=torch.Generator().manual_seed(13)) > 0.5).float()
+    mask = (torch.rand(4, model.num_features, generator=torch.Generator().manual_seed(14)) > p_drop).float()
+    model.dropout.sample_mask = lambda x: mask.to(x.dtype)  # the one random draw, fixed
+    start = {k: v.detach().double().clone().requires_grad_() for k, v in model.state_dict().items()}
+
+    # reference: logits with the mask and NO 1 / (1 - p) rescale, BCE summed over classes and averaged over videos
+    ref_logits = reference_forward(model, feats, start, mask.double())
+    ref_loss = torch.nn.functional.binary_cross_entropy_with_logits(ref_logits, labels.double(), reduction="sum") / 4
+    grads = dict(zip(start, torch.autograd.grad(ref_loss, list(start.values()))))
+    # Adam, first step from zero moments (beta1 0.9, beta2 0.999, eps 1e-8), written out
+    after = {}
+    for k, w in start.items():
+        g = grads[k]
+        m_hat, v_hat = (0.1 * g) / (1 - 0.9), (0.001 * g * g) / (1 - 0.999)
+        after[k] = w.detach() - lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+    cfg = load_config(None, [f"train.learning_rate={lr}"])
+    optimizer = build_optimizer(model, cfg)
+    loss = compute_loss(model(feats), labels, "bce")
+    torch.testing.assert_close(loss.double(), ref_loss.detach(), atol=1e-5, rtol=1e-6)
+    optimizer.zero_grad()
+    loss.backward()
+    fc1 = model.hidden[0].weight.grad.double()
+    torch.testing.assert_close(fc1, grads["hidden.0.weight"], atol=1e-6, rtol=1e-4)  # the reference's fc1 gradient
+    optimizer.step()
+    for k, v in model.state_dict().items():
+        if k.endswith("score.bias"):  # its gradient is zero up to rounding, so Adam's step on it is noise
+            continue
+        torch.testing.assert_close(v.double(), after[k], atol=2e-6, rtol=0, msg=k)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats).double(), reference_forward(model, feats), atol=1e-5, rtol=0)
+
+
+def test_downgrade_dropout_masks_without_rescale_and_scales_at_inference():
+    torch.manual_seed(15)
+    model = AttentionCluster({"rgb": 8}, 4, num_classes=3, drop_rate=0.3, hidden_sizes=(6,))
+    x = torch.rand(64, 32) + 1.0  # positive: a dropped entry is the only way to get 0
+    model.train()
+    y = model.dropout(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept])  # kept entries are unscaled (nn.Dropout would give x / 0.7)
+    assert 0.6 < kept.double().mean().item() < 0.8
+    model.eval()
+    torch.testing.assert_close(model.dropout(x), x * 0.7)
+    model.dropout.p = 0.0
+    assert model.dropout(x) is x
 
 
 def test_dropout_only_in_train_mode():

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from attncluster.errors import ConfigError, DataError
-from attncluster.model import AttentionCluster, count_parameters
+from attncluster.model import STATE_FORMAT, AttentionCluster, count_parameters
 from attncluster.paddle import (
     build_model_from_paddle,
     convert_paddle,
@@ -47,8 +47,12 @@ def paddle_params(dims=DIMS, clusters=CLUSTERS, hidden=HIDDEN, classes=CLASSES, 
     return p
 
 
-def paddle_infer(p: dict[str, np.ndarray], feats: list[np.ndarray], drop_rate: float = 0.5) -> np.ndarray:
-    """The reference's inference forward, written from its spec in float64 numpy on the Paddle arrays."""
+def paddle_infer(p: dict[str, np.ndarray], feats: list[np.ndarray], drop_rate: float = 0.5,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """The reference's inference forward, written from its spec in float64 numpy on the Paddle arrays.
+
+    With a keep ``mask`` (N, D), its training forward instead: downgrade_in_infer multiplies by the mask, unscaled.
+    """
     outs = []
     for i, x in enumerate(feats):
         x = x.astype(np.float64)  # (N, L, F)
@@ -61,7 +65,8 @@ def paddle_infer(p: dict[str, np.ndarray], feats: list[np.ndarray], drop_rate: f
         v = v * p[f"satt{i}.shift_w"][None, :, None] + p[f"satt{i}.shift_b"][None, :, None]
         v = v / np.sqrt((v**2).sum(axis=2, keepdims=True) + 1e-12)  # l2_normalize, eps inside the sqrt
         outs.append((v / np.sqrt(c)).reshape(len(x), -1))  # concat over c: index c * F + f
-    h = np.concatenate(outs, axis=1) * (1 - drop_rate)  # dropout, downgrade_in_infer
+    h = np.concatenate(outs, axis=1)
+    h = h * mask if mask is not None else h * (1 - drop_rate)  # dropout, downgrade_in_infer
     h = np.tanh(h @ p["fc1.weights"] + p["fc1.bias"])
     h = np.tanh(h @ p["fc2.weights"] + p["fc2.bias"])
     return h @ p["logistic.weights"] + p["logistic.bias"]
@@ -144,7 +149,7 @@ def test_converted_model_matches_paddle_inference(tmp_path, variant):
     np.testing.assert_allclose(run_torch(model, feats), paddle_infer(p, feats), atol=1e-5, rtol=0)
 
 
-def test_drop_rate_is_folded_into_fc1(tmp_path):
+def test_converted_weights_are_the_reference_own_in_inference_and_training(tmp_path):
     p = paddle_params(seed=2)
     feats = inputs(seed=3)
     state, kwargs = convert_paddle_state(p, DIMS, drop_rate=0.2)
@@ -155,12 +160,24 @@ def test_drop_rate_is_folded_into_fc1(tmp_path):
         "hidden_sizes": list(HIDDEN),
         "drop_rate": 0.2,
     }
-    np.testing.assert_allclose(state["hidden.0.weight"].numpy(), 0.8 * p["fc1.weights"].T, rtol=1e-6)
-    np.testing.assert_array_equal(state["hidden.1.weight"].numpy(), p["fc2.weights"].T)  # only fc1 is scaled
+    # every tensor is the raw reference value, only re-laid out: no dropout factor folded into fc1
+    np.testing.assert_array_equal(state["hidden.0.weight"].numpy(), p["fc1.weights"].T)
+    np.testing.assert_array_equal(state["hidden.1.weight"].numpy(), p["fc2.weights"].T)
+    np.testing.assert_array_equal(state["logits.weight"].numpy(), p["logistic.weights"].T)
+    np.testing.assert_array_equal(state["attention.rgb.score.weight"].numpy(), p["satt0.conv.weight"][:, :, 0, 0])
+    for k in ("fc1.bias", "fc2.bias", "logistic.bias"):
+        np.testing.assert_array_equal(state[{"fc1": "hidden.0", "fc2": "hidden.1"}.get(k[:3], "logits") + ".bias"],
+                                      p[k])
     model = AttentionCluster(**kwargs)
     model.load_state_dict(state)
     np.testing.assert_allclose(run_torch(model, feats), paddle_infer(p, feats, drop_rate=0.2), atol=1e-5, rtol=0)
-    # the same weights without the fold would be wrong: the fold is what makes them match
+    # training forward, with one fixed dropout mask: the reference's x * mask, unscaled
+    mask = (np.random.default_rng(4).random((3, model.num_features)) > 0.2).astype(np.float32)
+    model.dropout.sample_mask = lambda x: torch.from_numpy(mask)
+    with torch.no_grad():
+        train_out = model.train()({m: torch.from_numpy(x) for m, x in zip(DIMS, feats)}).double().numpy()
+    np.testing.assert_allclose(train_out, paddle_infer(p, feats, mask=mask), atol=1e-5, rtol=0)
+    # the dropout factor matters: inference at 0.2 is far from inference without it
     assert np.abs(paddle_infer(p, feats, drop_rate=0.0) - paddle_infer(p, feats, drop_rate=0.2)).max() > 1e-2
 
 
@@ -170,7 +187,7 @@ def test_conversion_leaves_the_input_arrays_alone():
     state, _ = convert_paddle_state(p, DIMS)
     for k in p:
         np.testing.assert_array_equal(p[k], before[k], err_msg=k)
-    np.testing.assert_allclose(state["hidden.0.weight"].numpy(), 0.5 * before["fc1.weights"].T)
+    np.testing.assert_array_equal(state["hidden.0.weight"].numpy(), before["fc1.weights"].T)
 
 
 def test_three_modalities_in_feature_dims_order():
@@ -270,9 +287,11 @@ def test_written_files_load_back(tmp_path, suffix):
         state = load_file(out)
         with safe_open(out, "pt") as f:
             config = json.loads(f.metadata()["attncluster_model"])
+            assert f.metadata()["weights_format"] == str(STATE_FORMAT)
     else:
         ckpt = torch.load(out, weights_only=True)
         assert ckpt["source"] == "paddle" and ckpt["source_file"] == str(src)
+        assert ckpt["weights_format"] == STATE_FORMAT
         state, config = ckpt["model"], ckpt["model_config"]
     assert config == kwargs
     model = AttentionCluster(**config)
@@ -305,6 +324,6 @@ def test_youtube8m_shapes_convert_to_full_model(tmp_path):
     assert model.cluster_nums == {"rgb": 32, "audio": 32}
     assert model.hidden_sizes == (1024, 4096) and model.num_classes == 3862
     src = load_paddle_state(path)
-    assert model.hidden[0].weight[5, 36000].item() == pytest.approx(0.5 * src["fc1.weights"][36000, 5], rel=1e-6)
+    assert model.hidden[0].weight[5, 36000].item() == src["fc1.weights"][36000, 5]
     assert model.logits.weight[3861, 7].item() == src["logistic.weights"][7, 3861]
     assert torch.equal(model.attention["audio"].score.weight, torch.from_numpy(src["satt1.conv.weight"][:, :, 0, 0]))

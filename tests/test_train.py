@@ -194,13 +194,13 @@ def test_kinetics_style_single_label_features_end_to_end(tmp_path):
                                  f"data.class_names={tmp_path / 'classes.txt'}", "model.num_classes=4",
                                  "model.feature_dims={rgb: 12, flow: 10, audio: 6}",
                                  "model.cluster_nums={rgb: 3, flow: 2, audio: 2}", "model.seg_num=8",
-                                 "model.hidden_sizes=[16]", "train.epochs=3", "train.batch_size=16",
+                                 "model.hidden_sizes=[16]", "train.epochs=5", "train.batch_size=16",
                                  "train.warmup_steps=2", "train.learning_rate=0.01", "eval.batch_size=8",
-                                 "eval.top_k=4"])
+                                 "eval.top_k=4", "model.drop_rate=0"])  # 20 steps on 64 videos: no dropout
     assert cfg.train.loss == "ce" and list(cfg.model.feature_dims) == ["rgb", "flow", "audio"]
     fit(cfg, run_dir=tmp_path / "run", device="cpu", log=quiet)
     ck = tmp_path / "run" / "checkpoints"
-    top1 = [load_checkpoint(ck / f"epoch_00{e}.pt")["metrics"]["top_1"] for e in (1, 2, 3)]
+    top1 = [load_checkpoint(ck / f"epoch_00{e}.pt")["metrics"]["top_1"] for e in range(1, 6)]
     assert load_checkpoint(ck / "best.pt")["best_metric"] == max(top1)
     metrics = evaluate(cfg, str(ck / "best.pt"), device="cpu", log=quiet)
     assert metrics["num_videos"] == 24 and metrics["top_1"] == max(top1)

@@ -5,6 +5,10 @@ rng, config, metrics, best_metric}`` (``epoch``: whole epochs done; ``position``
 next epoch done, all 0 at an epoch end) written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
 a half-written file under the final name. ``--weights`` accepts such a checkpoint, a safetensors file of model
 weights, a converted Paddle ``.pt`` (``attncluster convert-paddle``) or the reference's ``.pdparams`` directly.
+
+Every file we write carries the model's state format (``weights_format``, :data:`attncluster.model.STATE_FORMAT`).
+Files from before it (our checkpoints and converted weights of the inverted-dropout model) are recognised by its
+absence and rescaled on load by :func:`upgrade_legacy_state`, so they keep giving the same outputs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ import torch
 from torch import nn
 
 from attncluster.errors import ConfigError, DataError, FileError, printable, writing
+from attncluster.model import STATE_FORMAT
+
+FORMAT_KEY = "weights_format"  # checkpoint dict entry and safetensors metadata key holding STATE_FORMAT
+FC1 = "hidden.0.weight"
 
 
 def _atomic_write(write, path: str | Path) -> None:
@@ -58,7 +66,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to ``path`` via a temporary file and an atomic rename."""
+    """torch.save to ``path`` via a temporary file and an atomic rename.
+
+    A checkpoint (a dict with a ``model`` entry) is stamped with the state format it holds, ``weights_format``.
+    """
+    if isinstance(obj, dict) and "model" in obj and FORMAT_KEY not in obj:
+        obj = {**obj, FORMAT_KEY: STATE_FORMAT}
     with writing(path, "write checkpoint"):  # disk full, read-only folder: one FileError naming the path
         _atomic_write(lambda f: torch.save(obj, f), path)
 
@@ -200,8 +213,10 @@ def _safe_torch_load(path: Path) -> Any:
         raise FileError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, drop_rate: float | None = None) -> dict[str, Any]:
     """Load one of our checkpoints (a dict with at least ``model``), without running code from the file.
+
+    ``drop_rate`` is the model's, for :func:`upgrade_legacy_state`; None takes the checkpoint's own config's.
 
     Raises:
         ConfigError: the file is missing, or is a weights file (``.pdparams``, ``.safetensors``) rather than a
@@ -221,7 +236,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     model = ckpt["model"]
     if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
         raise DataError(f"{path}: not an attncluster checkpoint ('model' must map parameter names to tensors)")
-    return ckpt
+    return upgrade_legacy_checkpoint(ckpt, drop_rate)
 
 
 def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
@@ -254,6 +269,8 @@ def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
             if not isinstance(info["model_config"], dict):
                 raise DataError(f"{path}: not a readable safetensors file (metadata 'attncluster_model' is not a "
                                 "JSON object)")
+        if "attncluster_model" in meta and FORMAT_KEY not in meta:  # convert-paddle output of the old fold
+            upgrade_legacy_state(state, drop_rate)
         return state, info
     if path.suffix == ".pdparams":
         from attncluster.paddle import convert_paddle_state, load_paddle_state
@@ -261,7 +278,7 @@ def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
         state, kwargs = convert_paddle_state(load_paddle_state(str(path)), feature_dims=feature_dims,
                                              drop_rate=drop_rate)
         return state, {"model_config": kwargs, "source": "paddle"}
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, drop_rate)
     return ckpt["model"], {k: v for k, v in ckpt.items() if k != "model"}
 
 
@@ -274,8 +291,13 @@ def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[
     return missing, unexpected, mis
 
 
-def load_weights(model: nn.Module, path: str | Path, drop_rate: float = 0.5) -> dict[str, Any]:
-    """Load weights strictly (eval, predict): any difference from the config's model is a one-line error."""
+def load_weights(model: nn.Module, path: str | Path, drop_rate: float | None = None) -> dict[str, Any]:
+    """Load weights strictly (eval, predict): any difference from the config's model is a one-line error.
+
+    ``drop_rate`` defaults to the model's own.
+    """
+    if drop_rate is None:
+        drop_rate = getattr(model, "drop_rate", 0.5)
     state, info = load_state_dict_any(path, drop_rate, getattr(model, "feature_dims", None))
     missing, unexpected, mis = shape_mismatches(model, state)
     if missing or unexpected or mis:
@@ -323,3 +345,48 @@ def load_for_finetune(model: nn.Module, path: str | Path, log=print, allow_reini
         line += f"; ignored {len(unexpected)} not in the model: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else "")
     log(printable(line, limit=2000))  # tensor names come from the file: escaped like any error line
     return reinit
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files from before the state format: the model had inverted dropout (nn.Dropout) and convert-paddle folded (1 - p)
+# into fc1. That model computed fc1(x) at inference and fc1(x * mask / (1 - p)) in training; this one computes
+# fc1'(x * (1 - p)) and fc1'(x * mask), the reference's. Both are the same function when fc1' = fc1 / (1 - p).
+
+
+def upgrade_legacy_state(state: dict[str, torch.Tensor], drop_rate: float) -> None:
+    """Rescale, in place, an inverted-dropout state dict's fc1 weight by 1 / (1 - drop_rate) (same outputs)."""
+    if FC1 in state and drop_rate:
+        state[FC1] = state[FC1] / (1.0 - drop_rate)
+
+
+def _own_drop_rate(ckpt: dict[str, Any]) -> float:
+    run_config = ckpt.get("config")
+    for config in (run_config.get("model") if isinstance(run_config, dict) else None, ckpt.get("model_config")):
+        if isinstance(config, dict) and "drop_rate" in config:
+            return float(config["drop_rate"])
+    return 0.5  # the model's default, which every pre-format file without a config used
+
+
+def upgrade_legacy_checkpoint(ckpt: dict[str, Any], drop_rate: float | None = None) -> dict[str, Any]:
+    """A checkpoint dict in this model's state format (a pre-format one is converted; others are returned as is).
+
+    Pre-format files are the ones our code wrote without ``weights_format``: training checkpoints (with ``config``)
+    and convert-paddle ``.pt`` files (``source: paddle``). fc1 is rescaled (:func:`upgrade_legacy_state`) and so are
+    Adam's moments of it (gradients scale by (1 - p), the second moment by its square), so a resumed run continues
+    from the same outputs with the reference's parameterisation.
+    """
+    if FORMAT_KEY in ckpt or not ("config" in ckpt or ckpt.get("source") == "paddle"):
+        return ckpt
+    p = _own_drop_rate(ckpt) if drop_rate is None else drop_rate
+    state = dict(ckpt["model"])
+    upgrade_legacy_state(state, p)
+    ckpt = {**ckpt, "model": state, FORMAT_KEY: STATE_FORMAT}
+    opt = ckpt.get("optimizer")
+    if p and isinstance(opt, dict) and FC1 in state and len(opt.get("param_groups", [])) == 1:
+        index = opt["param_groups"][0]["params"][list(state).index(FC1)]  # parameters() order = state dict order
+        moments = opt.get("state", {}).get(index)
+        if moments:
+            scale = {"exp_avg": 1.0 - p, "exp_avg_sq": (1.0 - p) ** 2, "max_exp_avg_sq": (1.0 - p) ** 2}
+            moments = {k: v * scale[k] if k in scale else v for k, v in moments.items()}
+            ckpt["optimizer"] = {**opt, "state": {**opt["state"], index: moments}}
+    return ckpt

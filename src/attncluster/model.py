@@ -6,8 +6,9 @@ Video Classification", CVPR 2018 (arXiv 1711.09550).
 Each modality (rgb, audio, flow, ...) gets a cluster of C attention units. A unit scores every frame, pools the
 frames with a softmax over time, and applies the paper's *shifting operation*: a learnable scalar scale and bias,
 then L2 normalisation, so that units in one cluster learn to attend to different things. The cluster outputs are
-concatenated and classified by an MLP. The math (and the parameter initialisation) follows the PaddlePaddle
-reference implementation exactly; all C units of a cluster run as one batched matrix product.
+concatenated and classified by an MLP. The math, the parameter initialisation and the dropout follow the
+PaddlePaddle reference implementation exactly, so a fresh model trains with the reference's dynamics; all C units of a
+cluster run as one batched matrix product.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import torch
 from torch import Tensor, nn
 
 L2_EPS = 1e-12  # Paddle l2_normalize epsilon, inside the square root
+# Version of the state dict's parameterisation, stored in every weights file we write. 2: DowngradeDropout, fc1 holds
+# the reference's own weights. Files without it (1) come from the inverted-dropout model, whose fc1 weight was (1 - p)
+# times this one's for the same function; attncluster.checkpoint rescales them on load.
+STATE_FORMAT = 2
 
 
 class ShiftingAttention(nn.Module):
@@ -68,6 +73,36 @@ class ShiftingAttention(nn.Module):
         return v.flatten(1)  # (N, C, F) -> (N, C * F)
 
 
+class DowngradeDropout(nn.Module):
+    """Paddle's default ``dropout_implementation="downgrade_in_infer"``, the reference's dropout.
+
+    Training multiplies by a keep mask WITHOUT the 1 / (1 - p) rescale of ``nn.Dropout``; inference multiplies by
+    (1 - p). The two agree in expectation, as with inverted dropout, but the layer after it sees inputs (1 - p) times
+    smaller in both modes, which is what the reference's initialisation and learning rate were tuned with.
+
+    Args:
+        p: probability of zeroing an element, in [0, 1).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def sample_mask(self, x: Tensor) -> Tensor:
+        """The keep mask for ``x``: 1 with probability 1 - p, else 0, same shape and dtype."""
+        return torch.empty_like(x).bernoulli_(1.0 - self.p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0:
+            return x
+        if self.training:
+            return x * self.sample_mask(x)
+        return x * (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class AttentionCluster(nn.Module):
     """The multi-modal Attention Cluster classifier.
 
@@ -75,7 +110,7 @@ class AttentionCluster(nn.Module):
         feature_dims: modality name -> feature size, in input order (e.g. ``{"rgb": 1024, "audio": 128}``).
         cluster_nums: attention units per modality: one int for all, or a dict per modality.
         num_classes: number of output logits.
-        drop_rate: dropout on the concatenated cluster features (0 disables it).
+        drop_rate: dropout on the concatenated cluster features, Paddle's downgrade-in-infer kind (0 disables it).
         hidden_sizes: the MLP's hidden layers, each followed by tanh.
     """
 
@@ -108,7 +143,7 @@ class AttentionCluster(nn.Module):
         self.hidden_sizes = tuple(hidden_sizes)
 
         self.attention = nn.ModuleDict({m: ShiftingAttention(feature_dims[m], clusters[m]) for m in feature_dims})
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = DowngradeDropout(drop_rate)
         sizes = [self.num_features, *self.hidden_sizes]
         self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         self.logits = nn.Linear(sizes[-1], num_classes)

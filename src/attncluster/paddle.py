@@ -16,15 +16,17 @@ Paddle name                 shape                    PyTorch name
 ``satt{i}.conv.bias``       [C]                      ``attention.<m>.score.bias``
 ``satt{i}.shift_w``         [C]                      ``attention.<m>.shift_w``
 ``satt{i}.shift_b``         [C]                      ``attention.<m>.shift_b``
-``fc1.weights``             [D, H1] (in, out)        ``hidden.0.weight`` [H1, D] x (1 - p)
+``fc1.weights``             [D, H1] (in, out)        ``hidden.0.weight`` [H1, D] (transposed)
 ``fc1.bias``                [H1]                     ``hidden.0.bias``
 ``fc2.weights``/``.bias``   [H1, H2], [H2]           ``hidden.1.weight`` (transposed) / ``.bias``
 ``logistic.weights``/bias   [H2, K], [K]             ``logits.weight`` (transposed) / ``.bias``
 ==========================  =======================  =====================================
 
-The reference's dropout is Paddle's ``downgrade_in_infer``: no rescale in training, ``x * (1 - p)`` at inference.
-Ours is the standard inverted ``nn.Dropout``, so the factor (1 - p) is folded into the converted fc1 weight: the
-converted model then matches the reference at inference, and in training too (``x * mask / (1 - p) @ (1 - p) W``).
+The reference's dropout is Paddle's ``downgrade_in_infer``: no rescale in training, ``x * (1 - p)`` at inference. So
+is :class:`~attncluster.model.DowngradeDropout`, so every converted tensor is the reference's own value (only
+transposed or reshaped): inference, training and fine-tuning from converted weights follow the reference exactly, in
+its own parameterisation. Files written here carry the state format :data:`~attncluster.model.STATE_FORMAT`; those
+written before it (with (1 - p) folded into fc1) are recognised and rescaled by :mod:`attncluster.checkpoint`.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import numpy as np
 import torch
 
 from attncluster.data.safe_pickle import safe_load
+from attncluster.checkpoint import FORMAT_KEY
 from attncluster.errors import ConfigError, DataError
-from attncluster.model import AttentionCluster
+from attncluster.model import STATE_FORMAT, AttentionCluster
 
 DEFAULT_FEATURE_DIMS: dict[str, int] = {"rgb": 1024, "audio": 128}
 NAME_TABLE_KEY = "StructuredToParameterName@@"  # Paddle 2.x: structured name -> parameter name, not a weight
@@ -146,7 +149,7 @@ def convert_paddle_state(
         params: Paddle name -> array, as from :func:`load_paddle_state`.
         feature_dims: modality -> feature size, in the reference's input order (``satt0`` is the first). Defaults to
             the YouTube-8M ``{"rgb": 1024, "audio": 128}``.
-        drop_rate: the reference's dropout rate; (1 - drop_rate) is folded into fc1 (see the module docstring).
+        drop_rate: the reference's dropout rate, for the model kwargs (the weights do not depend on it).
 
     Returns:
         ``(state_dict, model_kwargs)``: float32 tensors for ``AttentionCluster.load_state_dict`` (some may share
@@ -206,8 +209,7 @@ def convert_paddle_state(
         state[f"attention.{m}.score.bias"] = t(params[f"{s}.conv.bias"])
         state[f"attention.{m}.shift_w"] = t(params[f"{s}.shift_w"])
         state[f"attention.{m}.shift_b"] = t(params[f"{s}.shift_b"])
-    # downgrade_in_infer: the reference feeds x * (1 - p) to fc1 at inference; fold it into the weight
-    state["hidden.0.weight"] = fc(params["fc1.weights"]) * (1.0 - drop_rate)  # not in place: may alias the input
+    state["hidden.0.weight"] = fc(params["fc1.weights"])  # the model's dropout is the reference's: no rescale
     state["hidden.0.bias"] = t(params["fc1.bias"])
     state["hidden.1.weight"] = fc(params["fc2.weights"])
     state["hidden.1.bias"] = t(params["fc2.bias"])
@@ -234,8 +236,9 @@ def convert_paddle(
     Args:
         path: the Paddle weights.
         output: ``*.safetensors`` writes the state dict with the model kwargs as JSON in metadata key
-            ``attncluster_model``; any other name writes a ``torch.save`` dict ``{"model": state_dict,
-            "model_config": kwargs, "source": "paddle", "source_file": str(path)}``.
+            ``attncluster_model`` and the state format in ``weights_format``; any other name writes a
+            ``torch.save`` dict ``{"model": state_dict, "model_config": kwargs, "source": "paddle",
+            "source_file": str(path), "weights_format": STATE_FORMAT}``.
         feature_dims, drop_rate: as in :func:`convert_paddle_state`.
 
     Returns:
@@ -248,9 +251,11 @@ def convert_paddle(
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp), metadata={SAFETENSORS_METADATA_KEY: json.dumps(kwargs), "source": "paddle"})
+        save_file(state, str(tmp), metadata={SAFETENSORS_METADATA_KEY: json.dumps(kwargs), "source": "paddle",
+                                             FORMAT_KEY: str(STATE_FORMAT)})
     else:
-        torch.save({"model": state, "model_config": kwargs, "source": "paddle", "source_file": str(path)}, tmp)
+        torch.save({"model": state, "model_config": kwargs, "source": "paddle", "source_file": str(path),
+                    FORMAT_KEY: STATE_FORMAT}, tmp)
     os.replace(tmp, out)  # never leave a half-written file under the final name
     return kwargs
 
