@@ -96,6 +96,21 @@ def cmd_convert_paddle(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from attncluster.explain import explain
+
+    explain(_config(args), args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos,
+            top_k=args.top_k, vocab=args.vocab, fps=args.fps, device=args.device)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from attncluster.plot import plot_runs
+
+    plot_runs(args.run_dirs, args.output, labels=args.label)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attncluster",
@@ -178,6 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="modality names and dims in reference order (default rgb:1024,audio:128)")
     p.add_argument("--drop-rate", type=float, default=0.5, metavar="P", help="the reference's dropout (default 0.5)")
     p.set_defaults(func=cmd_convert_paddle)
+
+    p = sub.add_parser("explain", help="show which frames each attention unit looks at, per video",
+                       description="For each video write OUTPUT/ID.json (top classes; per modality and unit the "
+                       "attention over the sampled frames with their frame indices and timestamps in seconds; the "
+                       "attention summed over units; unit overlap and effective number of frames), OUTPUT/ID.png "
+                       "(summed attention over time above a unit x time heatmap) and OUTPUT/index.html. Frames are "
+                       "sampled as eval samples them.")
+    _add_config(p)
+    _add_weights(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", metavar="PATH", help="feature shards, globs, directories or .list files")
+    src.add_argument("--videos", nargs="+", metavar="FILE", help="video files, decoded and featurised as extract "
+                     "does; the figure adds thumbnails of the most-attended frames")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="with --data: only these video ids (each must exist)")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per video (default 5)")
+    p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names "
+                   "(default: data.class_names of the config)")
+    p.add_argument("--fps", type=float, default=1.0, metavar="F", help="with --data: feature frames per second, for "
+                   "timestamps (default 1: YouTube-8M frame-level features are 1 frame per second)")
+    _add_device(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("plot", help="training curves of one or more runs as a PNG",
+                       description="Plot loss, GAP (top-1 for single-label runs), Hit@1 (top-5) and learning rate "
+                       "against step from each RUN_DIR/metrics.jsonl, training as lines and validation as points, "
+                       "runs overlaid. A run still in progress is fine.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="train run folders (or their metrics.jsonl)")
+    p.add_argument("--output", default="runs.png", metavar="PNG", help="image to write (default runs.png)")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="legend name of each run, in order, repeatable (default: the folder names)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
