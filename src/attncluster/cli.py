@@ -100,7 +100,7 @@ def cmd_explain(args) -> int:
     from attncluster.explain import explain
 
     explain(_config(args), args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos,
-            top_k=args.top_k, vocab=args.vocab, fps=args.fps, device=args.device)
+            top_k=args.top_k, vocab=args.vocab, fps=args.fps, device=args.device, max_videos=args.max_videos)
     return 0
 
 
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per video (default 5)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names "
                    "(default: data.class_names of the config)")
+    p.add_argument("--max-videos", type=int, default=None, metavar="N", help="stop after N videos")
     p.add_argument("--fps", type=float, default=1.0, metavar="F", help="with --data: feature frames per second, for "
                    "timestamps (default 1: YouTube-8M frame-level features are 1 frame per second)")
     _add_device(p)

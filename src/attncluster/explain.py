@@ -243,7 +243,11 @@ def explain_figure(record: Mapping[str, Any], thumbnails: Sequence[tuple[float, 
         ratios += [1.0, max(1.0, min(3.0, 0.16 * units))]
     fig = new_figure(10.0, 0.9 + 1.15 * sum(ratios))
     gs = fig.add_gridspec(len(rows), 2, height_ratios=ratios, width_ratios=[60, 1])
-    fig.suptitle(f"{record['id']}: top {label}", fontsize=11)
+    title = f"{record['id']}: top {label}"
+    if record.get("labels"):
+        truth = ", ".join(_short(c["name"] or "class " + str(c["class"])) for c in record["labels"][:4])
+        title += f"\ntrue labels: {truth}{' ...' if len(record['labels']) > 4 else ''}"
+    fig.suptitle(title, fontsize=11)
     shared = None
     for r, (kind, m) in enumerate(rows):
         if kind == "thumbs":
@@ -260,6 +264,13 @@ def explain_figure(record: Mapping[str, Any], thumbnails: Sequence[tuple[float, 
         shared = shared or ax
         if kind == "summed":
             units = a["units"].shape[0]
+            marked = record.get("marked")
+            if marked:
+                frames = np.unique(np.asarray(record["frames"]["frame_index"]))
+                label = marked["label"]
+                for d in np.flatnonzero(np.isin(frames, marked["frame_index"])):
+                    ax.axvspan(edges[d], edges[d + 1], color="#E69F00", alpha=0.45, linewidth=0, label=label)
+                    label = None  # one legend entry
             ax.stairs(a["summed"], edges, fill=True, color="0.25")
             ax.axhline(units / len(a["time"]), color="0.5", linestyle="--", linewidth=1, label="uniform")
             ax.set_ylabel("summed\nattention")
@@ -406,7 +417,7 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
 def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | None = None,
             ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | None = None,
             fps: float = 1.0, device: str | None = None, figures: bool = True, log=print,
-            extractor=None) -> int:
+            extractor=None, max_videos: int | None = None, mark=None) -> int:
     """The ``explain`` verb: ``ID.json`` + ``ID.png`` per video and ``index.html`` under ``output``.
 
     Args:
@@ -423,6 +434,9 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         figures: also draw ``ID.png`` (False: JSON and index only).
         extractor: with ``videos``, an ``attncluster.extract.pipeline.Extractor`` (default: built from the
             config, see :func:`_video_source`).
+        max_videos: stop after this many videos.
+        mark: optional ``mark(info, frames) -> (label, (L,) bool)`` flagging sampled frames to shade in the figure
+            (e.g. known events; the quickstart marks its planted signal); ``frames`` is modality -> (L, F) array.
 
     Returns:
         The number of videos explained.
@@ -438,6 +452,8 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     if not fps > 0:
         raise ConfigError(f"--fps {fps}: must be > 0")
+    if max_videos is not None and max_videos < 1:
+        raise ConfigError(f"--max-videos {max_videos}: must be >= 1")
     if figures:
         _require_matplotlib()
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
@@ -457,6 +473,10 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
                 record = video_record(v["id"], {m: a[i] for m, a in attention.items()}, v["frame_index"],
                                       v["timestamps"], scores[i], top_k, names, v["num_frames"], v["timing"],
                                       v.get("labels"))
+                if mark is not None:
+                    label, flags = mark(v, {m: x[i].cpu().numpy() for m, x in feats.items()})
+                    record["marked"] = {"label": label,
+                                        "frame_index": sorted({int(f) for f in v["frame_index"][np.asarray(flags)]})}
                 name = file_names(v["id"])
                 _write_json(out / f"{name}.json", record)
                 if figures:
@@ -465,6 +485,10 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
                     del fig  # no pyplot registry: dropping the last reference frees it
                 index.add(record, name, figure=figures)
                 count += 1
+                if max_videos is not None and count >= max_videos:
+                    break
+            if max_videos is not None and count >= max_videos:
+                break
     finally:
         index.close()
     log(f"explain: {count} videos -> {out} (index.html, ID.json{', ID.png' if figures else ''})")
@@ -562,5 +586,25 @@ def signal_attention(cfg: Config, weights: str, data: list[str], device: str | N
             "videos": n}
 
 
+def quickstart_explain(cfg: Config, weights: str, valid: str | Path, output: str | Path, videos: int = 3,
+                       device: str | None = None, log=print) -> dict[str, Any]:
+    """The quickstart's explain step: signal-frame attention over the validation set and figures of a few videos
+    (the planted signal shaded). Returns the summary entries."""
+    stats = signal_attention(cfg, weights, [str(valid)], device=device)
+
+    def planted(info, frames):
+        return "planted signal", synthetic_signal_frames(frames["rgb"], info["labels"], cfg.model.num_classes)
+
+    explain(cfg, weights, output, data=[str(valid)], vocab=str(Path(valid) / "vocabulary.csv"), top_k=5,
+            device=device, max_videos=videos, mark=planted, log=lambda m: None)
+    log("")
+    log(f"Where the attention looks (attncluster explain, {stats['videos']} validation videos):")
+    log(f"  the frames that carry a video's labels are {stats['signal_share']:.0%} of the sampled frames and get "
+        f"{stats['signal_mass']:.0%} of the attention ({stats['ratio']:.1f}x their share)")
+    log(f"  figures      {Path(output) / 'index.html'} ({videos} videos: ID.png, ID.json)")
+    return {"signal_attention_mass": stats["signal_mass"], "signal_frame_share": stats["signal_share"],
+            "signal_attention_ratio": stats["ratio"], "explain_dir": str(output)}
+
+
 __all__ = ["attention_batch", "diversity", "explain", "explain_figure", "figure_arrays", "merge_repeats",
-           "signal_attention", "synthetic_signal_frames", "video_record"]
+           "quickstart_explain", "signal_attention", "synthetic_signal_frames", "video_record"]
