@@ -51,6 +51,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.videos:
+        return cmd_predict_videos(args)
+    if not args.data or not args.output:
+        raise AttnClusterError("predict needs --data PATH... and --output FILE (or --videos FILE... for video files)")
     from attncluster.predict import predict
 
     predict(_config(args), args.weights, args.data, args.output, top_k=args.top_k, vocab=args.vocab,
@@ -93,6 +97,76 @@ def cmd_convert_paddle(args) -> int:
             feature_dims[name] = int(dim)
     kwargs = convert_paddle(args.file, args.output, feature_dims=feature_dims, drop_rate=args.drop_rate)
     print(f"convert-paddle: {args.file} -> {args.output} ({kwargs})")
+    return 0
+
+
+def _add_extract_weights(p: argparse.ArgumentParser, weights_flags: tuple[str, ...]) -> None:
+    """Backbone options shared by ``extract`` and ``predict --videos`` (defaults from the config's extract section)."""
+    g = p.add_argument_group("feature extraction (YouTube-8M preset: Inception-v3 + PCA, VGGish + PCA)")
+    g.add_argument("--preset", choices=("yt8m", "image"), default=None,
+                   help="yt8m (default): the dataset's rgb 1024 + audio 128 uint8 features; image: a torchvision "
+                   "classifier's pooled features (--backbone)")
+    g.add_argument("--inception", metavar="FILE", help="classify_image_graph_def.pb (2015-12-05 graph, faithful) "
+                   "or a torchvision Inception-v3 state dict (approximate)")
+    g.add_argument("--pca", metavar="FILE", help="yt8m_pca.tgz or its folder (mean.npy, eigenvals.npy, eigenvecs.npy)")
+    g.add_argument("--vggish", metavar="FILE", help="AudioSet VGGish weights (or the PyTorch port's state dict)")
+    g.add_argument("--vggish-pca", metavar="FILE", help="AudioSet vggish_pca_params.npz")
+    g.add_argument("--backbone", metavar="torchvision:NAME", help="image preset: a torchvision classifier")
+    g.add_argument(*weights_flags, dest="backbone_weights", metavar="FILE", help="image preset: its weights")
+    g.add_argument("--random-weights", type=int, default=None, metavar="SEED",
+                   help="random backbones and PCA (the features mean nothing): check decoding and outputs without "
+                   "the weight files")
+    g.add_argument("--fps", type=float, default=None, metavar="F", help="sampled frames per second (default 1)")
+    g.add_argument("--max-frames", type=int, default=None, metavar="T", help="frames per video at most (default 300)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="backbone precision on the device (default fp32)")
+    g.add_argument("--num-workers", default="auto", metavar="N",
+                   help="decode processes (default auto: CPU cores - 1; 0: in the main process)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip and count unreadable / too short / video-less files instead of stopping")
+
+
+def _extract_options(args, cfg) -> dict:
+    """Pipeline options from the command line, falling back to the config's ``extract`` section."""
+    e = cfg.extract if cfg is not None else None
+
+    def pick(name):
+        value = getattr(args, name, None)
+        return value if value is not None else (getattr(e, name) if e is not None else None)
+
+    return {"preset": pick("preset") or "yt8m", "inception": pick("inception"), "pca": pick("pca"),
+            "vggish": pick("vggish"), "vggish_pca": pick("vggish_pca"), "backbone": pick("backbone"),
+            "weights": pick("backbone_weights"), "random_weights": args.random_weights,
+            "precision": args.precision, "device": args.device,
+            "fps": pick("fps") or 1.0, "max_frames": pick("max_frames") or 300}
+
+
+def cmd_extract(args) -> int:
+    from attncluster.extract.pipeline import run_extract
+
+    cfg = _config(args) if args.config else None
+    opts = _extract_options(args, cfg)
+    fps, max_frames = opts.pop("fps"), opts.pop("max_frames")
+    summary = run_extract(args.videos, args.output, fps=fps, max_frames=max_frames, fmt=args.format,
+                          shard_size=args.shard_size, labels=args.labels, skip_bad=args.skip_bad,
+                          num_workers=args.num_workers, **opts)
+    return 0 if summary["bad"] == 0 or args.skip_bad else 2
+
+
+def _add_predict_videos(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--videos", nargs="+", metavar="FILE", help="video files (mp4, mkv, ...; globs, directories, "
+                   ".list files): extract features in memory and classify them, instead of --data")
+    _add_extract_weights(p, ("--backbone-weights",))
+
+
+def cmd_predict_videos(args) -> int:
+    """``predict --videos``: extract in memory, classify, print JSON lines (or write --output .jsonl / .csv)."""
+    from attncluster.predict import predict_videos
+
+    cfg = _config(args)
+    opts = _extract_options(args, cfg)
+    predict_videos(cfg, args.weights, args.videos, output=args.output, top_k=args.top_k, vocab=args.vocab,
+                   skip_bad=args.skip_bad, num_workers=args.num_workers, **opts)
     return 0
 
 
@@ -148,12 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "classes, scores and (with --vocab) names.")
     _add_config(p)
     _add_weights(p)
-    p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="shards, globs, directories or .list files")
-    p.add_argument("--output", required=True, metavar="FILE", help="output file, .csv or .jsonl")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="shards, globs, directories or .list files")
+    p.add_argument("--output", metavar="FILE", help="output file, .csv or .jsonl (with --videos: default stdout)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="classes per video (default 20, or every class when the model has fewer)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv (Index, Name columns) for label names")
     _add_device(p)
+    _add_predict_videos(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
@@ -183,6 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=300, metavar="T", help="longest video in frames (default 300)")
     p.add_argument("--prefix", default="train", help="shard file name prefix (default train)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("extract", help="video files -> YouTube-8M-format features",
+                       description="Decode video files (any container/codec FFmpeg reads), sample one frame per "
+                       "second as the official YouTube-8M extractor (at most 300), compute Inception-v3 + PCA rgb and "
+                       "VGGish audio features, and write frame-level TFRecord shards (or npz + labels.csv). "
+                       "Resumable (a manifest records done videos); under torchrun each rank takes its share.")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="files, globs, directories, .list files or URLs")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (shards + manifest)")
+    p.add_argument("--format", choices=("yt8m", "features"), default="yt8m",
+                   help="yt8m (default): frame-level SequenceExample TFRecords; features: <id>.npz + labels.csv")
+    p.add_argument("--shard-size", type=int, default=100, metavar="N", help="videos per shard (default 100)")
+    p.add_argument("--labels", metavar="CSV", help="video_id,labels CSV (ids: file names without extension)")
+    _add_extract_weights(p, ("--weights", "--backbone-weights"))
+    _add_device(p)
+    _add_config(p, required=False)
+    p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("convert-paddle", help="convert the reference's released Paddle weights",
                        description="Convert a PaddlePaddle AttentionCluster .pdparams (no Paddle needed) to PyTorch. "

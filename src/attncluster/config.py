@@ -137,12 +137,39 @@ class EvalConfig:
         _check(self.top_k > 0, "eval.top_k", f"must be > 0, got {self.top_k}")
 
 
+EXTRACT_PRESETS = ("yt8m", "image")
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction from video files (``extract``, ``predict --videos``): weight files and sampling.
+
+    The command-line options (``--inception`` etc.) override these. Paths are local files; nothing is downloaded.
+    """
+
+    preset: str = "yt8m"
+    inception: Union[str, None] = None  # classify_image_graph_def.pb (2015-12-05) or a torchvision state dict
+    pca: Union[str, None] = None  # yt8m_pca.tgz or its folder (mean.npy, eigenvals.npy, eigenvecs.npy)
+    vggish: Union[str, None] = None  # AudioSet VGGish checkpoint or the PyTorch port's state dict
+    vggish_pca: Union[str, None] = None  # AudioSet vggish_pca_params.npz
+    backbone: Union[str, None] = None  # image preset: torchvision:NAME
+    backbone_weights: Union[str, None] = None  # image preset: its state dict
+    fps: float = 1.0
+    max_frames: int = 300
+
+    def __post_init__(self) -> None:
+        _check(self.preset in EXTRACT_PRESETS, "extract.preset", f"must be one of {EXTRACT_PRESETS}, got {self.preset!r}")
+        _check(self.fps > 0, "extract.fps", f"must be > 0, got {self.fps}")
+        _check(self.max_frames > 0, "extract.max_frames", f"must be > 0, got {self.max_frames}")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     @property
     def multi_label(self) -> bool:
@@ -155,7 +182,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+                             "extract": ExtractConfig}
 
 
 # ---------------------------------------------------------------------------------------------- type coercion

@@ -78,3 +78,39 @@ def predict(
     tmp.replace(output)
     log(f"predict: {count} videos -> {output}")
     return count
+
+
+
+def predict_videos(cfg: Config, weights: str, videos: list[str], output: str | None = None, top_k: int | None = None,
+                   vocab: str | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
+    """``predict --videos``: classify video files, their features extracted in memory (``extract/pipeline.py``).
+
+    Records are predict's JSONL records (id, classes, scores[, names]): printed one JSON line each to stdout, or
+    written to ``output`` (.jsonl, or .csv in the Kaggle format). ``extract_options``: fps, max_frames,
+    num_workers and the FeaturePipeline options (preset, inception, pca, vggish, vggish_pca, random_weights, ...).
+    """
+    import sys
+
+    from attncluster.extract.pipeline import classify_videos
+
+    suffix = Path(output).suffix.lower() if output is not None else ".jsonl"
+    if suffix not in FORMATS:
+        raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
+    records = classify_videos(videos, cfg, weights, vocab=vocab, top_k=top_k, skip_bad=skip_bad,
+                              on_bad=lambda path, message: print(f"skipped: {message}", file=sys.stderr),
+                              **extract_options)
+    if suffix == ".csv":
+        text = "VideoId,LabelConfidencePairs\n" + "".join(
+            f"{r['id']}," + " ".join(f"{c} {p:.6f}" for c, p in zip(r["classes"], r["scores"])) + "\n" for r in records)
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(output).with_name(Path(output).name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
+        print(f"predict: {len(records)} videos -> {output}", file=sys.stderr)
+    return records

@@ -16,7 +16,7 @@ from attncluster.errors import DataError
 
 LIST_SUFFIXES = (".list", ".txt")
 # Files a directory listing skips: they sit beside shards but are not shards.
-IGNORED_SUFFIXES = (".csv", ".md", ".json", ".yaml", ".yml", ".list", ".txt", ".lock", ".tmp")
+IGNORED_SUFFIXES = (".csv", ".md", ".json", ".jsonl", ".yaml", ".yml", ".list", ".txt", ".lock", ".tmp")
 READ_BUFFER = 4 << 20  # bytes per read block of a remote file
 # Blocks kept per open remote file (LRU), filled only as read: up to 128 x 4 MiB, more than a whole YouTube-8M
 # frame-level shard (about 250 MB for train), so the shuffled record reads of training fetch each byte of a shard

@@ -1,0 +1,462 @@
+"""The extraction driver: video files -> features, decoded in parallel worker processes, the model batched.
+
+Decode (``decode.py``: PyAV, CPU-bound) runs in ``num_workers`` processes while the backbone (``features.py``'s
+``FeaturePipeline``) runs in this process on ``--device``, on batches of frames gathered across videos, so the
+workers keep the model fed. Results come back in input order.
+
+Audio. A pipeline with audio (YouTube-8M: VGGish) turns the 16 kHz track into 0.96 s examples; the dataset stores
+one audio frame per rgb frame, so each sampled frame t gets the example whose start is nearest t (within 0.48 s;
+MediaPipe's YouTube-8M graph frames audio with a 1.0 s hop, AudioSet's ``vggish_input`` with 0.96 s). A video with
+no audio stream gets zero audio, byte 0 in every dimension, exactly what the official extractor writes with
+``insert_zero_audio_features``, and its manifest entry says ``"audio": "zeros (no audio stream)"``.
+
+``torchrun``: every rank takes the videos ``i`` with ``i % WORLD_SIZE == RANK`` of the expanded input list (the same
+list on every rank), skips those already in any manifest of the output folder, and writes its own shards and
+manifest. So each video is extracted exactly once, also when a run is resumed with a different number of ranks.
+No process group is needed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from attncluster.errors import AttnClusterError, ConfigError, DataError
+from attncluster.extract.decode import DEFAULT_FPS, DEFAULT_MAX_FRAMES, SAMPLE_RATE, DecodedVideo, decode_video
+
+AUDIO_HOP_SECONDS = 0.96  # vggish_params.EXAMPLE_HOP_SECONDS
+AUDIO_MIN_SAMPLES = 15600  # 0.975 s: 96 log-mel frames of 25 ms windows at a 10 ms hop, one VGGish example
+BATCH_FRAMES = 32  # frames per backbone call (across videos)
+MAX_AUTO_WORKERS = 16
+
+
+def video_id(path: str) -> str:
+    """The id a video file is stored under: its file name without the extension (``clips/a.mp4`` -> ``a``)."""
+    name = path.rstrip("/").split("?", 1)[0].rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name[1:] else name
+    return stem or name
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """``"auto"``: one decode process per CPU core but one (kept for the model), at least 1, at most 16."""
+    if num_workers == "auto":
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(MAX_AUTO_WORKERS, cores - 1))
+    try:
+        n = int(num_workers)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--num-workers {num_workers!r}: expected a number or 'auto'") from None
+    if n < 0:
+        raise ConfigError(f"--num-workers {n}: must be >= 0 (0: decode in the main process)")
+    return n
+
+
+def _local_copy(path: str) -> tuple[str, str | None]:
+    """A local file for ``path``: itself, or a temporary copy of an fsspec URL (returned second, to delete)."""
+    if path.startswith("file://"):
+        return path[len("file://"):], None
+    if "://" not in path:  # local: no import of attncluster.data (its package imports torch; workers stay light)
+        return path, None
+    from attncluster.data.paths import open_binary
+    suffix = os.path.splitext(path.split("?", 1)[0])[1]
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="attncluster-video-")
+    try:
+        with os.fdopen(fd, "wb") as out, open_binary(path) as src:
+            shutil.copyfileobj(src, out, 4 << 20)
+    except OSError as e:
+        os.remove(tmp)
+        raise DataError(f"{path}: cannot read ({e})") from None
+    return tmp, tmp
+
+
+def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size) -> tuple[str, Any]:
+    """Worker entry point: ("ok", DecodedVideo) or ("bad", one-line message). Never raises for a bad file."""
+    tmp = None
+    try:
+        local, tmp = _local_copy(path)
+        d = decode_video(local, fps=fps, max_frames=max_frames, audio=audio, size=size)
+        d.path = path
+        return "ok", d
+    except AttnClusterError as e:
+        return "bad", str(e).replace(tmp or "\0", path)
+    except Exception as e:  # an unexpected decoder failure is still one bad file, not a dead job
+        return "bad", f"{path}: could not be decoded ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class ExtractStats:
+    """Counters of one extraction run."""
+
+    videos: int = 0
+    frames: int = 0
+    bad: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+class Extractor:
+    """Video files -> per-frame features, with parallel decoding and batched backbone calls.
+
+    Args:
+        pipeline: a ``FeaturePipeline`` (``attncluster.extract.features``): ``modalities``, ``quantized``,
+            ``frame_size``, ``frame_features(frames)``, ``audio_features(wav, sample_rate)``.
+        fps: sampled frames per second (1: YouTube-8M).
+        max_frames: at most this many frames per video (300: YouTube-8M).
+        num_workers: decode processes; ``"auto"`` = CPU cores - 1; 0 decodes in this process.
+        batch_frames: frames per backbone call, gathered across videos.
+
+    Example::
+
+        ex = Extractor(FeaturePipeline.create(preset="yt8m", random_weights=0))
+        rec = ex.extract("clip.mp4")   # {"id", "rgb": (T, 1024) uint8, "audio": (T, 128) uint8, "timestamps", ...}
+    """
+
+    def __init__(self, pipeline, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
+                 num_workers: int | str = "auto", batch_frames: int = BATCH_FRAMES) -> None:
+        self.pipeline = pipeline
+        self.fps, self.max_frames = float(fps), int(max_frames)
+        self.num_workers = resolve_workers(num_workers)
+        self.batch_frames = int(batch_frames)
+        self.modalities: dict[str, int] = dict(pipeline.modalities)
+        self.stats = ExtractStats()
+
+    @property
+    def _wants_audio(self) -> bool:
+        return "audio" in self.modalities
+
+    def _job(self, path: str) -> tuple:
+        return (path, self.fps, self.max_frames, self._wants_audio, getattr(self.pipeline, "frame_size", None))
+
+    def extract(self, path: str) -> dict:
+        """Decode and featurise one video in this process. Raises DataError naming a bad file."""
+        status, value = _decode_job(*self._job(path))
+        if status == "bad":
+            raise DataError(value)
+        return self._featurise([value])[0]
+
+    # -- features -------------------------------------------------------------------------------------------------
+
+    def _audio_rows(self, d: DecodedVideo) -> tuple[np.ndarray, str]:
+        """(T, 128) audio features aligned to the sampled frames, and how they were made (for the manifest)."""
+        t = len(d.timestamps)
+        dim = self.modalities["audio"]
+        if d.audio is None:
+            dtype = np.uint8 if getattr(self.pipeline, "quantized", True) else np.float32
+            return np.zeros((t, dim), dtype=dtype), "zeros (no audio stream)"
+        wav = d.audio
+        if wav.size < AUDIO_MIN_SAMPLES:  # a clip of 0.96-0.975 s: pad the last few ms to one whole example
+            wav = np.pad(wav, (0, AUDIO_MIN_SAMPLES - wav.size))
+        examples = np.asarray(self.pipeline.audio_features(wav, SAMPLE_RATE))  # (K, 128)
+        if examples.ndim != 2 or examples.shape[1] != dim or len(examples) == 0:
+            raise DataError(f"{d.path}: audio features have shape {examples.shape}, expected (K >= 1, {dim})")
+        hop = float(getattr(self.pipeline, "audio_hop_seconds", AUDIO_HOP_SECONDS))
+        j = np.clip(np.rint(d.timestamps / hop).astype(np.int64), 0, len(examples) - 1)
+        return examples[j], "vggish"
+
+    def _featurise(self, videos: list[DecodedVideo]) -> list[dict]:
+        """Run the backbone on the frames of several videos in batches of ``batch_frames``; one dict per video."""
+        t0 = time.perf_counter()
+        frames = np.concatenate([d.frames for d in videos]) if len(videos) > 1 else videos[0].frames
+        outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
+                for i in range(0, len(frames), self.batch_frames)]
+        feats = np.concatenate(outs) if len(outs) > 1 else outs[0]
+        records, start = [], 0
+        for d in videos:
+            n = len(d.frames)
+            rec = {"id": video_id(d.path), "source": d.path, "rgb": feats[start:start + n],
+                   "timestamps": d.timestamps, "frame_indices": d.frame_indices, "has_audio": d.has_audio,
+                   "duration": d.duration}
+            start += n
+            if self._wants_audio:
+                rec["audio"], rec["audio_source"] = self._audio_rows(d)
+            records.append(rec)
+            self.stats.videos += 1
+            self.stats.frames += n
+        self.stats.model_seconds += time.perf_counter() - t0
+        return records
+
+    # -- streaming ------------------------------------------------------------------------------------------------
+
+    def _decoded(self, paths: list[str]) -> Iterator[tuple[str, str, Any]]:
+        """(path, status, DecodedVideo | message) in input order, decoded by the worker processes."""
+        if self.num_workers == 0:
+            for p in paths:
+                t0 = time.perf_counter()
+                status, value = _decode_job(*self._job(p))
+                self.stats.decode_seconds += time.perf_counter() - t0
+                yield p, status, value
+            return
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
+        todo = deque(paths)
+        pending: deque = deque()
+        pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
+        ahead = 2 * self.num_workers + 1
+        try:
+            while todo or pending:
+                while todo and len(pending) < ahead:
+                    p = todo.popleft()
+                    pending.append((p, pool.submit(_decode_job, *self._job(p))))
+                p, fut = pending.popleft()
+                try:
+                    status, value = fut.result()
+                except cf.process.BrokenProcessPool:
+                    # A decoder crashed its process (FFmpeg on a hostile file): that file is bad; restart the
+                    # pool and resubmit the others that were in flight.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
+                    retry = [q for q, _ in pending]
+                    pending.clear()
+                    todo.extendleft(reversed(retry))
+                    status, value = "bad", f"{p}: the decoder crashed on this file"
+                yield p, status, value
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def iter_extract(self, paths: Iterable[str], skip_bad: bool = False,
+                     on_bad: Callable[[str, str], None] | None = None) -> Iterator[dict]:
+        """Extract ``paths`` in order: decode in parallel, run the backbone on batches of frames across videos.
+
+        Args:
+            paths: video files (local or fsspec URLs).
+            skip_bad: a bad file is reported to ``on_bad(path, message)``, counted in ``stats.bad`` and skipped;
+                otherwise it raises DataError (after the videos before it were yielded).
+
+        Yields:
+            One dict per good video, as :meth:`extract`.
+        """
+        batch: list[DecodedVideo] = []
+        frames = 0
+        for p, status, value in self._decoded(list(paths)):
+            if status == "bad":
+                if not skip_bad:
+                    yield from (self._featurise(batch) if batch else [])
+                    raise DataError(value)
+                self.stats.bad.append(value)
+                if on_bad is not None:
+                    on_bad(p, value)
+                continue
+            batch.append(value)
+            frames += len(value.frames)
+            if frames >= self.batch_frames:
+                yield from self._featurise(batch)
+                batch, frames = [], 0
+        if batch:
+            yield from self._featurise(batch)
+
+
+# -- the pipeline from options -------------------------------------------------------------------------------------
+
+PIPELINE_OPTIONS = ("preset", "inception", "pca", "vggish", "vggish_pca", "random_weights", "backbone", "weights",
+                    "device", "precision", "dtype")
+
+
+def make_pipeline(**options):
+    """``FeaturePipeline.create(**options)`` (see ``attncluster.extract.features``), None options left out."""
+    try:
+        from attncluster.extract.features import FeaturePipeline
+    except ImportError as e:
+        raise ConfigError(f"the feature backbones are not available ({e}); install attncluster with its "
+                          f"'video' extra") from None
+    kwargs = {k: v for k, v in options.items() if v is not None and k in PIPELINE_OPTIONS}
+    return FeaturePipeline.create(**kwargs)
+
+
+RANDOM_WEIGHTS_WARNING = ("WARNING: --random-weights: the backbones and PCA are random; these features MEAN "
+                          "NOTHING. Use them only to check decoding, batching and output files.")
+
+
+def _labels_by_id(path: str | None) -> dict[str, list[int]]:
+    if path is None:
+        return {}
+    from attncluster.data.features import parse_labels_csv
+
+    return {r.video_id: [int(x) for x in r.labels] for r in parse_labels_csv(path, num_classes=None)}
+
+
+def expand_videos(videos: Iterable[str]) -> list[str]:
+    """Video specs (files, globs, directories, .list files, fsspec URLs) -> files; ids must be distinct."""
+    from attncluster.data.paths import expand_paths
+
+    paths = expand_paths(list(videos), what="videos")
+    seen: dict[str, str] = {}
+    for p in paths:
+        vid = video_id(p)
+        if vid in seen:
+            raise ConfigError(f"{p}: has the same video id {vid!r} (file name without extension) as {seen[vid]}; "
+                              f"rename one of them")
+        seen[vid] = p
+    return paths
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = DEFAULT_FPS,
+                max_frames: int = DEFAULT_MAX_FRAMES, fmt: str = "yt8m", shard_size: int = 100,
+                labels: str | None = None, skip_bad: bool = False, num_workers: int | str = "auto",
+                progress: bool | None = None, log: Callable[[str], None] = print, **pipeline_options) -> dict:
+    """The ``extract`` verb: videos -> shards in ``output``, resumable, split over torchrun ranks.
+
+    Args:
+        videos: files, globs, directories, .list files, fsspec URLs.
+        output: local output folder.
+        pipeline: a ready FeaturePipeline; else one is made from ``pipeline_options`` (preset, inception, pca,
+            vggish, vggish_pca, random_weights, backbone, weights, device, precision, dtype).
+        fmt: ``yt8m`` (frame-level TFRecords) or ``features`` (npz + labels.csv).
+        shard_size: videos per shard.
+        labels: a ``video_id,labels`` CSV (ids = file names without extension).
+        skip_bad: skip and count bad files instead of failing.
+        progress: tqdm bar (default: when stderr is a terminal).
+
+    Returns:
+        Summary: written, already_done, bad, frames, seconds, rank, world_size, output.
+    """
+    from attncluster import distributed
+    from attncluster.extract.writer import ShardWriter
+
+    info = distributed.env_info()
+    paths = expand_videos(videos)
+    mine = [p for i, p in enumerate(paths) if i % info.world_size == info.rank]
+    label_map = _labels_by_id(labels)
+    writer = ShardWriter(output, fmt=fmt, shard_size=shard_size, rank=info.rank, world_size=info.world_size)
+    for name in writer.removed:
+        _warn(f"extract: removed {name}, left unrecorded by an interrupted run (its videos are redone)")
+    todo = [p for p in mine if video_id(p) not in writer.done]
+    already = len(mine) - len(todo)
+    if pipeline is None:
+        if pipeline_options.get("random_weights") is not None:
+            _warn(RANDOM_WEIGHTS_WARNING)
+        pipeline = make_pipeline(**pipeline_options)
+    ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
+    where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
+    log(f"extract: {len(todo)} videos to do{where}, {already} already in {output}; "
+        f"{ex.num_workers} decode workers")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    unlabeled = 0
+
+    def bad(path: str, message: str) -> None:
+        bar.write(f"skipped: {message}", file=sys.stderr)
+
+    try:
+        with writer:
+            for rec in ex.iter_extract(todo, skip_bad=skip_bad, on_bad=bad):
+                arrays = {m: rec[m] for m in ex.modalities}
+                vid_labels = label_map.get(rec["id"]) if labels else None
+                if labels and vid_labels is None:
+                    unlabeled += 1
+                entry = {"id": rec["id"], "source": rec["source"], "frames": int(len(rec["rgb"])),
+                         "duration": round(float(rec["duration"]), 3), "has_audio": bool(rec["has_audio"]),
+                         "fps": fps}
+                if "audio_source" in rec:
+                    entry["audio"] = rec["audio_source"]
+                writer.add(entry, arrays, vid_labels)
+                bar.update(1)
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"{ex.stats.frames / max(elapsed, 1e-9):.1f} frames/s")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    summary = {"written": writer.written, "already_done": already, "bad": len(ex.stats.bad),
+               "frames": ex.stats.frames, "seconds": round(seconds, 3), "rank": info.rank,
+               "world_size": info.world_size, "output": output}
+    extra = f", {unlabeled} not in {labels} (written without labels)" if unlabeled else ""
+    log(f"extract: wrote {writer.written} videos ({ex.stats.frames} frames, "
+        f"{ex.stats.frames / max(seconds, 1e-9):.1f} frames/s), skipped {len(ex.stats.bad)} bad files, "
+        f"{already} already done{extra} -> {output}")
+    return summary
+
+
+# -- classification from video files -------------------------------------------------------------------------------
+
+def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | None = None, top_k: int | None = None,
+                    extractor: Extractor | None = None, device: str | None = None, skip_bad: bool = False,
+                    on_bad: Callable[[str, str], None] | None = None, fps: float = DEFAULT_FPS,
+                    max_frames: int = DEFAULT_MAX_FRAMES, num_workers: int | str = "auto",
+                    **pipeline_options) -> list[dict]:
+    """Classify video files with a trained model: extract in memory, sample ``seg_num`` frames as eval does, score.
+
+    Args:
+        paths: video files, globs, directories, .list files or URLs.
+        config: a :class:`~attncluster.config.Config` or a config path.
+        weights: the model checkpoint.
+        vocab: YouTube-8M ``vocabulary.csv`` for names (else ``data.class_names`` of the config, if set).
+        top_k: classes per video (default ``eval.top_k`` capped at num_classes).
+        extractor: an :class:`Extractor`; by default one is made from ``fps``, ``max_frames``, ``num_workers`` and
+            ``pipeline_options`` (as ``run_extract``).
+        skip_bad: skip bad files (reported to ``on_bad``) instead of raising.
+
+    Returns:
+        One record per video, as ``predict``'s JSONL: ``{"id", "classes", "scores"[, "names"]}``, highest first.
+    """
+    from attncluster.config import Config, load_config
+    from attncluster.data.sampling import sample_indices
+    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    k = min(cfg.eval.top_k, cfg.model.num_classes) if top_k is None else top_k
+    if not 0 < k <= cfg.model.num_classes:
+        raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
+    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    if extractor is None:
+        pipeline_options.setdefault("device", device)
+        if pipeline_options.get("random_weights") is not None:
+            _warn(RANDOM_WEIGHTS_WARNING)
+        extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
+                              num_workers=num_workers)
+    for m, dim in cfg.model.feature_dims.items():
+        if extractor.modalities.get(m) != dim:
+            raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives "
+                              f"{extractor.modalities}; use the preset the model was trained on")
+    predictor = TorchPredictor(cfg, weights, device)
+    records: list[dict] = []
+    batch: list[dict] = []
+
+    def flush() -> None:
+        feats = {m: np.stack([v[m] for v in batch]) for m in cfg.model.feature_dims}  # (N, seg_num, F)
+        scores = predictor.scores(feats)  # (N, C)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        for i, (v, cls) in enumerate(zip(batch, top)):
+            rec: dict[str, Any] = {"id": v["id"], "classes": [int(c) for c in cls],
+                                   "scores": [round(float(p), 6) for p in scores[i, cls]]}
+            if names is not None:
+                rec["names"] = [names[int(c)] for c in cls]
+            records.append(rec)
+        batch.clear()
+
+    for rec in extractor.iter_extract(expand_videos(paths), skip_bad=skip_bad, on_bad=on_bad):
+        n = min(len(rec[m]) for m in cfg.model.feature_dims)
+        idx = sample_indices(n, cfg.model.seg_num, None)  # the same frames eval would see in the shards
+        row = {"id": rec["id"], **{m: rec[m][idx] for m in cfg.model.feature_dims}}
+        batch.append(row)
+        if len(batch) >= cfg.eval.batch_size:
+            flush()
+    if batch:
+        flush()
+    return records
+
+
+__all__ = ["Extractor", "ExtractStats", "classify_videos", "run_extract", "make_pipeline", "video_id",
+           "expand_videos", "resolve_workers"]

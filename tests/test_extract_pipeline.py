@@ -1,0 +1,194 @@
+"""extract/pipeline.py: parallel decode + batched model, shards round trip, resume, bad files, torchrun split,
+and predict --videos against extract-then-predict."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import redirect_stdout
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from extract_videos import TinyPipeline, make_video  # noqa: E402
+
+from attncluster.config import load_config  # noqa: E402
+from attncluster.errors import DataError  # noqa: E402
+from attncluster.extract.decode import decode_video  # noqa: E402
+from attncluster.extract.pipeline import Extractor, classify_videos, run_extract, video_id  # noqa: E402
+from attncluster.extract.writer import read_manifests  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Four small good videos (one without audio, one at 7.3 fps in mkv) and three bad files."""
+    root = tmp_path_factory.mktemp("videos")
+    make_video(root / "a.mp4", 80, Fraction(25), audio_hz=440.0)            # 3.2 s: 4 frames, tone
+    make_video(root / "b.mkv", 30, Fraction(73, 10), audio_hz=1000.0)       # 4.1 s at 7.3 fps: 4 frames
+    make_video(root / "c.mp4", 50, Fraction(10))                            # 5 s, no audio: zero audio
+    make_video(root / "d.mp4", 24, Fraction(12), audio_hz=300.0, audio_rate=22050)
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "text.mp4").write_text("not a video\n")
+    (bad / "empty.mp4").write_bytes(b"")
+    make_video(bad / "short.mp4", 3, Fraction(10))
+    return root
+
+
+def good(videos):
+    return [str(videos / n) for n in ("a.mp4", "b.mkv", "c.mp4", "d.mp4")]
+
+
+def expected_record(path, pipe: TinyPipeline):
+    """Independent of the driver: decode, run the backbone on this video alone, align audio by the doc's rule."""
+    d = decode_video(path, size=pipe.frame_size)
+    rgb = pipe.frame_features(d.frames)
+    if d.audio is None:
+        audio = np.zeros((len(rgb), 128), np.uint8)
+    else:
+        ex = pipe.audio_features(np.pad(d.audio, (0, max(0, 15600 - d.audio.size))))
+        audio = ex[[min(len(ex) - 1, int(round(t / 0.96))) for t in d.timestamps]]
+    return rgb, audio, d
+
+
+def test_extract_batches_across_videos_and_matches_per_video_computation(videos):
+    pipe = TinyPipeline()
+    ex = Extractor(pipe, num_workers=1, batch_frames=8)
+    recs = list(ex.iter_extract(good(videos)))
+    assert [r["id"] for r in recs] == ["a", "b", "c", "d"]  # input order
+    assert pipe.frame_calls[0] == 8  # frames of a (4) and b (4) went to the backbone in one call
+    ref_pipe = TinyPipeline()
+    for r, path in zip(recs, good(videos)):
+        rgb, audio, d = expected_record(path, ref_pipe)
+        np.testing.assert_array_equal(r["rgb"], rgb)
+        np.testing.assert_array_equal(r["audio"], audio)
+        np.testing.assert_array_equal(r["timestamps"], d.timestamps)
+        assert r["has_audio"] == (path.endswith("c.mp4") is False)
+    c = recs[2]
+    assert c["audio_source"] == "zeros (no audio stream)" and not c["audio"].any() and c["audio"].dtype == np.uint8
+    # The in-process path gives the same features.
+    one = Extractor(TinyPipeline(), num_workers=0).extract(good(videos)[1])
+    np.testing.assert_array_equal(one["rgb"], recs[1]["rgb"])
+
+
+def test_bad_files_are_named_skipped_and_counted_or_stop(videos):
+    paths = [str(videos / "a.mp4"), str(videos / "bad" / "text.mp4"), str(videos / "bad" / "empty.mp4"),
+             str(videos / "bad" / "short.mp4"), str(videos / "c.mp4")]
+    seen = []
+    ex = Extractor(TinyPipeline(), num_workers=0)
+    ids = [r["id"] for r in ex.iter_extract(paths, skip_bad=True, on_bad=lambda p, m: seen.append((p, m)))]
+    assert ids == ["a", "c"]
+    assert [p for p, _ in seen] == paths[1:4] and all(m.startswith(p + ": ") for p, m in seen)
+    assert len(ex.stats.bad) == 3
+    got = []
+    with pytest.raises(DataError, match="text.mp4: not a readable video"):
+        for r in Extractor(TinyPipeline(), num_workers=0).iter_extract(paths):
+            got.append(r["id"])
+    assert got == ["a"]  # the video before the bad one was still delivered
+
+
+def test_round_trip_inspect_dataset_resume(videos, tmp_path):
+    from attncluster.cli import main
+    from attncluster.data.dataset import VideoDataset
+
+    out = str(tmp_path / "out")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video_id,labels\na,1 3\nb,0\nc,4\n")  # d is not listed: written without labels
+    s = run_extract([str(videos)], out, pipeline=TinyPipeline(), shard_size=3, labels=str(labels),
+                    skip_bad=False, num_workers=1, log=lambda m: None)
+    assert s["written"] == 4 and s["bad"] == 0
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tfrecord")) == [
+        "extract-000-00000.tfrecord", "extract-000-00001.tfrecord"]
+    manifest = {e["id"]: e for e in read_manifests(out)}
+    assert manifest["c"]["audio"] == "zeros (no audio stream)" and manifest["c"]["has_audio"] is False
+    assert manifest["a"]["audio"] == "vggish" and manifest["b"]["frames"] == 4
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["inspect", out]) == 0
+    lines = {j["id"]: j for j in map(json.loads, buf.getvalue().splitlines())}
+    assert lines["a"]["labels"] == [1, 3] and lines["d"]["labels"] == [] and lines["b"]["num_frames"] == 4
+
+    ds = VideoDataset(out, modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=4, train=False,
+                      dequantize=False)
+    samples = {x["id"]: x for x in ds}
+    rgb, _, _ = expected_record(str(videos / "b.mkv"), TinyPipeline())
+    np.testing.assert_array_equal(samples["b"]["rgb"].numpy(), rgb)  # 4 frames, seg_num 4: every frame in order
+
+    # Resume: nothing left to do; a new video is the only one extracted.
+    s2 = run_extract([str(videos)], out, pipeline=TinyPipeline(), num_workers=0, log=lambda m: None)
+    assert (s2["written"], s2["already_done"]) == (0, 4)
+    make_video(tmp_path / "e.mp4", 25, Fraction(25))
+    s3 = run_extract([str(videos), str(tmp_path / "e.mp4")], out, pipeline=TinyPipeline(), num_workers=0,
+                     log=lambda m: None)
+    assert (s3["written"], s3["already_done"]) == (1, 4)
+    assert sorted(e["id"] for e in read_manifests(out)) == ["a", "b", "c", "d", "e"]
+
+
+def test_bad_inputs_with_and_without_skip_bad(videos, tmp_path):
+    out = str(tmp_path / "o")
+    inputs = [str(videos / "a.mp4"), str(videos / "bad")]
+    with pytest.raises(DataError, match="empty.mp4: empty file"):
+        run_extract(inputs, out, pipeline=TinyPipeline(), num_workers=0, log=lambda m: None)
+    assert [e["id"] for e in read_manifests(out)] == ["a"]  # done work is kept on the error
+    s = run_extract(inputs, out, pipeline=TinyPipeline(), num_workers=0, skip_bad=True, log=lambda m: None)
+    assert (s["written"], s["already_done"], s["bad"]) == (0, 1, 3)
+
+
+def test_torchrun_ranks_split_videos_exactly_once(videos, tmp_path, monkeypatch):
+    out = str(tmp_path / "ranks")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        run_extract(good(videos), out, pipeline=TinyPipeline(), num_workers=0, shard_size=1, log=lambda m: None)
+    entries = read_manifests(out)
+    assert sorted(e["id"] for e in entries) == ["a", "b", "c", "d"]  # each once
+    assert {e["id"]: e["rank"] for e in entries} == {"a": 0, "b": 1, "c": 0, "d": 1}  # i % WORLD_SIZE == RANK
+    assert sorted(os.listdir(out)) == ["extract-000-00000.tfrecord", "extract-000-00001.tfrecord",
+                                       "extract-001-00000.tfrecord", "extract-001-00001.tfrecord",
+                                       "manifest.rank0.jsonl", "manifest.rank1.jsonl"]
+    # A resume with another world size still does nothing twice.
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run_extract(good(videos), out, pipeline=TinyPipeline(), num_workers=0, log=lambda m: None)["written"] == 0
+
+
+def test_classify_videos_equals_extract_then_predict(videos, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from attncluster.model import AttentionCluster
+    from attncluster.predict import predict
+
+    cfg = load_config(None, ["model.feature_dims={rgb: 1024, audio: 128}", "model.num_classes=5", "model.seg_num=3",
+                             "model.cluster_nums=2", "model.hidden_sizes=[8]", "data.num_workers=0",
+                             "eval.batch_size=2"])
+    torch.manual_seed(0)
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    weights = str(tmp_path / "m.safetensors")
+    save_file(model.state_dict(), weights)
+    vocab = tmp_path / "vocabulary.csv"
+    vocab.write_text("Index,Name\n" + "".join(f"{i},class{i}\n" for i in range(5)))
+
+    out = str(tmp_path / "shards")
+    run_extract(good(videos), out, pipeline=TinyPipeline(), num_workers=0, log=lambda m: None)
+    predict(cfg, weights, [out], str(tmp_path / "p.jsonl"), top_k=3, vocab=str(vocab), log=lambda m: None)
+    via_shards = {r["id"]: r for r in map(json.loads, open(tmp_path / "p.jsonl"))}
+
+    direct = classify_videos(good(videos), cfg, weights, vocab=str(vocab), top_k=3,
+                             extractor=Extractor(TinyPipeline(), num_workers=1))
+    assert [r["id"] for r in direct] == ["a", "b", "c", "d"]
+    for r in direct:
+        ref = via_shards[r["id"]]
+        assert r["classes"] == ref["classes"] and r["names"] == ref["names"]
+        np.testing.assert_allclose(r["scores"], ref["scores"], atol=2e-6)
+
+
+def test_video_ids():
+    assert video_id("/x/clips/abc.mp4") == "abc"
+    assert video_id("s3://bucket/v/a.b.mkv") == "a.b"
+    assert video_id("https://h/x/v1.webm?sig=1") == "v1"
