@@ -15,6 +15,7 @@ from attncluster.data.records import dequantize
 from attncluster.data.synth import class_prototypes, write_synthetic
 from attncluster.data.tfrecord import TFRecordWriter
 from attncluster.data.yt8m import YT8MShard, encode_sequence_example, quantize
+from attncluster.errors import DataError
 from attncluster.explain import (HtmlIndex, OutputNames, diversity, explain, explain_figure, figure_arrays,
                                  signal_attention, synthetic_signal_frames, video_record)
 from attncluster.inference import load_model
@@ -267,3 +268,79 @@ def test_trained_quickstart_model_attends_to_the_signal_frames(tmp_path):
     assert trained["videos"] == 100 and 0.2 < trained["signal_share"] < 0.5
     assert trained["signal_mass"] > 1.5 * trained["signal_share"], trained
     assert untrained["signal_mass"] < 1.2 * untrained["signal_share"], untrained
+
+
+# --- --videos: decoded files, thumbnails of the most-attended frames --------------------------------------------
+
+
+class ColourFeatures:
+    """A tiny stand-in for the yt8m FeaturePipeline (same interface): a frame's features are its mean grey level
+    repeated, quantized as the dataset's bytes; audio is silence. Enough to drive explain from real decoded files."""
+
+    modalities = {"rgb": 1024, "audio": 128}
+    quantized = True
+    frame_size = None
+
+    def frame_features(self, frames):
+        level = frames.reshape(len(frames), -1).mean(axis=1).astype(np.uint8)  # (T,)
+        return np.repeat(level[:, None], 1024, axis=1)
+
+    def audio_features(self, wav, sample_rate=16000):
+        return np.zeros((max(1, len(wav) // 15360), 128), dtype=np.uint8)
+
+
+def test_explain_videos_timestamps_and_thumbnails_are_the_decoded_frames(tiny_run, tmp_path):
+    pytest.importorskip("av")
+    from matplotlib.image import AxesImage
+
+    import attncluster.explain as ex
+    from attncluster.extract.pipeline import Extractor
+    from extract_videos import frame_index, make_video
+
+    config, ckpt = tiny_run
+    cfg = load_config(config)
+    video = tmp_path / "clip.mp4"
+    make_video(video, 120, rate=10)  # 12 s at 10 fps: the 1 frame/s rule samples frames 0, 10, ..., 110
+    out = tmp_path / "out"
+    figures = []  # a spy: explain's own figure function, its arguments and the Figure it returned
+    real_figure = ex.explain_figure
+
+    def spy(rec, thumbs=None):
+        figures.append((rec, thumbs, real_figure(rec, thumbs)))
+        return figures[-1][2]
+
+    ex.explain_figure = spy
+    try:
+        n = explain(cfg, str(ckpt), out, videos=[str(video)], device="cpu", log=quiet,
+                    extractor=Extractor(ColourFeatures(), num_workers=0))
+    finally:
+        ex.explain_figure = real_figure
+    assert n == 1
+    rec = json.loads((out / "clip.json").read_text())
+    seg = cfg.model.seg_num
+    idx = [min(11, math.floor((i + 0.5) * 12 / seg)) for i in range(seg)]  # eval's sampling of 12 frames
+    assert rec["frames"]["frame_index"] == [10 * i for i in idx]
+    assert rec["frames"]["timestamp_s"] == pytest.approx([float(i) for i in idx])
+    (_, thumbs, fig), = figures
+    # the thumbnails are the most-attended distinct frames, in time order, and show those very frames
+    total = np.zeros(12)  # per frame (stream index / 10): summed attention over modalities, each over its units
+    for a in rec["attention"].values():
+        for t, f in enumerate(rec["frames"]["frame_index"]):
+            total[f // 10] += a["summed"][t] / len(a["units"])
+    expected = sorted(np.argsort(-total, kind="stable")[:ex.THUMBNAILS].tolist())
+    assert [t for t, _ in thumbs] == pytest.approx([float(f) for f in expected])
+    shown = [a for a in fig.axes if any(isinstance(i, AxesImage) for i in a.images)]
+    assert [frame_index(np.asarray(a.images[0].get_array())) for a in shown] == [10 * f for f in expected]
+    assert [a.get_title() for a in shown] == [f"{float(f):.1f} s" for f in expected]
+
+
+def test_a_video_that_fails_to_decode_is_named(tiny_run, tmp_path):
+    pytest.importorskip("av")
+    from attncluster.extract.pipeline import Extractor
+
+    config, ckpt = tiny_run
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    with pytest.raises(DataError, match="broken.mp4"):
+        explain(load_config(config), str(ckpt), tmp_path / "o", videos=[str(bad)], device="cpu", log=quiet,
+                extractor=Extractor(ColourFeatures(), num_workers=0))

@@ -173,8 +173,11 @@ def cmd_predict_videos(args) -> int:
 def cmd_explain(args) -> int:
     from attncluster.explain import explain
 
-    explain(_config(args), args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos,
-            top_k=args.top_k, vocab=args.vocab, fps=args.fps, device=args.device, max_videos=args.max_videos)
+    cfg = _config(args)
+    opts = _extract_options(args, cfg) if args.videos else {"fps": args.fps, "device": args.device}
+    explain(cfg, args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos, top_k=args.top_k,
+            vocab=args.vocab, max_videos=args.max_videos, skip_bad=args.skip_bad, num_workers=args.num_workers,
+            **opts)
     return 0
 
 
@@ -303,9 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names "
                    "(default: data.class_names of the config)")
     p.add_argument("--max-videos", type=int, default=None, metavar="N", help="stop after N videos")
-    p.add_argument("--fps", type=float, default=1.0, metavar="F", help="with --data: feature frames per second, for "
-                   "timestamps (default 1: YouTube-8M frame-level features are 1 frame per second)")
     _add_device(p)
+    _add_extract_weights(p, ("--backbone-weights",))  # --videos; --fps also sets the timestamps of --data frames
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("plot", help="training curves of one or more runs as a PNG",

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -416,8 +417,9 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
 
 def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | None = None,
             ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | None = None,
-            fps: float = 1.0, device: str | None = None, figures: bool = True, log=print,
-            extractor=None, max_videos: int | None = None, mark=None) -> int:
+            fps: float | None = None, device: str | None = None, figures: bool = True, log=print,
+            extractor=None, max_videos: int | None = None, mark=None, skip_bad: bool = False,
+            **pipeline_options) -> int:
     """The ``explain`` verb: ``ID.json`` + ``ID.png`` per video and ``index.html`` under ``output``.
 
     Args:
@@ -429,7 +431,8 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         ids: with ``data``, only these video ids (each must be present).
         top_k: classes listed per video.
         vocab: YouTube-8M ``vocabulary.csv`` for names (default: ``data.class_names`` of the config).
-        fps: frames per second of the feature shards, for timestamps (YouTube-8M: 1).
+        fps: with ``data``, frames per second of the feature shards, for timestamps (default 1, YouTube-8M's);
+            with ``videos``, the sampling rate of the decoder (default 1).
         device: torch device.
         figures: also draw ``ID.png`` (False: JSON and index only).
         extractor: with ``videos``, an ``attncluster.extract.pipeline.Extractor`` (default: built from the
@@ -437,6 +440,10 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         max_videos: stop after this many videos.
         mark: optional ``mark(info, frames) -> (label, (L,) bool)`` flagging sampled frames to shade in the figure
             (e.g. known events; the quickstart marks its planted signal); ``frames`` is modality -> (L, F) array.
+        skip_bad: with ``videos``, skip (and report on stderr) files that fail to decode instead of stopping.
+        pipeline_options: with ``videos`` and no ``extractor``: ``max_frames``, ``num_workers`` and the
+            ``FeaturePipeline.create`` options (preset, inception, pca, vggish, vggish_pca, random_weights,
+            backbone, weights, precision), as ``extract`` takes them.
 
     Returns:
         The number of videos explained.
@@ -450,7 +457,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         raise ConfigError("explain: --ids selects videos of --data; with --videos list the files instead")
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    if not fps > 0:
+    if fps is not None and not fps > 0:
         raise ConfigError(f"--fps {fps}: must be > 0")
     if max_videos is not None and max_videos < 1:
         raise ConfigError(f"--max-videos {max_videos}: must be >= 1")
@@ -461,7 +468,15 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
     model = load_model(cfg, weights, dev)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    source = iter_data(cfg, data, ids, fps) if data is not None else _video_source(cfg, videos, extractor)
+    if data is not None:
+        source = iter_data(cfg, data, ids, fps or 1.0)
+    else:
+        def on_bad(path: str, message: str) -> None:
+            print(f"skipped: {message}", file=sys.stderr, flush=True)
+
+        pipeline_options.setdefault("device", device)
+        source = _video_source(cfg, videos, extractor, skip_bad=skip_bad, on_bad=on_bad, fps=fps,
+                               **pipeline_options)
     file_names = OutputNames()
     index = HtmlIndex(out / "index.html", f"attncluster explain: {Path(weights).name}")
     count = 0
@@ -511,8 +526,72 @@ def _thumbnails(record: Mapping[str, Any], images: np.ndarray | None) -> list[tu
     return [(float(ts[p]), images[p]) for p in first]
 
 
-def _video_source(cfg: Config, videos: list[str], extractor=None):
-    raise ConfigError("explain --videos needs the attncluster.extract package (video extra), not in this build")
+THUMB_HEIGHT = 96  # pixels: thumbnails are decoded small, so a long HD video never sits in memory at full size
+
+
+def _video_source(cfg: Config, videos: list[str], extractor=None, skip_bad: bool = False, on_bad=None,
+                  **pipeline_options) -> Iterator[tuple[list[dict], dict[str, torch.Tensor]]]:
+    """Video files, featurised by ``extractor`` (an ``attncluster.extract.pipeline.Extractor``; default: one made
+    from ``pipeline_options`` as ``extract`` makes it), sampled as eval samples; one video per step.
+
+    Thumbnails: each video is decoded a second time, without audio and scaled to ``THUMB_HEIGHT`` pixels, with the
+    same sampling rule, so the images are the frames the features came from.
+    """
+    try:
+        from attncluster.extract.decode import decode_video
+        from attncluster.extract.pipeline import Extractor, expand_videos, make_pipeline
+    except ImportError as e:
+        raise ConfigError(f"explain --videos needs attncluster.extract and PyAV ({e}); install the video extra: "
+                          "pip install 'attncluster[video]'") from None
+    from attncluster.data.records import dequantize
+    from attncluster.data.sampling import sample_indices
+
+    if extractor is None:
+        if pipeline_options.get("random_weights") is not None:
+            from attncluster.extract.pipeline import RANDOM_WEIGHTS_WARNING
+
+            print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
+        fps = pipeline_options.pop("fps", None) or 1.0
+        max_frames = pipeline_options.pop("max_frames", None) or 300
+        num_workers = pipeline_options.pop("num_workers", "auto")
+        extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
+                              num_workers=num_workers)
+    for m, dim in cfg.model.feature_dims.items():
+        if extractor.modalities.get(m) != dim:
+            raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives {extractor.modalities}; "
+                              "use the preset the model was trained on")
+    paths = expand_videos(videos)
+    for rec in extractor.iter_extract(paths, skip_bad=skip_bad, on_bad=on_bad):
+        n = min(len(rec[m]) for m in cfg.model.feature_dims)
+        idx = sample_indices(n, cfg.model.seg_num)  # the frames eval would see in extracted shards
+        source = rec.get("source", rec["id"])
+        images = _thumbnail_frames(decode_video, source, extractor, rec["frame_indices"], idx)
+        info = {"id": rec["id"], "frame_index": np.asarray(rec["frame_indices"])[idx],
+                "timestamps": np.asarray(rec["timestamps"], dtype=np.float64)[idx], "num_frames": n,
+                "timing": VIDEO_TIMING, "images": images, "source": source}
+        feats = {}
+        for m in cfg.model.feature_dims:
+            x = torch.from_numpy(np.ascontiguousarray(rec[m][idx]))[None]  # (1, L, F)
+            feats[m] = dequantize(x) if x.dtype == torch.uint8 else x.float()
+        yield [info], feats
+
+
+def _thumbnail_frames(decode_video, path: str, extractor, frame_indices, idx) -> np.ndarray | None:
+    """(L, h, w, 3) small images of the sampled frames, or None for a URL (decoded only once, by the workers)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    import av
+
+    local = path[len("file://"):] if path.startswith("file://") else path
+    with av.open(local) as container:
+        stream = container.streams.video[0]
+        h, w = stream.codec_context.height or THUMB_HEIGHT, stream.codec_context.width or THUMB_HEIGHT
+    size = (THUMB_HEIGHT, max(2, round(THUMB_HEIGHT * w / h / 2) * 2))
+    d = decode_video(local, fps=extractor.fps, max_frames=extractor.max_frames, audio=False, size=size)
+    if not np.array_equal(d.frame_indices, frame_indices):
+        raise DataError(f"{path}: decoding twice sampled different frames (thumbnails would not match the "
+                        "features)")
+    return d.frames[idx]
 
 
 # ----------------------------------------------------------------------------------------------------------------
