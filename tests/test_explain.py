@@ -3,7 +3,6 @@ and on the synthetic data a trained model's attention goes to the frames that ca
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,3 +343,17 @@ def test_a_video_that_fails_to_decode_is_named(tiny_run, tmp_path):
     with pytest.raises(DataError, match="broken.mp4"):
         explain(load_config(config), str(ckpt), tmp_path / "o", videos=[str(bad)], device="cpu", log=quiet,
                 extractor=Extractor(ColourFeatures(), num_workers=0))
+
+
+def test_cli_explain_videos_names_a_broken_file(tiny_run, tmp_path, capsys):
+    """Runs once the backbones (attncluster.extract.features) are in the build."""
+    pytest.importorskip("av")
+    pytest.importorskip("attncluster.extract.features")
+    config, ckpt = tiny_run
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 50)
+    assert main(["explain", "--config", str(config), "--weights", str(ckpt), "--videos", str(bad), "--output",
+                 str(tmp_path / "o"), "--random-weights", "0", "--num-workers", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "broken.mp4" in last and "Traceback" not in err, err

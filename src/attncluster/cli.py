@@ -177,7 +177,7 @@ def cmd_explain(args) -> int:
     opts = _extract_options(args, cfg) if args.videos else {"fps": args.fps, "device": args.device}
     explain(cfg, args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos, top_k=args.top_k,
             vocab=args.vocab, max_videos=args.max_videos, skip_bad=args.skip_bad, num_workers=args.num_workers,
-            **opts)
+            figures=not args.no_figures, **opts)
     return 0
 
 
@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names "
                    "(default: data.class_names of the config)")
     p.add_argument("--max-videos", type=int, default=None, metavar="N", help="stop after N videos")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write ID.json and index.html only (drawing figures is most of the time)")
     _add_device(p)
     _add_extract_weights(p, ("--backbone-weights",))  # --videos; --fps also sets the timestamps of --data frames
     p.set_defaults(func=cmd_explain)

@@ -276,9 +276,12 @@ def explain_figure(record: Mapping[str, Any], thumbnails: Sequence[tuple[float, 
             ax.axhline(units / len(a["time"]), color="0.5", linestyle="--", linewidth=1, label="uniform")
             ax.set_ylabel("summed\nattention")
             overlap = "n/a" if info["overlap"] is None else f"{info['overlap']:.2f}"
-            ax.set_title(f"{m}: {units} units; they look at {info['effective_frames']:.1f} of "
-                         f"{info['distinct_frames']} frames (effective), unit overlap {overlap}", fontsize=10,
-                         loc="left")
+            if info["distinct_frames"] == 1:
+                note = "one frame (video-level features?): the attention has nothing to choose from"
+            else:
+                note = (f"they look at {info['effective_frames']:.1f} of {info['distinct_frames']} frames "
+                        f"(effective), unit overlap {overlap}")
+            ax.set_title(f"{m}: {units} units; {note}", fontsize=10, loc="left")
             ax.legend(loc="upper right", fontsize=8, frameon=False)
             ax.tick_params(labelbottom=False)
             ax.set_ylim(bottom=0)
@@ -598,7 +601,8 @@ def _thumbnail_frames(decode_video, path: str, extractor, frame_indices, idx) ->
 # Evidence on the synthetic data
 
 
-def synthetic_signal_frames(rgb: np.ndarray, labels: Iterable[int], classes: int, prototype_seed: int = 0) -> np.ndarray:
+def synthetic_signal_frames(rgb: np.ndarray, labels: Iterable[int], classes: int,
+                            prototype_seed: int = 0) -> np.ndarray:
     """Which frames of a synthetic video (:mod:`attncluster.data.synth`) carry one of its labels' signal.
 
     A label k's event frames hold both prototypes p_k and q_k; decoy frames hold only one. A frame counts when its

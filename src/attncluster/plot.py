@@ -49,7 +49,8 @@ class RunMetrics:
 
     @property
     def multi_label(self) -> bool:
-        return any("gap" in r for r in self.train + self.valid) or not any("top_1" in r for r in self.train + self.valid)
+        records = self.train + self.valid
+        return any("gap" in r for r in records) or not any("top_1" in r for r in records)
 
     def series(self, kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of ``key`` over the ``kind`` records that have it."""
@@ -125,7 +126,8 @@ def runs_figure(runs: list[RunMetrics]):
     for ax, (multi_key, single_key, title) in zip(axes, PANELS):
         for i, run in enumerate(runs):
             key = multi_key if run.multi_label else single_key
-            colour, style, marker = COLOURS[i % len(COLOURS)], LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]
+            colour, style = COLOURS[i % len(COLOURS)], LINESTYLES[i % len(LINESTYLES)]
+            marker = MARKERS[i % len(MARKERS)]
             s, v = run.series("train", key)
             if len(s):
                 ax.plot(s, v, color=colour, linestyle=style, linewidth=1.3, label=f"{run.label} (train batches)")
