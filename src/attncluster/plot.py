@@ -151,7 +151,8 @@ def runs_figure(runs: list[RunMetrics]):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=9,
+    # One column per run (legend entries fill column by column: a run's train line above its validation points).
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(4, len(runs))), fontsize=9,
                frameon=False)
     progress = [r.label for r in runs if r.partial_tail]
     fig.suptitle("training curves" + (f" (in progress: {', '.join(progress)})" if progress else ""), fontsize=11)
