@@ -7,10 +7,15 @@ reports seconds per video and the process's peak RSS (``ru_maxrss``). With figur
 of the smallest, within noise. (``ru_maxrss`` includes the allocator's high-water mark; ``tracemalloc`` over 2000
 videos showed no growth of the Python heap.)
 
+``--repeat N`` runs explain over the same N videos ``--passes`` times (default 3) in one process (JSON only, no loader worker) and
+prints the current RSS (``VmRSS``) after each pass: what a growing process would show, without the high-water
+noise of the peak.
+
 Usage::
 
     python benchmarks/bench_explain.py            # figures: 10 vs 40 videos; JSON only: 300, 1000, 3000
     python benchmarks/bench_explain.py --quick    # figures: 3 vs 9; JSON only: 10 vs 40
+    python benchmarks/bench_explain.py --repeat 3000
 """
 
 from __future__ import annotations
@@ -45,10 +50,57 @@ def child(args) -> None:
     print(json.dumps({"videos": n, "seconds": seconds, "peak_rss_mib": round(rss, 1)}))
 
 
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def repeat(n: int, json_path: str | None, passes: int = 3) -> None:
+    from attncluster.config import load_config
+    from attncluster.explain import explain
+
+    tmp, data, weights = setup(n)
+    cfg = load_config(_config_path(), ["data.num_workers=0"])
+    after = []
+    for _ in range(passes):
+        explain(cfg, weights, os.path.join(tmp, "out"), data=[data], device="cpu", log=lambda m: None,
+                max_videos=n, figures=False)
+        after.append(round(current_rss_mib(), 1))
+    print(f"explain {n} videos x {passes} passes, VmRSS after each pass (MiB): {after}")
+    report({"benchmark": "explain_repeat", "machine": machine_info(), "videos": n, "passes": passes, "rss_after_pass_mib": after,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}, json_path)
+
+
+def _config_path():
+    from attncluster.quickstart import quickstart_config_path
+
+    return quickstart_config_path()
+
+
+def setup(videos: int) -> tuple[str, str, str]:
+    """Synthetic quickstart-format validation shards and a random quickstart model: (folder, data, weights)."""
+    import torch
+
+    from attncluster.config import load_config
+    from attncluster.data.synth import write_synthetic
+    from attncluster.model import AttentionCluster
+
+    tmp = tempfile.mkdtemp(prefix="attncluster-bench-explain-")
+    data = os.path.join(tmp, "valid")
+    write_synthetic(data, videos=videos, classes=20, shards=max(1, videos // 500), seed=1, max_frames=100,
+                    prefix="validate")
+    torch.manual_seed(0)
+    weights = os.path.join(tmp, "model.pt")
+    torch.save({"model": AttentionCluster(**load_config(_config_path()).model.model_kwargs()).state_dict()}, weights)
+    return tmp, data, weights
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None, help="also write the JSON line here")
+    p.add_argument("--repeat", type=int, default=None, metavar="N", help="3 passes over N videos in one process")
+    p.add_argument("--passes", type=int, default=3, help="with --repeat: passes (default 3)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--figures", action="store_true", help=argparse.SUPPRESS)
@@ -58,24 +110,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.child:
         return child(args)
-
-    import torch
-
-    from attncluster.config import load_config
-    from attncluster.data.synth import write_synthetic
-    from attncluster.model import AttentionCluster
-    from attncluster.quickstart import quickstart_config_path
+    if args.repeat:
+        return repeat(args.repeat, args.json, args.passes)
 
     sizes = {"figures": (3, 9), "json": (10, 40)} if args.quick else {"figures": (10, 40), "json": (300, 1000, 3000)}
-    tmp = tempfile.mkdtemp(prefix="attncluster-bench-explain-")
-    data = os.path.join(tmp, "valid")
-    most = max(max(v) for v in sizes.values())
-    write_synthetic(data, videos=most, classes=20, shards=max(1, most // 500), seed=1, max_frames=100,
-                    prefix="validate")
-    cfg = load_config(quickstart_config_path())
-    torch.manual_seed(0)
-    weights = os.path.join(tmp, "model.pt")
-    torch.save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict()}, weights)
+    tmp, data, weights = setup(max(max(v) for v in sizes.values()))
     rows, results = [], {}
     for mode, ns in sizes.items():
         for n in ns:
