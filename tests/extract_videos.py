@@ -135,3 +135,14 @@ class TinyPipeline:
         ex = np.stack([wav[i * 15360:i * 15360 + 15600] for i in range(k)])
         bands = np.log1p(np.abs(np.fft.rfft(ex, axis=1))[:, :7792].reshape(k, 16, -1).mean(axis=2))
         return quantize((bands - bands.mean()) @ self.audio_proj)
+
+
+def crashing_decode(path, *args):
+    """A decode job whose process dies (as FFmpeg segfaulting on a hostile file would) for files named crash*."""
+    import os
+
+    from attncluster.extract.pipeline import _decode_job
+
+    if os.path.basename(path).startswith("crash"):
+        os._exit(139)
+    return _decode_job(path, *args)

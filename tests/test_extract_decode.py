@@ -114,6 +114,10 @@ def test_broken_inputs_raise_one_line_naming_the_file(tmp_path):
     good = tmp_path / "good.mp4"
     make_video(good, 50, Fraction(25))
     cases["truncated"] = _bad(tmp_path, "truncated.mp4", good.read_bytes()[:600])
+    long = tmp_path / "long.mkv"
+    make_video(long, 250, Fraction(25))  # 10 s; mkv's header declares the duration, so a cut file still opens
+    data = long.read_bytes()
+    cases["cut mkv"] = _bad(tmp_path, "cut.mkv", data[:len(data) // 2])
     audio_only = tmp_path / "audio_only.m4a"
     with av.open(str(audio_only), "w") as c:
         s = c.add_stream("aac", rate=16000, layout="mono")
@@ -132,6 +136,7 @@ def test_broken_inputs_raise_one_line_naming_the_file(tmp_path):
     make_video(one, 1, Fraction(25))  # 1 frame of 0.04 s
     cases["1 frame at 25 fps"] = one
     expect = {"text": "not a readable video", "empty": "empty file (0 bytes)", "truncated": "",
+              "cut mkv": "truncated or damaged: the video frames stop at ",
               "audio only": "has no video stream", "0.3 s": f"at least {MIN_DURATION} s",
               "1 frame at 25 fps": "too short (0.04 s, 1 frame)"}
     for what, path in cases.items():

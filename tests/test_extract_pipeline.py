@@ -192,3 +192,124 @@ def test_video_ids():
     assert video_id("/x/clips/abc.mp4") == "abc"
     assert video_id("s3://bucket/v/a.b.mkv") == "a.b"
     assert video_id("https://h/x/v1.webm?sig=1") == "v1"
+
+
+def test_cli_extract_then_predict_equals_predict_videos_with_random_weights(tmp_path, capsys):
+    """The real YouTube-8M pipeline (random weights) through the CLI: extract -> inspect, and predict --videos
+    equals predict on the extracted shards with the same checkpoint. One 1-second frame per clip keeps it short."""
+    pytest.importorskip("attncluster.extract.features")
+    import torch
+    from safetensors.torch import save_file
+
+    from attncluster.cli import main
+    from attncluster.config import save_config
+    from attncluster.model import AttentionCluster
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    make_video(clips / "one.mp4", 25, Fraction(25), audio_hz=440.0)
+    make_video(clips / "two.mkv", 12, Fraction(12))
+    (clips / "broken.mp4").write_text("not a video")
+    cfg = load_config(None, ["model.num_classes=4", "model.seg_num=2", "model.cluster_nums=2",
+                             "model.hidden_sizes=[8]", "data.num_workers=0"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    torch.manual_seed(0)
+    save_file(AttentionCluster(**cfg.model.model_kwargs()).state_dict(), str(tmp_path / "m.safetensors"))
+    common = ["--random-weights", "0", "--num-workers", "0"]
+
+    out = str(tmp_path / "out")
+    assert main(["extract", str(clips), "--output", out, *common]) == 2  # the broken file stops the run ...
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {clips / 'broken.mp4'}: not a readable video file (")
+    assert main(["extract", str(clips), "--output", out, "--skip-bad", *common]) == 0  # ... or is skipped
+    captured = capsys.readouterr()
+    assert f"skipped: {clips / 'broken.mp4'}: not a readable video file (" in captured.err
+    assert "skipped 1 bad files" in captured.out
+    assert sorted(e["id"] for e in read_manifests(out)) == ["one", "two"]
+    assert main(["inspect", out]) == 0
+    lines = {j["id"]: j for j in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert lines["one"]["num_frames"] == 1 and lines["two"]["num_frames"] == 1
+
+    weights = ["--config", str(tmp_path / "cfg.yaml"), "--weights", str(tmp_path / "m.safetensors"), "--top-k", "3"]
+    assert main(["predict", *weights, "--data", out, "--output", str(tmp_path / "p.jsonl")]) == 0
+    via_shards = {r["id"]: r for r in map(json.loads, open(tmp_path / "p.jsonl"))}
+    capsys.readouterr()
+    assert main(["predict", *weights, "--videos", str(clips / "one.mp4"), str(clips / "two.mkv"), *common]) == 0
+    direct = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in direct] == ["one", "two"]
+    for r in direct:
+        assert r["classes"] == via_shards[r["id"]]["classes"]
+        np.testing.assert_allclose(r["scores"], via_shards[r["id"]]["scores"], atol=2e-6)
+
+
+def test_fsspec_url_inputs(videos):
+    fsspec = pytest.importorskip("fsspec")
+    from attncluster.extract.pipeline import expand_videos
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/clips_url/a.mp4", (videos / "a.mp4").read_bytes())
+    paths = expand_videos(["memory://clips_url"])
+    assert len(paths) == 1 and paths[0].startswith("memory://") and paths[0].endswith("/clips_url/a.mp4")
+    (rec,) = Extractor(TinyPipeline(), num_workers=0).iter_extract(paths)  # in-process: memory:// is per process
+    assert rec["id"] == "a" and rec["source"] == paths[0]
+    rgb, _, _ = expected_record(str(videos / "a.mp4"), TinyPipeline())
+    np.testing.assert_array_equal(rec["rgb"], rgb)
+
+
+def test_a_decoder_crash_is_one_bad_file_not_a_dead_job(videos, tmp_path):
+    from extract_videos import crashing_decode
+
+    crash = tmp_path / "crash.mp4"
+    crash.write_bytes((videos / "a.mp4").read_bytes())
+    ex = Extractor(TinyPipeline(), num_workers=2)
+    ex.decode_fn = crashing_decode
+    seen = []
+    paths = [str(videos / "a.mp4"), str(crash), str(videos / "b.mkv"), str(videos / "c.mp4")]
+    ids = [r["id"] for r in ex.iter_extract(paths, skip_bad=True, on_bad=lambda p, m: seen.append(m))]
+    assert ids == ["a", "b", "c"]
+    assert seen == [f"{crash}: the decoder crashed on this file (its process died)"]
+
+
+def test_weight_paths_and_sampling_from_the_config_extract_section(tmp_path):
+    from attncluster.cli import _extract_options, build_parser
+    from attncluster.errors import ConfigError
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text("extract:\n  inception: /w/classify_image_graph_def.pb\n  pca: /w/yt8m_pca\n  fps: 2\n")
+    args = build_parser().parse_args(["extract", "v.mp4", "--output", "o", "--config", str(cfg_path),
+                                      "--pca", "/other/pca"])
+    opts = _extract_options(args, load_config(cfg_path))
+    assert opts["inception"] == "/w/classify_image_graph_def.pb"  # from the config
+    assert opts["pca"] == "/other/pca"  # the command line wins
+    assert opts["fps"] == 2.0 and opts["max_frames"] == 300 and opts["preset"] == "yt8m"
+    cfg_path.write_text("extract:\n  fps: 0\n")
+    with pytest.raises(ConfigError, match="extract.fps: must be > 0"):
+        load_config(cfg_path)
+
+
+def test_float_backbone_needs_features_format(videos, tmp_path):
+    from attncluster.data.dataset import VideoDataset
+    from attncluster.errors import ConfigError
+
+    class FloatPipeline(TinyPipeline):
+        """The image preset's contract: float features, no audio."""
+        quantized = False
+
+        def __init__(self):
+            super().__init__(rgb=12)
+            self.modalities = {"rgb": 12}
+
+        def frame_features(self, frames):
+            import torch
+
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+            with torch.no_grad():
+                return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3))).numpy().astype(np.float16)
+
+    with pytest.raises(ConfigError, match="use --format features"):
+        run_extract(good(videos), str(tmp_path / "y"), pipeline=FloatPipeline(), num_workers=0, log=lambda m: None)
+    out = str(tmp_path / "f")
+    run_extract(good(videos), out, pipeline=FloatPipeline(), fmt="features", num_workers=0, log=lambda m: None)
+    ds = VideoDataset(out, modalities={"rgb": 12}, num_classes=3, seg_num=2, train=False, fmt="features")
+    assert sorted(s["id"] for s in ds) == ["a", "b", "c", "d"]
+    assert np.load(os.path.join(out, "a.npz"))["rgb"].dtype == np.float16

@@ -52,6 +52,8 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     if args.videos:
+        if args.data:
+            raise AttnClusterError("predict takes --data (feature shards) or --videos (video files), not both")
         return cmd_predict_videos(args)
     if not args.data or not args.output:
         raise AttnClusterError("predict needs --data PATH... and --output FILE (or --videos FILE... for video files)")
@@ -136,7 +138,7 @@ def _extract_options(args, cfg) -> dict:
 
     return {"preset": pick("preset") or "yt8m", "inception": pick("inception"), "pca": pick("pca"),
             "vggish": pick("vggish"), "vggish_pca": pick("vggish_pca"), "backbone": pick("backbone"),
-            "weights": pick("backbone_weights"), "random_weights": args.random_weights,
+            "backbone_weights": pick("backbone_weights"), "random_weights": args.random_weights,
             "precision": args.precision, "device": args.device,
             "fps": pick("fps") or 1.0, "max_frames": pick("max_frames") or 300}
 

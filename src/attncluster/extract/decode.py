@@ -30,8 +30,9 @@ Limits. A clip must last at least :data:`MIN_DURATION` = 0.96 s: one VGGish exam
 second is what the audio features are made of, and a shorter clip has no full example; YouTube-8M's own videos are
 120-500 s long. A 1-frame video is valid when it lasts that long (a still image shown for 2 s gives one sampled
 frame); a single 25 fps frame lasts 0.04 s and is rejected as too short. Unreadable files, files with no video
-stream, zero-length files and truncated files whose video cannot be decoded raise :class:`DataError` naming the
-file.
+stream, zero-length files and truncated files raise :class:`DataError` naming the file. A file cut off after its
+header (mkv, faststart mp4) decodes without an FFmpeg error up to the cut; it is reported as truncated when its
+frames stop before 90% (less 1 s) of the duration the container declares.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def decode_video(path: str, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_
 
 
 def _reason(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = getattr(e, "strerror", None) or " ".join(str(e).split())  # FFmpeg's message, without errno and path
     return text[:200] if text else type(e).__name__
 
 
@@ -263,6 +264,12 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
     if not frames:
         raise DataError(f"{path}: no video frame could be decoded; the file is damaged, truncated or not a video")
     duration = float(end_time if end_time is not None else 0)
+    declared = _declared_duration(container, vstream)
+    if not video_done and declared is not None and duration < 0.9 * declared - 1.0:
+        # FFmpeg decodes a cut-off file (mkv, faststart mp4) up to the cut without an error: never pass off a
+        # truncated video as a short one.
+        raise DataError(f"{path}: truncated or damaged: the video frames stop at {duration:.2f} s of the "
+                        f"{declared:.2f} s the container declares")
     if duration < MIN_DURATION:
         raise DataError(f"{path}: too short ({duration:.2f} s, {n_decoded} frame{'s' if n_decoded != 1 else ''}); "
                         f"a video must last at least {MIN_DURATION} s, one VGGish audio example (0.96 s) per "
@@ -279,6 +286,15 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
         duration=duration,
         has_audio=has_audio,
     )
+
+
+def _declared_duration(container, vstream) -> float | None:
+    """Seconds the file says it lasts: the video stream's duration, else the container's; None when unknown."""
+    if vstream.duration is not None and vstream.time_base is not None and vstream.duration > 0:
+        return float(vstream.duration * vstream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
 
 
 def _audio_seconds(chunks: list[np.ndarray]) -> float:

@@ -39,6 +39,10 @@ AUDIO_HOP_SECONDS = 0.96  # vggish_params.EXAMPLE_HOP_SECONDS
 AUDIO_MIN_SAMPLES = 15600  # 0.975 s: 96 log-mel frames of 25 ms windows at a 10 ms hop, one VGGish example
 BATCH_FRAMES = 32  # frames per backbone call (across videos)
 MAX_AUTO_WORKERS = 16
+# Decoded frames in flight (decoded by workers, not yet through the model). The YouTube-8M preset takes frames at
+# their native size (the 2015 graph resizes them itself), so one 300-frame 1080p video is 1.9 GB: the number of
+# videos decoded ahead shrinks to fit this budget (at least one at a time).
+MAX_INFLIGHT_BYTES = 2 << 30
 
 
 def video_id(path: str) -> str:
@@ -128,6 +132,8 @@ class Extractor:
         rec = ex.extract("clip.mp4")   # {"id", "rgb": (T, 1024) uint8, "audio": (T, 128) uint8, "timestamps", ...}
     """
 
+    decode_fn = staticmethod(_decode_job)  # what the worker processes run (a module-level function)
+
     def __init__(self, pipeline, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
                  num_workers: int | str = "auto", batch_frames: int = BATCH_FRAMES) -> None:
         self.pipeline = pipeline
@@ -208,23 +214,36 @@ class Extractor:
         pending: deque = deque()
         pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
         ahead = 2 * self.num_workers + 1
+        video_bytes = 0.0  # running mean of a decoded video's size
+        solo = 0  # after a worker crash: the next `solo` files run one at a time, so a crash names its file
         try:
             while todo or pending:
-                while todo and len(pending) < ahead:
+                limit = ahead if video_bytes == 0 else max(1, min(ahead, int(MAX_INFLIGHT_BYTES // video_bytes)))
+                while todo and len(pending) < (1 if solo else limit):
                     p = todo.popleft()
-                    pending.append((p, pool.submit(_decode_job, *self._job(p))))
+                    pending.append((p, pool.submit(self.decode_fn, *self._job(p))))
                 p, fut = pending.popleft()
                 try:
                     status, value = fut.result()
                 except cf.process.BrokenProcessPool:
-                    # A decoder crashed its process (FFmpeg on a hostile file): that file is bad; restart the
-                    # pool and resubmit the others that were in flight.
+                    # A decoder crashed its process (FFmpeg on a hostile file). Every file in flight fails with
+                    # it; restart the pool and redo them one at a time: the file that crashes alone is bad.
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
                     retry = [q for q, _ in pending]
                     pending.clear()
+                    if not solo:
+                        retry.insert(0, p)
                     todo.extendleft(reversed(retry))
-                    status, value = "bad", f"{p}: the decoder crashed on this file"
+                    solo = len(retry)
+                    if retry and retry[0] == p:
+                        continue
+                    status, value = "bad", f"{p}: the decoder crashed on this file (its process died)"
+                if solo:
+                    solo -= 1
+                if status == "ok":
+                    size = float(value.frames.nbytes + (value.audio.nbytes if value.audio is not None else 0))
+                    video_bytes = size if video_bytes == 0 else 0.8 * video_bytes + 0.2 * size
                 yield p, status, value
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -263,23 +282,25 @@ class Extractor:
 
 # -- the pipeline from options -------------------------------------------------------------------------------------
 
-PIPELINE_OPTIONS = ("preset", "inception", "pca", "vggish", "vggish_pca", "random_weights", "backbone", "weights",
-                    "device", "precision", "dtype")
+PIPELINE_OPTIONS = ("preset", "inception", "pca", "vggish", "vggish_pca", "random_weights", "backbone",
+                    "backbone_weights", "device", "precision", "dtype")
 
 
 def make_pipeline(**options):
-    """``FeaturePipeline.create(**options)`` (see ``attncluster.extract.features``), None options left out."""
+    """``FeaturePipeline.create(**options)`` (see ``attncluster.extract.features``), None options left out.
+
+    ``backbone_weights`` is passed as ``weights`` (the image preset's state dict; named apart from a model
+    checkpoint's ``weights``)."""
     try:
         from attncluster.extract.features import FeaturePipeline
     except ImportError as e:
         raise ConfigError(f"the feature backbones are not available ({e}); install attncluster with its "
                           f"'video' extra") from None
-    kwargs = {k: v for k, v in options.items() if v is not None and k in PIPELINE_OPTIONS}
+    unknown = [k for k in options if k not in PIPELINE_OPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown feature pipeline options {unknown}; expected some of {', '.join(PIPELINE_OPTIONS)}")
+    kwargs = {("weights" if k == "backbone_weights" else k): v for k, v in options.items() if v is not None}
     return FeaturePipeline.create(**kwargs)
-
-
-RANDOM_WEIGHTS_WARNING = ("WARNING: --random-weights: the backbones and PCA are random; these features MEAN "
-                          "NOTHING. Use them only to check decoding, batching and output files.")
 
 
 def _labels_by_id(path: str | None) -> dict[str, list[int]]:
@@ -341,10 +362,13 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
         _warn(f"extract: removed {name}, left unrecorded by an interrupted run (its videos are redone)")
     todo = [p for p in mine if video_id(p) not in writer.done]
     already = len(mine) - len(todo)
-    if pipeline is None:
-        if pipeline_options.get("random_weights") is not None:
-            _warn(RANDOM_WEIGHTS_WARNING)
+    if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
+        # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
         pipeline = make_pipeline(**pipeline_options)
+    if fmt == "yt8m" and not getattr(pipeline, "quantized", True):
+        raise ConfigError("--format yt8m stores the dataset's quantized uint8 features; this backbone gives float "
+                          "features: use --format features")
     ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
     log(f"extract: {len(todo)} videos to do{where}, {already} already in {output}; "
@@ -421,9 +445,10 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
         raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
     if extractor is None:
-        pipeline_options.setdefault("device", device)
-        if pipeline_options.get("random_weights") is not None:
-            _warn(RANDOM_WEIGHTS_WARNING)
+        from attncluster import distributed
+
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device") or device,
+                                                                distributed.DistInfo()))
         extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
                               num_workers=num_workers)
     for m, dim in cfg.model.feature_dims.items():
