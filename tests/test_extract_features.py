@@ -101,6 +101,10 @@ def test_missing_weights_name_the_option(tmp_path):
         FeaturePipeline.create(inception=str(pb), pca=str(tmp_path / "nope.tgz"))
     with pytest.raises(ConfigError, match="--random-weights replaces every weight file; drop --inception"):
         FeaturePipeline.create(inception=str(pb), random_weights=0)
+    with pytest.raises(ConfigError, match="--inception .*: is a folder"):
+        FeaturePipeline.create(inception=str(tmp_path), pca=str(tmp_path), vggish=str(pb), vggish_pca=str(pb))
+    with pytest.raises(ConfigError, match="--random-weights 'x': expected a seed"):
+        FeaturePipeline.create(random_weights="x")
 
 
 def test_wrong_weight_files_are_one_line_errors(tmp_path):

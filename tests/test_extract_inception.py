@@ -14,7 +14,7 @@ from torch import nn
 
 from attncluster.errors import DataError
 from attncluster.extract import inception as inc
-from attncluster.extract.graphdef import encode_graphdef, encode_node, parse_graphdef
+from attncluster.extract.graphdef import OtherTensor, RawAttr, encode_graphdef, encode_node, parse_graphdef
 
 RNG = np.random.default_rng(0)
 
@@ -82,9 +82,23 @@ def random_bn(c: int) -> dict:
             "moving_variance": RNG.uniform(0.5, 2.0, c)}
 
 
+def _field(no: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field (tags and lengths below 128)."""
+    assert no < 16 and len(body) < 128
+    return bytes([no << 3 | 2, len(body)]) + body
+
+
+# A DT_STRING TensorProto (dtype 7, scalar shape, string_val b"jpeg") and a shape [-1, -1, 3] (dims as varints,
+# -1 as 10 bytes): what a JPEG-input Placeholder / Const carries; the reader must pass over them.
+STRING_TENSOR = RawAttr(_field(8, bytes([0x08, 7]) + _field(2, b"") + _field(8, b"jpeg")))
+MINUS_ONE = bytes([0x08]) + b"\xff" * 9 + b"\x01"
+PARTIAL_SHAPE = RawAttr(_field(7, _field(2, MINUS_ONE) + _field(2, MINUS_ONE) + _field(2, bytes([0x08, 3]))))
+
+
 def preprocess_nodes() -> list[bytes]:
     """The graph's input chain; Sub/Mul constants written as float_val scalars (the other TensorProto encoding)."""
-    return [encode_node("DecodeJpeg/contents", "Const", attr={"value": np.zeros(0, np.uint8)}),
+    return [encode_node("DecodeJpeg/contents", "Placeholder", attr={"dtype": ("type", 7), "shape": PARTIAL_SHAPE}),
+            encode_node("DecodeJpeg/default", "Const", attr={"dtype": ("type", 7), "value": STRING_TENSOR}),
             encode_node("DecodeJpeg", "DecodeJpeg", ["DecodeJpeg/contents"], {"channels": 3}),
             encode_node("Cast", "Cast", ["DecodeJpeg"], {"SrcT": ("type", 4), "DstT": ("type", 1)}),
             encode_node("ExpandDims/dim", "Const", attr={"value": np.array(0, np.int32)}),
@@ -114,7 +128,7 @@ def test_tf1_resize_hand_computed():
 def np_resize_tf1(img: np.ndarray, oh: int, ow: int, ys, xs) -> np.ndarray:
     """TensorFlow 1's ResizeBilinear (align_corners=False) written out for output pixels (ys x xs), float32."""
     ih, iw, _ = img.shape
-    sy, sx = np.float32(ih / oh), np.float32(iw / ow)
+    sy, sx = np.float32(ih) / np.float32(oh), np.float32(iw) / np.float32(ow)  # float32 division, as TF
     out = np.zeros((len(ys), len(xs), img.shape[2]), np.float32)
     for a, y in enumerate(ys):
         fy = np.float32(y) * sy
@@ -188,6 +202,8 @@ def test_graphdef_parser_reads_nodes_and_tensors(tmp_path):
     np.testing.assert_array_equal(nodes["mixed/tower/conv_1/conv2d_params"].value,
                                   weights["mixed/tower/conv_1"].astype(np.float32))
     assert nodes["Sub/y"].value.shape == () and nodes["Sub/y"].value == 128.0
+    assert nodes["DecodeJpeg/default"].attr["value"] == OtherTensor(7, ())  # a string tensor: kept, not decoded
+    assert nodes["DecodeJpeg/contents"].attr["shape"] == (-1, -1, 3)
     assert nodes["ResizeBilinear/size"].value.tolist() == [299, 299]
     join = nodes["mixed/join"]
     assert join.op == "Concat" and join.inputs[0] == "mixed/join/concat_dim" and join.attr["N"] == 4
@@ -248,7 +264,10 @@ def test_graphdef_wrong_files_are_one_line_errors(tmp_path):
     data = path.read_bytes()
     nodes = parse_graphdef(data)
     assert "mixed/tower_2/conv/conv2d_params" in nodes
-    partial = [encode_node(n.name, n.op, n.inputs, {k: v for k, v in n.attr.items() if not isinstance(v, list)})
+    def simple(attr):  # the attributes encode_node can write back
+        return {k: v for k, v in attr.items() if isinstance(v, (np.ndarray, bool, int, float, bytes))}
+
+    partial = [encode_node(n.name, n.op, n.inputs, simple(n.attr))
                for n in nodes.values() if n.name != "mixed/tower_2/conv/conv2d_params"]
     (tmp_path / "partial.pb").write_bytes(encode_graphdef(partial))
     with pytest.raises(DataError, match="no Const node 'mixed/tower_2/conv/conv2d_params'"):

@@ -148,6 +148,18 @@ def test_vggish_postprocess_matches_audioset(tmp_path):
     torch.save({"pca_eigen_vectors": torch.from_numpy(vecs), "pca_means": torch.from_numpy(means)},
                tmp_path / "tensors.pth")
     np.testing.assert_array_equal(load_vggish_pca(str(tmp_path / "tensors.pth")).postprocess(emb), out)
+    # torchvggish's 2019 file: torch's legacy format, pickled by numpy 1.x (numpy.core.multiarray._reconstruct).
+    buf = io.BytesIO()
+    torch.save({"pca_eigen_vectors": vecs, "pca_means": means}, buf, _use_new_zipfile_serialization=False)
+    legacy = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")  # protocol 2: text names
+    assert b"numpy.core.multiarray" in legacy
+    (tmp_path / "legacy.pth").write_bytes(legacy)
+    np.testing.assert_array_equal(load_vggish_pca(str(tmp_path / "legacy.pth")).postprocess(emb), out)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never print",))
 
 
 def test_vggish_pca_bad_files(tmp_path):
@@ -157,6 +169,9 @@ def test_vggish_pca_bad_files(tmp_path):
     np.savez(tmp_path / "nokey.npz", other=np.zeros(3))
     with pytest.raises(DataError, match="no 'pca_eigen_vectors'"):
         load_vggish_pca(str(tmp_path / "nokey.npz"))
+    torch.save({"pca_eigen_vectors": RunsCode()}, tmp_path / "code.pth")
+    with pytest.raises(DataError, match="code.pth: not a torch weights file .*Unsupported global"):
+        load_vggish_pca(str(tmp_path / "code.pth"))
     (tmp_path / "junk.pth").write_text("not torch")
     with pytest.raises(DataError, match="not a torch weights file") as e:
         load_vggish_pca(str(tmp_path / "junk.pth"))

@@ -40,15 +40,21 @@ IMAGE_SIZE = 224
 _WARNED_RANDOM = False
 
 
-def _warn_random(seed: int) -> None:
+def _warn_random(seed: int, what: str = "Inception, VGGish and both PCAs are") -> None:
     global _WARNED_RANDOM
     if _WARNED_RANDOM:
         return
     _WARNED_RANDOM = True
     bar = "!" * 100
-    print(f"{bar}\nWARNING: --random-weights {seed}: Inception, VGGish and both PCAs are RANDOM. The features MEAN "
-          f"NOTHING:\nthey only exercise decoding, batching and the output format. Do not train on them or trust "
-          f"any prediction made from them.\n{bar}", file=sys.stderr, flush=True)
+    print(f"{bar}\nWARNING: --random-weights {seed}: {what} RANDOM. The features MEAN NOTHING:\nthey only exercise "
+          f"decoding, batching and the output format. Do not train on them or trust any prediction made from them."
+          f"\n{bar}", file=sys.stderr, flush=True)
+
+
+def _seed(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"--random-weights {value!r}: expected a seed, an integer >= 0")
+    return int(value)
 
 
 def _seeded(seed: int, salt: int) -> torch.Generator:
@@ -65,11 +71,14 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _need(path: str | None, option: str, what: str) -> str:
+def _need(path: str | None, option: str, what: str, folder_ok: bool = False) -> str:
+    """A local weight file (or, with ``folder_ok``, folder) named by ``option``; a one-line ConfigError otherwise."""
     if not path:
         raise ConfigError(f"{option} is required: {what} (or --random-weights SEED to test without weight files)")
-    if "://" not in path and not os.path.exists(path):
-        raise ConfigError(f"{option} {path}: no such file")
+    path = os.fspath(path)
+    if not (os.path.isfile(path) or (folder_ok and os.path.isdir(path))):
+        raise ConfigError(f"{option} {path}: no such file" if not os.path.isdir(path) else
+                          f"{option} {path}: is a folder, expected a file")
     return path
 
 
@@ -142,6 +151,7 @@ class FeaturePipeline:
                               "--vggish, --vggish-pca")
         sources: dict[str, str] = {}
         if random_weights is not None:
+            random_weights = _seed(random_weights)
             given = [o for o, v in (("--inception", inception), ("--pca", pca), ("--vggish", vggish),
                                     ("--vggish-pca", vggish_pca)) if v]
             if given:
@@ -154,9 +164,9 @@ class FeaturePipeline:
             sources = {k: f"random:{random_weights}" for k in ("inception", "pca", "vggish", "vggish_pca")}
             faithful = False
         else:
-            inception = _need(inception, "--inception", "the Inception graph classify_image_graph_def.pb "
-                                                        "(inception-2015-12-05.tgz) or torchvision Inception-v3 weights")
-            pca = _need(pca, "--pca", "the YouTube-8M PCA yt8m_pca.tgz (or its unpacked folder)")
+            inception = _need(inception, "--inception", "the Inception graph classify_image_graph_def.pb (inside "
+                                                        "inception-2015-12-05.tgz) or torchvision Inception-v3 weights")
+            pca = _need(pca, "--pca", "the YouTube-8M PCA yt8m_pca.tgz (or its unpacked folder)", folder_ok=True)
             vggish = _need(vggish, "--vggish", "the VGGish weights (torchvggish vggish-10086976.pth)")
             vggish_pca = _need(vggish_pca, "--vggish-pca", "the VGGish PCA vggish_pca_params.npz (AudioSet) or "
                                                            "vggish_pca_params-970ea276.pth (torchvggish)")
@@ -166,9 +176,9 @@ class FeaturePipeline:
             audio_pca = load_vggish_pca(vggish_pca)
             sources = {"inception": inception, "pca": pca, "vggish": vggish, "vggish_pca": vggish_pca}
             faithful = variant == "graph2015"
-        pipe = cls(preset="yt8m", device=dev, precision=precision, rgb_net=_channels_last(rgb, dev), rgb_dim=rgb_pca.out_dim,
-                   image_variant=variant, pca=rgb_pca, audio_net=audio.to(dev).eval(), audio_pca=audio_pca,
-                   out_dtype=np.uint8, batch_size=batch_size, sources=sources, faithful=faithful)
+        pipe = cls(preset="yt8m", device=dev, precision=precision, rgb_net=_channels_last(rgb, dev),
+                   rgb_dim=rgb_pca.out_dim, image_variant=variant, pca=rgb_pca, audio_net=audio.to(dev).eval(),
+                   audio_pca=audio_pca, out_dtype=np.uint8, batch_size=batch_size, sources=sources, faithful=faithful)
         pipe._pca_params = rgb_pca.torch_params(dev)
         return pipe
 
@@ -181,9 +191,11 @@ class FeaturePipeline:
         name = backbone.split(":", 1)[1]
         if random_weights is None:
             weights = _need(weights, "--weights", f"the {name} state dict file")
+        else:
+            random_weights = _seed(random_weights)
         model = build_torchvision_backbone(name, weights, random_weights)
         if random_weights is not None:
-            _warn_random(random_weights)
+            _warn_random(random_weights, f"the {name} backbone's weights are")
         model = _channels_last(model, dev)
         with torch.inference_mode():
             dim = int(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=dev)).flatten(1).shape[1])

@@ -8,7 +8,8 @@ Only what a frozen inference graph such as Inception's ``classify_image_graph_de
 | ``NodeDef`` | 1: name, 2: op, 3: input (repeated), 5: attr (map<string, AttrValue>) |
 | ``AttrValue`` | 1: list, 2: s, 3: i, 4: f, 5: b, 6: type, 7: shape, 8: tensor |
 | ``AttrValue.ListValue`` | 2: s, 3: i (packed), 4: f (packed), 5: b, 6: type |
-| ``TensorProto`` | 1: dtype, 2: tensor_shape, 4: tensor_content, 5: float_val, 6: double_val, 7: int_val, 10: int64_val, 11: bool_val |
+| ``TensorProto`` | 1: dtype, 2: tensor_shape, 4: tensor_content, 5: float_val, 6: double_val, 7: int_val, |
+| | 10: int64_val, 11: bool_val |
 | ``TensorShapeProto`` | 2: dim (repeated Dim {1: size}) |
 
 It reuses the wire reader of :mod:`attncluster.data.yt8m` (varints, field spans). Parsing never runs code and never
@@ -85,7 +86,9 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def _shape(buf: bytes, a: int, b: int) -> tuple[int, ...]:
+def _shape(buf: bytes, a: int, b: int, *, tensor: bool = True) -> tuple[int, ...] | None:
+    """A TensorShapeProto. A tensor's shape must be known; an attribute's (a Placeholder's) may hold -1 dims or an
+    unknown rank (None)."""
     dims: list[int] = []
     for f, w, c, d in _fields(buf, a, b):
         if f == 2 and w == _LEN:
@@ -95,13 +98,23 @@ def _shape(buf: bytes, a: int, b: int) -> tuple[int, ...]:
                     size = _signed(e)
             dims.append(size)
         elif f == 3 and w == _VARINT and c:
-            raise _Malformed("tensor shape of unknown rank")
-    if len(dims) > _MAX_RANK or any(s < 0 for s in dims):
+            if tensor:
+                raise _Malformed("tensor shape of unknown rank")
+            return None
+    if len(dims) > _MAX_RANK or (tensor and any(s < 0 for s in dims)):
         raise _Malformed(f"bad tensor shape {dims}")
     return tuple(dims)
 
 
-def _tensor(buf: bytes, a: int, b: int) -> np.ndarray:
+@dataclass
+class OtherTensor:
+    """A tensor of a dtype this reader does not decode (strings, complex, half): kept as its dtype and shape."""
+
+    dtype_enum: int
+    shape: tuple[int, ...]
+
+
+def _tensor(buf: bytes, a: int, b: int) -> np.ndarray | OtherTensor:
     """TensorProto -> array. Typed value lists shorter than the shape repeat their last value (TF's rule)."""
     dtype_enum, shape, content = 0, (), None
     floats: list[np.ndarray] = []
@@ -121,8 +134,8 @@ def _tensor(buf: bytes, a: int, b: int) -> np.ndarray:
                 floats.append(np.frombuffer(bytes(buf[c:d]), dtype=dt))
         elif f in (7, 10, 11) and w in (_VARINT, _LEN):  # int_val / int64_val / bool_val
             _packed_ints(buf, c, d, w, c, ints)
-    if dtype_enum not in DTYPES:
-        raise _Malformed(f"tensor of unsupported dtype enum {dtype_enum}")
+    if dtype_enum not in DTYPES:  # e.g. DT_STRING: not a weight, so not decoded
+        return OtherTensor(dtype_enum, shape)
     dtype = DTYPES[dtype_enum]
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if content is not None:
@@ -169,7 +182,7 @@ def _attr_value(buf: bytes, a: int, b: int) -> object:
         elif f == 5 and w == _VARINT:
             value = bool(c)
         elif f == 7 and w == _LEN:
-            value = _shape(buf, c, d)
+            value = _shape(buf, c, d, tensor=False)
         elif f == 8 and w == _LEN:
             value = _tensor(buf, c, d)
     return value
@@ -260,7 +273,16 @@ def encode_tensor(array: np.ndarray, *, as_content: bool = True) -> bytes:
     return out
 
 
+@dataclass
+class RawAttr:
+    """An AttrValue given as its serialized bytes (tests: shapes, string tensors)."""
+
+    data: bytes
+
+
 def _encode_attr(value: object) -> bytes:
+    if isinstance(value, RawAttr):
+        return value.data
     if isinstance(value, np.ndarray):
         return _len_field(8, encode_tensor(value))
     if isinstance(value, bool):

@@ -53,7 +53,8 @@ def _tf1_resize_axis(in_size: int, out_size: int, device: torch.device) -> tuple
     ``in = out_index * (in_size / out_size)`` in float32; lower = floor(in), upper = min(ceil(in), in_size - 1),
     lerp = in - floor(in): ``compute_interpolation_weights`` in TensorFlow's ``resize_bilinear_op.cc``.
     """
-    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    # float32 division, as TF's CalculateResizeScale (not a double quotient rounded to float32).
+    scale = torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32)
     pos = torch.arange(out_size, dtype=torch.float32) * scale
     lower = pos.floor()
     upper = torch.minimum(pos.ceil(), torch.tensor(in_size - 1, dtype=torch.float32))
@@ -62,17 +63,19 @@ def _tf1_resize_axis(in_size: int, out_size: int, device: torch.device) -> tuple
 
 
 def resize_bilinear_tf1(x: Tensor, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> Tensor:
-    """(N, C, H, W) float32 -> (N, C, size) resized like TF1's ``ResizeBilinear`` with ``align_corners=False``.
+    """(N, C, H, W) uint8 or float32 -> (N, C, size) float32, resized like TF1's ``ResizeBilinear`` with
+    ``align_corners=False``.
 
     The arithmetic order is the kernel's: ``top = tl + (tr - tl) * xl; bottom = bl + (br - bl) * xl;
-    out = top + (bottom - top) * yl``.
+    out = top + (bottom - top) * yl``, in float32. uint8 input is gathered first and cast after (the same values as
+    casting first, as the graph does, without a float copy of a full-resolution frame batch).
     """
     n, c, h, w = x.shape
     y0, y1, yl = _tf1_resize_axis(h, size[0], x.device)
     x0, x1, xl = _tf1_resize_axis(w, size[1], x.device)
     top_rows, bottom_rows = x[:, :, y0, :], x[:, :, y1, :]  # (N, C, out_h, W)
-    tl, tr = top_rows[..., x0], top_rows[..., x1]  # (N, C, out_h, out_w)
-    bl, br = bottom_rows[..., x0], bottom_rows[..., x1]
+    tl, tr = top_rows[..., x0].float(), top_rows[..., x1].float()  # (N, C, out_h, out_w)
+    bl, br = bottom_rows[..., x0].float(), bottom_rows[..., x1].float()
     top = tl + (tr - tl) * xl
     bottom = bl + (br - bl) * xl
     return top + (bottom - top) * yl[:, None]
@@ -96,12 +99,13 @@ def preprocess(frames: np.ndarray | Tensor, variant: str = "graph2015",
     x = torch.as_tensor(frames)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise DataError(f"frames must be uint8 (N, H, W, 3) RGB, got {x.dtype} {tuple(x.shape)}")
-    x = x.to(device).permute(0, 3, 1, 2).float()  # (N, 3, H, W): the graph's Cast to float32
+    x = x.to(device).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
     if variant == "graph2015":
-        x = resize_bilinear_tf1(x)
+        x = resize_bilinear_tf1(x)  # the graph's Cast to float32, then ResizeBilinear
         return (x - GRAPH_SUB) * GRAPH_MUL
     if variant == "torchvision":
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
+                          antialias=True)
         return x / 127.5 - 1.0
     raise ValueError(f"unknown Inception variant {variant!r}, expected one of {VARIANTS}")
 
@@ -417,16 +421,22 @@ def _check_layout(nodes: Mapping, model: InceptionV3, path: str) -> None:
         raise DataError(f"{path}: expected one ResizeBilinear node (the classify_image graph's input resize), "
                         f"found {len(resize)}")
     size = nodes.get(resize[0].inputs[1].split(":")[0]) if len(resize[0].inputs) > 1 else None
-    if size is None or size.op != "Const" or [int(v) for v in np.ravel(size.value)] != [INPUT_SIZE, INPUT_SIZE]:
+    size = size.attr.get("value") if size is not None and size.op == "Const" else None
+    if not isinstance(size, np.ndarray) or [int(v) for v in np.ravel(size)] != [INPUT_SIZE, INPUT_SIZE]:
         raise DataError(f"{path}: ResizeBilinear size is not a Const [299, 299]")
     if resize[0].attr.get("align_corners", False) or resize[0].attr.get("half_pixel_centers", False):
         raise DataError(f"{path}: ResizeBilinear uses align_corners/half_pixel_centers; the 2015 graph uses neither")
+    # The chain after the resize: Sub(resized, 128) -> Mul(., 1/128).
+    previous = resize[0].name
     for op, want in (("Sub", GRAPH_SUB), ("Mul", GRAPH_MUL)):
-        found = [n for n in by_op.get(op, []) if len(n.inputs) == 2 and nodes.get(n.inputs[1]) is not None
-                 and nodes[n.inputs[1]].op == "Const"]
-        if len(found) != 1 or nodes[found[0].inputs[1]].value.size != 1 or \
-                not np.isclose(float(nodes[found[0].inputs[1]].value.ravel()[0]), want, rtol=1e-7, atol=0):
-            raise DataError(f"{path}: expected one input {op} by the Const {want:g} (the graph's normalisation)")
+        found = [n for n in by_op.get(op, []) if len(n.inputs) == 2 and _source(nodes, n.inputs[0]) == previous]
+        const = nodes.get(found[0].inputs[1].split(":")[0]) if len(found) == 1 else None
+        value = const.attr.get("value") if const is not None and const.op == "Const" else None
+        if not isinstance(value, np.ndarray) or value.size != 1 or \
+                not np.isclose(float(value.ravel()[0]), want, rtol=1e-7, atol=0):
+            raise DataError(f"{path}: expected {previous} to be followed by {op} with the Const {want:g} (the graph's "
+                            f"input normalisation)")
+        previous = found[0].name
     for conv in by_op.get("Conv2D", []):
         layer = conv.inputs[1].split(":")[0].removesuffix("/conv2d_params") if len(conv.inputs) > 1 else ""
         m = getattr_path(model, layer)
@@ -519,8 +529,7 @@ def load_graphdef_weights(path: str, model: nn.Module | None = None, check_layou
         w = const(f"{layer}/conv2d_params", (kh, kw, i, o))
         state[f"{key}.weight"] = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
         for part in ("beta", "gamma", "moving_mean", "moving_variance"):
-            target = part
-            state[f"{key}.{target}"] = torch.from_numpy(const(f"{layer}/batchnorm/{part}", (o,)).copy())
+            state[f"{key}.{part}"] = torch.from_numpy(const(f"{layer}/batchnorm/{part}", (o,)).copy())
         bn = bn_nodes.get(f"{layer}/batchnorm")
         if bn is not None:
             eps = bn.attr.get("variance_epsilon")
@@ -565,7 +574,10 @@ _TV_PARAMS = {"weight": "conv.weight", "gamma": "bn.weight", "beta": "bn.bias", 
 
 
 def torchvision_name(layer: str) -> str:
-    """Graph layer name -> torchvision Inception3 module name (``mixed_4/tower_1/conv_2`` -> ``Mixed_6b.branch7x7dbl_3``)."""
+    """Graph layer name -> torchvision Inception3 module name.
+
+    ``mixed_4/tower_1/conv_2`` -> ``Mixed_6b.branch7x7dbl_3``.
+    """
     block, _, rest = layer.partition("/")
     return _TV_BLOCKS[block] if not rest else f"{_TV_BLOCKS[block]}.{_TV_LAYERS[block][rest]}"
 
@@ -590,7 +602,9 @@ def load_torchvision_inception(path: str) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file: one line
-        raise DataError(f"{path}: not a torch state dict ({_one_line(e)[:200]})") from None
+        from attncluster.extract.vggish import torch_load_reason
+
+        raise DataError(f"{path}: not a torch state dict ({torch_load_reason(e)})") from None
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
         raise DataError(f"{path}: not a state dict of tensors")
     model = InceptionV3(variant="torchvision", empty=True)

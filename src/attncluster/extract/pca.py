@@ -144,7 +144,8 @@ def load_yt8m_pca(path: str) -> YT8MPCA:
         for name in YT8M_PCA_FILES:
             p = os.path.join(path, name)
             if not os.path.isfile(p):
-                raise DataError(f"{path}: no {name} (expected mean.npy, eigenvals.npy, eigenvecs.npy from yt8m_pca.tgz)")
+                raise DataError(f"{path}: no {name} (expected mean.npy, eigenvals.npy, eigenvecs.npy from "
+                                f"yt8m_pca.tgz)")
             with open(p, "rb") as f:
                 files[name] = f.read()
     elif os.path.isfile(path):

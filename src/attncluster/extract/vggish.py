@@ -19,6 +19,7 @@ loads as is.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -209,6 +210,16 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def torch_load_reason(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one short line (torch's message is a paragraph with
+    terminal escapes; its useful part follows "WeightsUnpickler error:")."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation", 1)[0]
+    return (" ".join(text.split()) or type(e).__name__)[:200]
+
+
 def load_torch_dict(path: str) -> dict:
     """``torch.load(weights_only=True)`` of a dict file, also allowing plain numpy arrays (the torchvggish PCA file
     stores them); never runs code from the file.
@@ -218,7 +229,10 @@ def load_torch_dict(path: str) -> dict:
     """
     safe: list = [np.ndarray, np.dtype]
     core = getattr(np, "_core", None) or np.core
-    safe.append(core.multiarray._reconstruct)
+    # Pickles name the reconstructor after the writer's numpy: numpy.core (1.x, e.g. torchvggish's 2019 files) or
+    # numpy._core (2.x). Both names map to this numpy's function.
+    safe += [(core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+             (core.multiarray._reconstruct, "numpy._core.multiarray._reconstruct")]
     for name in ("Float32DType", "Float64DType", "Int64DType", "Int32DType"):
         dt = getattr(getattr(np, "dtypes", None), name, None)
         if dt is not None:
@@ -229,7 +243,7 @@ def load_torch_dict(path: str) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file: one line
-        raise DataError(f"{path}: not a torch weights file ({_one_line(e)[:200]})") from None
+        raise DataError(f"{path}: not a torch weights file ({torch_load_reason(e)})") from None
     if not isinstance(raw, Mapping):
         raise DataError(f"{path}: expected a dict of tensors, got {type(raw).__name__}")
     return dict(raw)
