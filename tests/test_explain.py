@@ -345,8 +345,17 @@ def test_a_video_that_fails_to_decode_is_named(tiny_run, tmp_path):
                 extractor=Extractor(ColourFeatures(), num_workers=0))
 
 
+def test_cli_explain_videos_names_a_missing_file(tiny_run, tmp_path, capsys):
+    pytest.importorskip("av")
+    config, ckpt = tiny_run
+    err = _one_line_error(capsys, ["explain", "--config", str(config), "--weights", str(ckpt), "--videos",
+                                   str(tmp_path / "gone.mp4"), "--output", str(tmp_path / "o"), "--random-weights",
+                                   "0", "--device", "cpu"])
+    assert "gone.mp4" in err
+
+
+@pytest.mark.slow  # builds the random Inception-v3 and VGGish first (~9 s on 2 loaded cores)
 def test_cli_explain_videos_names_a_broken_file(tiny_run, tmp_path, capsys):
-    """Runs once the backbones (attncluster.extract.features) are in the build."""
     pytest.importorskip("av")
     pytest.importorskip("attncluster.extract.features")
     config, ckpt = tiny_run

@@ -445,8 +445,8 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
             (e.g. known events; the quickstart marks its planted signal); ``frames`` is modality -> (L, F) array.
         skip_bad: with ``videos``, skip (and report on stderr) files that fail to decode instead of stopping.
         pipeline_options: with ``videos`` and no ``extractor``: ``max_frames``, ``num_workers`` and the
-            ``FeaturePipeline.create`` options (preset, inception, pca, vggish, vggish_pca, random_weights,
-            backbone, weights, precision), as ``extract`` takes them.
+            ``attncluster.extract.pipeline.make_pipeline`` options (preset, inception, pca, vggish, vggish_pca,
+            random_weights, backbone, backbone_weights, precision), as ``extract`` takes them.
 
     Returns:
         The number of videos explained.
@@ -549,21 +549,21 @@ def _video_source(cfg: Config, videos: list[str], extractor=None, skip_bad: bool
     from attncluster.data.records import dequantize
     from attncluster.data.sampling import sample_indices
 
-    if extractor is None:
-        if pipeline_options.get("random_weights") is not None:
-            from attncluster.extract.pipeline import RANDOM_WEIGHTS_WARNING
+    paths = expand_videos(videos)  # a missing file fails here, before the backbones load
+    if extractor is None:  # as classify_videos makes it (FeaturePipeline.create warns about random weights)
+        from attncluster import distributed
 
-            print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
         fps = pipeline_options.pop("fps", None) or 1.0
         max_frames = pipeline_options.pop("max_frames", None) or 300
         num_workers = pipeline_options.pop("num_workers", "auto")
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"),
+                                                                distributed.DistInfo()))
         extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
                               num_workers=num_workers)
     for m, dim in cfg.model.feature_dims.items():
         if extractor.modalities.get(m) != dim:
             raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives {extractor.modalities}; "
                               "use the preset the model was trained on")
-    paths = expand_videos(videos)
     for rec in extractor.iter_extract(paths, skip_bad=skip_bad, on_bad=on_bad):
         n = min(len(rec[m]) for m in cfg.model.feature_dims)
         idx = sample_indices(n, cfg.model.seg_num)  # the frames eval would see in extracted shards
