@@ -228,6 +228,24 @@ def cmd_predict_videos(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from attncluster.explain import explain
+
+    cfg = _config(args)
+    opts = _extract_options(args, cfg) if args.videos else {"fps": args.fps, "device": args.device}
+    explain(cfg, args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos, top_k=args.top_k,
+            vocab=args.vocab, max_videos=args.max_videos, skip_bad=args.skip_bad, num_workers=args.num_workers,
+            figures=not args.no_figures, **opts)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from attncluster.plot import plot_runs
+
+    plot_runs(args.run_dirs, args.output, labels=args.label)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="attncluster",
@@ -410,6 +428,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn log level (default warning)")
     _add_device(p)
     p.set_defaults(func=cmd_serve, interrupted=lambda a: "serve stopped")
+
+    p = sub.add_parser("explain", help="show which frames each attention unit looks at, per video",
+                       description="For each video write OUTPUT/ID.json (top classes; per modality and unit the "
+                       "attention over the sampled frames with their frame indices and timestamps in seconds; the "
+                       "attention summed over units; unit overlap and effective number of frames), OUTPUT/ID.png "
+                       "(summed attention over time above a unit x time heatmap) and OUTPUT/index.html. Frames are "
+                       "sampled as eval samples them.")
+    _add_config(p)
+    _add_weights(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", metavar="PATH", help="feature shards, globs, directories or .list files")
+    src.add_argument("--videos", nargs="+", metavar="FILE", help="video files, decoded and featurised as extract "
+                     "does; the figure adds thumbnails of the most-attended frames")
+    p.add_argument("--ids", nargs="+", metavar="ID", help="with --data: only these video ids (each must exist)")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per video (default 5)")
+    p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names "
+                   "(default: data.class_names of the config)")
+    p.add_argument("--max-videos", type=int, default=None, metavar="N", help="stop after N videos")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write ID.json and index.html only (drawing figures is most of the time)")
+    _add_device(p)
+    _add_extract_weights(p, ("--backbone-weights",))  # --videos; --fps also sets the timestamps of --data frames
+    p.set_defaults(func=cmd_explain, interrupted=lambda a: f"explain stopped; {a.output} holds the videos explained so "
+                   "far (index.html lists them)")
+
+    p = sub.add_parser("plot", help="training curves of one or more runs as a PNG",
+                       description="Plot loss, GAP (top-1 for single-label runs), Hit@1 (top-5) and learning rate "
+                       "against step from each RUN_DIR/metrics.jsonl, training as lines and validation as points, "
+                       "runs overlaid. A run still in progress is fine.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="train run folders (or their metrics.jsonl)")
+    p.add_argument("--output", default="runs.png", metavar="PNG", help="image to write (default runs.png)")
+    p.add_argument("--label", action="append", default=None, metavar="NAME",
+                   help="legend name of each run, in order, repeatable (default: the folder names)")
+    p.set_defaults(func=cmd_plot, interrupted=lambda a: f"plot stopped; {a.output} was not written")
     return parser
 
 

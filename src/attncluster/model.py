@@ -169,6 +169,17 @@ class AttentionCluster(nn.Module):
             raise KeyError(f"missing input modalities {missing}; the model expects {list(self.feature_dims)}")
         return torch.cat([unit(features[m]) for m, unit in self.attention.items()], dim=1)
 
+    def attention_weights(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each unit's attention over the frames: {m: (N, L, F_m)} -> {m: (N, L, C_m)}, summing to 1 over L.
+
+        The very weights the forward pass pools with (``ShiftingAttention.attention``); in eval mode they are the
+        ones behind a prediction (dropout acts after pooling, so it never changes them).
+        """
+        missing = [m for m in self.feature_dims if m not in features]
+        if missing:
+            raise KeyError(f"missing input modalities {missing}; the model expects {list(self.feature_dims)}")
+        return {m: unit.attention(features[m]) for m, unit in self.attention.items()}
+
     def forward_head(self, x: Tensor) -> Tensor:
         """(N, num_features) cluster features -> (N, num_classes) logits."""
         x = self.dropout(x)

@@ -150,4 +150,10 @@ def _quickstart(run_dir: Path, device: str | None, log, train_videos: int, valid
         f"--output {run_dir / 'submission.csv'}")
     log(f"  attncluster inspect {data / 'valid'} | head")
     log("  attncluster train --config configs/youtube8m.yaml   # the reference setup on real YouTube-8M shards")
+
+    # Where the attention looks (attncluster explain): mass on the frames that carry the labels vs their share.
+    from attncluster.explain import quickstart_explain
+
+    summary.update(quickstart_explain(cfg, str(best), data / "valid", run_dir / "explain", device=device, log=log))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
