@@ -69,7 +69,7 @@ def test_unknown_yaml_key_suggests_closest(tmp_path):
     ("train.loss=mse", "train.loss: must be one of"),
     ("train.precision=fp8", "train.precision: must be one of"),
     ("model.cluster_nums={rgb: 4}", "model.cluster_nums: has no entry for modalities \\['audio'\\]"),
-    ("data.num_workers=-1", "data.num_workers: must be >= 0"),
+    ("data.num_workers=-1", "data.num_workers: must be in \\[0, 256\\] or 'auto'"),
     ("train.compile=maybe", "train.compile: expected true or false"),
 ])
 def test_bad_values_are_one_line_errors(override, match):

@@ -504,3 +504,32 @@ def test_jitter_of_a_large_shard_is_drawn_per_record(tmp_path, monkeypatch):
             u = np.random.default_rng((2, 0, 0, int(vid.split("_")[1]), 2)).random(SEG)
             idx = np.minimum(np.floor((np.arange(SEG) + u) * n / SEG).astype(int), n - 1)
             np.testing.assert_allclose(frames.numpy(), ref_dequantize(rec["feature"][idx]), atol=1e-6)
+
+
+def test_skip_corrupt_trains_past_an_empty_shard_and_a_damaged_header_and_says_so(tmp_path, capsys):
+    """With skip_corrupt an empty shard and a damaged record header are each warned about once, and every intact
+    video, including those after the damaged header, is still read."""
+    import struct
+
+    from attncluster.data.dataset import VideoDataset, make_loader
+    from attncluster.data.synth import write_synthetic
+
+    shards = write_synthetic(tmp_path / "d", videos=30, classes=4, shards=3, seed=0, max_frames=6)
+    (tmp_path / "d" / "train0003.tfrecord").write_bytes(b"")  # a failed download
+    data = bytearray(open(shards[1], "rb").read())
+    (first,) = struct.unpack_from("<Q", data, 0)
+    second = 16 + first
+    data[second + 1] ^= 0xFF  # record 1's length: damaged framing
+    open(shards[1], "wb").write(bytes(data))
+    kwargs = dict(modalities={"rgb": 1024, "audio": 128}, num_classes=4, seg_num=3, train=False)
+    with pytest.raises(DataError, match=r"train0001.tfrecord: record 1 at byte offset \d+: bad length CRC"):
+        make_loader(VideoDataset(str(tmp_path / "d"), **kwargs), 8)
+    with pytest.raises(DataError, match=r"train0003.tfrecord: empty file \(0 bytes\)"):
+        make_loader(VideoDataset(str(tmp_path / "d" / "train0003.tfrecord"), **kwargs), 8)
+    ds = VideoDataset(str(tmp_path / "d"), skip_corrupt=True, **kwargs)
+    ids = [i for batch in make_loader(ds, 8) for i in batch["id"]]
+    err = capsys.readouterr().err
+    assert len(ids) == 29 and len(set(ids)) == 29  # 30 videos, one lost with its damaged header
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert any("train0003.tfrecord: skipped (empty file)" in w for w in warnings)
+    assert any("train0001.tfrecord: 1 damaged stretch(es) skipped" in w and "bytes unreadable" in w for w in warnings)

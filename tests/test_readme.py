@@ -12,7 +12,7 @@ A marker without a reason is an error. What the workspace holds, so the commands
 
 * ``configs/`` (the shipped configs), and tiny synthetic YouTube-8M frame-level shards (5 classes, 24 frames at
   most) where the README's paths expect data: ``data/yt8m/frame/{train,validate,test}``,
-  ``runs/quickstart/data/{train,valid}`` (what ``attncluster quickstart`` leaves); Kinetics-style features in
+  ``runs/quickstart/`` (what ``attncluster quickstart`` leaves: a real quickstart, made small); Kinetics-style features in
   ``data/kinetics/{train,val}``; ``vocabulary.csv``; ``best.pt`` (a freshly initialised model of the youtube8m
   config under the overrides below); and ``../shared/data/yt8m-2018-video-level`` (the real shards when present,
   else one synthetic shard of that name).
@@ -66,7 +66,8 @@ argv = sys.argv[1:]
 if argv and argv[0] in ("train", "eval", "predict") and "--config" in argv[:-1]:
     extra = SHRINK.get(Path(argv[argv.index("--config") + 1]).name, [])
     argv = argv[:1] + [x for o in extra for x in ("-o", o)] + argv[1:]
-raise SystemExit(main(argv))
+if __name__ == "__main__":  # as a console script: process pools that spawn re-import this file
+    raise SystemExit(main(argv))
 """
 
 
@@ -131,8 +132,11 @@ def make_workspace(root: Path) -> Path:
     _tiny_shards(frame / "train", 32, 0, "train")
     _tiny_shards(frame / "validate", 16, 1, "validate")
     _tiny_shards(frame / "test", 16, 2, "test")
-    _tiny_shards(ws / "runs" / "quickstart" / "data" / "train", 32, 0, "train")
-    _tiny_shards(ws / "runs" / "quickstart" / "data" / "valid", 16, 1, "validate")
+    # What `attncluster quickstart` leaves (data, a trained run, predictions), from a real but small quickstart.
+    from attncluster.quickstart import quickstart
+
+    quickstart(ws / "runs" / "quickstart", device="cpu", log=lambda msg: None, train_videos=64, valid_videos=32,
+               overrides=[*SHRINK["quickstart.yaml"], "train.valid_interval=1"])  # so best.pt exists, as in a full one
     shutil.copy(frame / "validate" / "vocabulary.csv", ws / "vocabulary.csv")
     rng = np.random.default_rng(0)
     for split, n in (("train", 16), ("val", 8)):

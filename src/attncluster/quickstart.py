@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from attncluster.config import Config, load_config
+from attncluster.errors import plural
 
 TRAIN_VIDEOS = 2000
 VALID_VIDEOS = 500
@@ -63,7 +64,7 @@ def mean_pooling_gap(cfg: Config, epochs: int = 30, seed: int = 0) -> float:
 
 
 # What a quickstart writes into its folder; a re-run replaces exactly these (and nothing else a user put there).
-OUTPUTS = ("data", "train", "metrics.json", "predictions.jsonl", "summary.json", "submission.csv")
+OUTPUTS = ("data", "train", "explain", "metrics.json", "predictions.jsonl", "summary.json", "submission.csv")
 MARKER = ".quickstart"
 
 
@@ -108,7 +109,7 @@ def _quickstart(run_dir: Path, device: str | None, log, train_videos: int, valid
     overrides = [f"data.train={data / 'train'}", f"data.valid={data / 'valid'}", *extra]
     cfg = load_config(cfg_path, overrides)
 
-    log(f"[2/5] training ({cfg.train.epochs} epochs, {train_videos} videos) ...")
+    log(f"[2/5] training ({plural(cfg.train.epochs, 'epoch')}, {plural(train_videos, 'video')}) ...")
     train_dir = run_dir / "train"
     fit(cfg, run_dir=train_dir, device=device, log=lambda m: log("    " + m), overwrite=True)
     best = train_dir / "checkpoints" / "best.pt"
@@ -141,7 +142,8 @@ def _quickstart(run_dir: Path, device: str | None, log, train_videos: int, valid
         "from decoy frames; attention can")
     log(f"Done in {summary['seconds']:.0f}s. Outputs:")
     log(f"  data         {data}/train, {data}/valid (with vocabulary.csv)")
-    log(f"  run          {train_dir} (config.yaml, metrics.jsonl, checkpoints/best.pt, last.pt)")
+    kept = ", ".join(n for n in ("best.pt", "last.pt") if (train_dir / "checkpoints" / n).exists())
+    log(f"  run          {train_dir} (config.yaml, metrics.jsonl, checkpoints/ {kept})")
     log(f"  metrics      {metrics_path}")
     log(f"  predictions  {pred_path}")
     log("Next:")

@@ -120,7 +120,9 @@ def resolve_shards(specs: str | Iterable[str], fmt: str = "auto") -> list[str]:
 
 def _warn(message: str) -> None:
     # Workers cannot hand their counters' reasons to the main process, so each skip is reported where it happens.
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    from attncluster.errors import printable
+
+    print(printable(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
 class VideoDataset(IterableDataset):
@@ -244,6 +246,13 @@ class VideoDataset(IterableDataset):
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
+                    found = getattr(shard, "stats", None)
+                    if self.rank == 0 and found is not None and (found.corrupt or found.empty_files):
+                        # Damage the record index met (skip_corrupt): said once here, not silently absorbed.
+                        lost = f"; {found.bytes_lost} bytes unreadable" if found.bytes_lost else ""
+                        what = "skipped (empty file)" if found.empty_files else (
+                            f"{found.corrupt} damaged stretch(es) skipped, the intact records around them kept")
+                        _warn(f"{path}: {what}{lost} ({getattr(shard, 'last_error', None) or 'damaged'})")
                     index = getattr(shard, "_index", None)
                     if is_url(path) and isinstance(index, np.ndarray):
                         self._indices[path] = (index, int(getattr(shard, "stats", ReadStats()).corrupt))
