@@ -7,10 +7,28 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from conftest import TINY_CLASSES, tiny_overrides
 
-COMMANDS = ["train", "eval", "predict", "quickstart", "inspect", "synth", "convert-paddle"]
+EXPECTED_COMMANDS = {"train", "eval", "predict", "quickstart", "inspect", "synth", "convert-paddle", "extract", "export",
+                     "serve", "explain", "plot"}
+
+
+def _commands() -> list[str]:
+    from attncluster.cli import build_parser
+
+    return sorted(next(a for a in build_parser()._actions if a.dest == "command").choices)
+
+
+COMMANDS = _commands()  # every verb the parser has: a new one is covered by the --help test without a list edit
+
+
+def test_the_verbs_are_the_documented_ones():
+    assert set(COMMANDS) == EXPECTED_COMMANDS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for cmd in COMMANDS:  # the README's command table names each one
+        assert f"| `attncluster {cmd}" in readme, cmd
 
 
 def run(*args, cwd=None, check=True):
