@@ -366,3 +366,28 @@ def test_cli_explain_videos_names_a_broken_file(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "broken.mp4" in last and "Traceback" not in err, err
+
+
+def test_a_failed_explain_keeps_the_previous_page_and_never_replaces_a_foreign_one(tiny_run, tiny_data, tmp_path):
+    """An error (an unknown id) leaves a previous run's index.html as it was; a page explain did not write is
+    refused; a failed first run leaves no folder behind."""
+    from attncluster.errors import ConfigError, DataError
+    from attncluster.explain import explain
+
+    cfg_path, weights = tiny_run
+    cfg, weights, data = load_config(cfg_path), str(weights), str(tiny_data / "valid")
+    out = tmp_path / "ex"
+    assert explain(cfg, weights, out, data=[data], max_videos=2, figures=False, log=lambda m: None) == 2
+    before = (out / "index.html").read_text()
+    with pytest.raises((ConfigError, DataError), match="nope"):
+        explain(cfg, weights, out, data=[data], ids=["nope"], figures=False, log=lambda m: None)
+    assert (out / "index.html").read_text() == before and not list(out.glob("*.tmp"))
+    with pytest.raises((ConfigError, DataError), match="nope"):
+        explain(cfg, weights, tmp_path / "new", data=[data], ids=["nope"], figures=False, log=lambda m: None)
+    assert not (tmp_path / "new").exists()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my site</h1>")
+    with pytest.raises(ConfigError, match="holds an index.html that attncluster explain did not write"):
+        explain(cfg, weights, site, data=[data], max_videos=1, figures=False, log=lambda m: None)
+    assert (site / "index.html").read_text() == "<h1>my site</h1>"

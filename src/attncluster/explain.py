@@ -20,6 +20,8 @@ frame's timestamp is its index in the record divided by ``fps``: YouTube-8M fram
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import html
 import json
@@ -350,9 +352,18 @@ class HtmlIndex:
 
     def close(self) -> None:
         self.f.write(f"</table>\n<p>{self.count} videos. Per video: NAME.json (weights, timestamps, diversity) and "
-                     "NAME.png. Made by <code>attncluster explain</code>.</p>\n</body></html>\n")
+                     f"NAME.png. {SIGNATURE}.</p>\n</body></html>\n")
         self.f.close()
         os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """A failed run: the page being written is dropped and a previous ``index.html`` stays as it was."""
+        self.f.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+SIGNATURE = "Made by <code>attncluster explain</code>"
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -470,7 +481,12 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
     dev = distributed.device_for(device, distributed.DistInfo())
     model = load_model(cfg, weights, dev)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out}: exists and is not a folder")
+    page = out / "index.html"
+    if page.is_file() and SIGNATURE not in page.read_text(encoding="utf-8", errors="replace"):
+        raise ConfigError(f"--output {out}: holds an index.html that attncluster explain did not write; choose "
+                          "another --output (explain replaces only its own page)")
     if data is not None:
         source = iter_data(cfg, data, ids, fps or 1.0)
     else:
@@ -480,9 +496,12 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         pipeline_options.setdefault("device", device)
         source = _video_source(cfg, videos, extractor, skip_bad=skip_bad, on_bad=on_bad, fps=fps,
                                **pipeline_options)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     file_names = OutputNames()
-    index = HtmlIndex(out / "index.html", f"attncluster explain: {Path(weights).name}")
+    index = HtmlIndex(page, f"attncluster explain: {Path(weights).name}")
     count = 0
+    ok = False
     try:
         for info, feats in source:
             feats = {m: x.to(dev) for m, x in feats.items()}
@@ -507,8 +526,15 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
                     break
             if max_videos is not None and count >= max_videos:
                 break
+        ok = True
     finally:
-        index.close()
+        if ok:
+            index.close()
+        else:  # an error or Ctrl-C: keep the previous page (or none) and no folder this run made for nothing
+            index.abort()
+            if created and count == 0:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
     log(f"explain: {count} videos -> {out} (index.html, ID.json{', ID.png' if figures else ''})")
     return count
 
