@@ -17,7 +17,7 @@ pytest.importorskip("av")
 from extract_videos import TinyPipeline, make_video  # noqa: E402
 
 from attncluster.config import load_config  # noqa: E402
-from attncluster.errors import DataError  # noqa: E402
+from attncluster.errors import ConfigError, DataError  # noqa: E402
 from attncluster.extract.decode import decode_video  # noqa: E402
 from attncluster.extract.pipeline import Extractor, classify_videos, run_extract, video_id  # noqa: E402
 from attncluster.extract.writer import read_manifests  # noqa: E402
@@ -373,3 +373,19 @@ def test_videos_of_different_sizes_at_native_size(videos, tmp_path):
     ref.frame_size = None
     for r, p in zip(recs, paths):
         np.testing.assert_array_equal(r["rgb"], ref.frame_features(decode_video(p).frames))
+
+
+def test_a_folder_contributes_its_video_files_and_says_what_it_left_out(tmp_path, capsys):
+    from attncluster.extract.pipeline import expand_videos
+
+    for name in ["a.mp4", "b.MKV", "a.srt", "thumb.jpg", "notes"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_videos([str(tmp_path)], log=print) == [str(tmp_path / "a.mp4"), str(tmp_path / "b.MKV")]
+    out = capsys.readouterr().out
+    assert "left out 3 file(s) without a video extension ((no extension), .jpg, .srt)" in out
+    # Named explicitly, any file is tried (FFmpeg reads more than the list).
+    assert expand_videos([str(tmp_path / "notes")]) == [str(tmp_path / "notes")]
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "x.doc").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="a folder with no video files"):
+        expand_videos([str(tmp_path / "only")])

@@ -188,11 +188,21 @@ def _extract_options(args, cfg) -> dict:
         value = getattr(args, name, None)
         return value if value is not None else (getattr(e, name) if e is not None else None)
 
+    fps, max_frames = _or(pick("fps"), 1.0), _or(pick("max_frames"), 300)
+    if not fps > 0:  # before any folder is made or any video decoded
+        raise AttnClusterError(f"--fps {fps}: must be > 0 (frames sampled per second)")
+    if not 1 <= max_frames <= 100_000:
+        raise AttnClusterError(f"--max-frames {max_frames}: must be in [1, 100000]")
     return {"preset": pick("preset") or "yt8m", "inception": pick("inception"), "pca": pick("pca"),
             "vggish": pick("vggish"), "vggish_pca": pick("vggish_pca"), "backbone": pick("backbone"),
             "backbone_weights": pick("backbone_weights"), "random_weights": args.random_weights,
             "precision": args.precision, "device": args.device,
-            "fps": pick("fps") or 1.0, "max_frames": pick("max_frames") or 300}
+            "fps": fps, "max_frames": max_frames}
+
+
+def _or(value, default):
+    """``value`` unless it is None (0 is a value, and the checks downstream refuse it with one line)."""
+    return default if value is None else value
 
 
 def cmd_extract(args) -> int:

@@ -575,7 +575,7 @@ def _video_source(cfg: Config, videos: list[str], extractor=None, skip_bad: bool
     from attncluster.data.records import dequantize
     from attncluster.data.sampling import sample_indices
 
-    paths = expand_videos(videos)  # a missing file fails here, before the backbones load
+    paths = expand_videos(videos, log=lambda m: print(m, file=sys.stderr))  # a missing file fails here, before the backbones load
     if extractor is None:  # as classify_videos makes it (FeaturePipeline.create warns about random weights)
         from attncluster import distributed
 

@@ -331,11 +331,45 @@ def _labels_by_id(path: str | None) -> dict[str, list[int]]:
     return {r.video_id: [int(x) for x in r.labels] for r in parse_labels_csv(path, num_classes=None)}
 
 
-def expand_videos(videos: Iterable[str]) -> list[str]:
-    """Video specs (files, globs, directories, .list files, fsspec URLs) -> files; ids must be distinct."""
+# What a directory of videos is taken to hold: files with these extensions (FFmpeg reads many more; name such files,
+# or list them in a .list file, to use them). Subtitles, thumbnails and notes beside the videos are left out.
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mkv .webm .avi .mov .qt .flv .wmv .asf .mpg .mpeg .m2v .mts .m2ts .ts .3gp .3g2 .ogv .ogg .vob .mxf "
+    ".dv .y4m .gif .rm .rmvb .divx .f4v .hevc .h264 .264".split())
+
+
+def _is_dir(spec: str) -> bool:
+    from attncluster.data.paths import is_url
+
+    if is_url(spec) and not spec.startswith("file://"):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(spec)
+        return fs.isdir(p)
+    return os.path.isdir(spec[len("file://"):] if spec.startswith("file://") else spec)
+
+
+def expand_videos(videos: Iterable[str], log: Callable[[str], None] = lambda m: None) -> list[str]:
+    """Video specs (files, globs, directories, .list files, fsspec URLs) -> files; ids must be distinct.
+
+    A directory contributes its files with a video extension (:data:`VIDEO_EXTENSIONS`); the others are counted and
+    named in one ``log`` line, never silently dropped. Files named explicitly (or by a glob or list) are all kept.
+    """
     from attncluster.data.paths import expand_paths
 
-    paths = expand_paths(list(videos), what="videos")
+    paths: list[str] = []
+    for spec in videos:
+        found = expand_paths([spec], what="videos")
+        if _is_dir(str(spec)):
+            other = [p for p in found if os.path.splitext(p)[1].lower() not in VIDEO_EXTENSIONS]
+            if other:
+                kinds = sorted({os.path.splitext(p)[1].lower() or "(no extension)" for p in other})
+                log(f"extract: {spec}: left out {len(other)} file(s) without a video extension ({', '.join(kinds[:6])}); "
+                    "name them explicitly to decode them")
+                found = [p for p in found if p not in set(other)]
+            if not found:
+                raise ConfigError(f"{spec}: a folder with no video files (by extension: .mp4, .mkv, .webm, ...)")
+        paths.extend(found)
     seen: dict[str, str] = {}
     for p in paths:
         vid = video_id(p)
@@ -374,7 +408,7 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
     from attncluster.extract.writer import ShardWriter
 
     info = distributed.env_info()
-    paths = expand_videos(videos)
+    paths = expand_videos(videos, log=_warn)
     mine = [p for i, p in enumerate(paths) if i % info.world_size == info.rank]
     label_map = _labels_by_id(labels)
     writer = ShardWriter(output, fmt=fmt, shard_size=shard_size, rank=info.rank, world_size=info.world_size)
@@ -496,7 +530,7 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
             records.append(rec)
         batch.clear()
 
-    for rec in extractor.iter_extract(expand_videos(paths), skip_bad=skip_bad, on_bad=on_bad):
+    for rec in extractor.iter_extract(expand_videos(paths, log=_warn), skip_bad=skip_bad, on_bad=on_bad):
         n = min(len(rec[m]) for m in cfg.model.feature_dims)
         idx = sample_indices(n, cfg.model.seg_num, None)  # the same frames eval would see in the shards
         row = {"id": rec["id"], **{m: rec[m][idx] for m in cfg.model.feature_dims}}
