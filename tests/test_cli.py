@@ -572,3 +572,19 @@ def test_a_missing_output_folder_is_created_only_when_the_output_is_written(tiny
     code, _ = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
                          "--output", out, "--device", "cpu")
     assert code == 0 and json.loads(out.read_text())["num_videos"] == 40
+
+
+def test_eval_on_unlabelled_videos_is_an_error_not_zero_metrics(tiny_ckpt, tmp_path, capsys):
+    """Videos without labels (a test partition, extract without --labels) give no metrics, not GAP 0.0000."""
+    import numpy as np
+
+    from attncluster.data.tfrecord import write_records
+    from attncluster.data.yt8m import encode_sequence_example
+
+    rng = np.random.default_rng(0)
+    frames = {"rgb": rng.integers(0, 256, (4, 1024), dtype=np.uint8),
+              "audio": rng.integers(0, 256, (4, 128), dtype=np.uint8)}
+    write_records(tmp_path / "test0000.tfrecord", [encode_sequence_example(f"t{i}", [], frames) for i in range(3)])
+    code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
+                             "--data", tmp_path / "test0000.tfrecord", "--device", "cpu")
+    assert_main_error(code, lines, "none of the 3 videos", "has labels", "use predict")

@@ -116,6 +116,12 @@ def evaluate(
             metrics = run_evaluation(model, loader, cfg, dev)
         else:
             metrics = run_evaluation_predictor(predictor, loader, cfg)
+        if metrics.get("num_labels") == 0:
+            from attncluster.errors import DataError
+
+            raise DataError(f"eval: none of the {plural(metrics['num_videos'], 'video')} in {' '.join(map(str, specs))} "
+                            "has labels (a test partition, or extract without --labels), so GAP, Hit@1 and PERR "
+                            "would mean nothing; use predict for unlabelled videos")
         if distributed.is_main_process():
             log(f"eval: {format_metrics(metrics)}")
             if output:

@@ -444,7 +444,8 @@ class MetricAccumulator:
 
         Returns:
             ``gap``, ``hit_at_1``, ``perr``, ``map``, ``loss`` (video-weighted mean of the batch losses over the
-            batches that gave one; ``nan`` if none did), ``num_videos``, and for single-label data ``top_1`` and
+            batches that gave one; ``nan`` if none did), ``num_videos``, ``num_labels`` (ground-truth labels seen; 0
+            means unlabelled data, on which the metrics say nothing), and for single-label data ``top_1`` and
             ``top_5``.
 
         Raises:
@@ -458,6 +459,7 @@ class MetricAccumulator:
             "map": self._map(),
             "loss": self._loss_sum / self._loss_videos if self._loss_videos else math.nan,
             "num_videos": self.num_videos,
+            "num_labels": int(self._positives.sum()),
         }
         if not self.multi_label:
             out["top_1"] = self._top_1 / self.num_videos
