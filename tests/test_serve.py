@@ -584,6 +584,9 @@ def test_video_upload_is_extracted_and_classified(setup, tmp_path):
         np.testing.assert_allclose(rec["scores"], probs[want], atol=2e-6)
         assert_error(c.post("/v1/predict/video", files={"file": ("broken.mp4", b"\x00" * 4000)}), 422, "broken.mp4")
         assert_error(c.post("/v1/predict/video", files={"file": ("empty.mp4", b"")}), 422, "empty")
+        r = c.post("/v1/predict/video", json={"videos": []})  # features JSON belongs to /v1/predict
+        assert_error(r, 415, "content type 'application/json': send multipart/form-data")
+        assert "application/json" not in r.json()["error"].split(": send ")[1]
 
 
 @pytest.mark.slow

@@ -649,7 +649,8 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
             return data, f.filename or "upload", fields
         if ctype in FILE_TYPES or ctype.startswith("video/"):
             return await read_body(request), request.query_params.get("filename", "upload"), {}
-        raise RequestError(415, f"content type {ctype or 'none'!r}: send application/json, multipart/form-data "
+        also_json = "" if kind == "video file" else "application/json (features), "
+        raise RequestError(415, f"content type {ctype or 'none'!r}: send {also_json}multipart/form-data "
                                 f"(field 'file') or application/octet-stream")
 
     def parse_top_k(value) -> int | None:
