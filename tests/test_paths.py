@@ -53,3 +53,14 @@ def test_directories_skip_lists_csvs_and_hidden_files(shards):
 def test_a_spec_that_matches_nothing_says_what_was_expected(tmp_path):
     with pytest.raises(DataError, match=r"nope\*\.tfrecord: matches no files \(train\); expected a file, glob"):
         expand_paths([str(tmp_path / "nope*.tfrecord")], what="train")
+
+
+def test_an_unreachable_url_is_an_error_that_names_it():
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.tfrecord"
+    with pytest.raises(DataError, match=rf"^{url}: cannot reach this URL \("):
+        expand_paths([url])

@@ -59,6 +59,14 @@ def open_binary(path: str) -> BinaryIO:
         raise DataError(f"{path}: is a directory, expected a file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        if not is_url(path):
+            raise
+        raise DataError(f"{path}: cannot open this URL ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}" if str(e) else type(e).__name__
 
 
 def read_text(path: str) -> str:
@@ -95,18 +103,31 @@ def _read_list_file(path: str, depth: int = 0) -> list[str]:
 
 def _expand_one(spec: str, depth: int = 0) -> list[str]:
     if is_url(spec) and not spec.startswith("file://"):
-        fs, p = _fs(spec)
-        prefix = _protocol_prefix(spec)
-        if glob.has_magic(p):
-            found = sorted(fs.glob(p))
-        elif fs.isdir(p):
-            found = sorted(x["name"] for x in fs.ls(p, detail=True) if x["type"] == "file")
-            found = [x for x in found if not x.endswith(IGNORED_SUFFIXES)]
-        elif p.endswith(LIST_SUFFIXES) and fs.exists(p):
-            return _read_list_file(spec, depth)
-        else:
-            found = [p] if fs.exists(p) else []
-        return [x if is_url(x) else prefix + x for x in found]
+        try:
+            return _expand_url(spec, depth)
+        except DataError:
+            raise
+        except (OSError, ValueError, RuntimeError) as e:  # unreachable host, refused connection, bad credentials
+            raise DataError(f"{spec}: cannot reach this URL ({_reason(e)})") from None
+    return _expand_local(spec, depth)
+
+
+def _expand_url(spec: str, depth: int) -> list[str]:
+    fs, p = _fs(spec)
+    prefix = _protocol_prefix(spec)
+    if glob.has_magic(p):
+        found = sorted(fs.glob(p))
+    elif fs.isdir(p):
+        found = sorted(x["name"] for x in fs.ls(p, detail=True) if x["type"] == "file")
+        found = [x for x in found if not x.endswith(IGNORED_SUFFIXES)]
+    elif p.endswith(LIST_SUFFIXES) and fs.exists(p):
+        return _read_list_file(spec, depth)
+    else:
+        found = [p] if fs.exists(p) else []
+    return [x if is_url(x) else prefix + x for x in found]
+
+
+def _expand_local(spec: str, depth: int) -> list[str]:
     local = spec[len("file://"):] if spec.startswith("file://") else spec
     if "\x00" in local:  # no file system path holds a NUL byte (os calls would raise ValueError)
         return []
