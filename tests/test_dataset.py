@@ -533,3 +533,15 @@ def test_skip_corrupt_trains_past_an_empty_shard_and_a_damaged_header_and_says_s
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert any("train0003.tfrecord: skipped (empty file)" in w for w in warnings)
     assert any("train0001.tfrecord: 1 damaged stretch(es) skipped" in w and "bytes unreadable" in w for w in warnings)
+
+
+def test_a_features_layout_read_as_tfrecords_says_what_it_is(tmp_path):
+    """data.format: yt8m (as the quickstart config sets) on an npz + labels.csv folder: a hint, not a CRC error."""
+    write_feature_dataset(str(tmp_path / "f"), [("v0", [1], {"rgb": np.zeros((2, 4), np.float32),
+                                                            "audio": np.zeros((2, 3), np.float32)})])
+    with pytest.raises(DataError, match=r"labels.csv: a features-format file, but data.format is yt8m .*"
+                                        r"-o data.format=auto"):
+        make_loader(VideoDataset(str(tmp_path / "f"), modalities={"rgb": 4, "audio": 3}, num_classes=3, seg_num=2,
+                                 train=False, fmt="yt8m"), 2)
+    ds = VideoDataset(str(tmp_path / "f"), modalities={"rgb": 4, "audio": 3}, num_classes=3, seg_num=2, train=False)
+    assert [b["id"] for b in make_loader(ds, 2)] == [["v0"]]

@@ -17,12 +17,16 @@ import numpy as np
 
 from attncluster.data.paths import expand_paths
 from attncluster.data.records import DEQUANT_BIAS, DEQUANT_SCALE, RawVideo, ReadStats, Shard
+from attncluster.errors import DataError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
 def open_shard(path: str, *, skip_corrupt: bool, num_classes: int | None, stats: ReadStats) -> Shard:
     """The reader for one file, by its suffix: pickles -> PickleShard; ``.tfrecord`` and anything else -> YT8MShard."""
+    if path.lower().endswith((".npz", ".npy", ".csv")):
+        raise DataError(f"{path}: a per-video features file (the .npz + labels.csv layout); inspect reads TFRecord "
+                        "shards and pickles; train, eval and predict read this layout (data.format: features)")
     if path.lower().endswith(PICKLE_SUFFIXES):
         from attncluster.data.pickles import PickleShard
 

@@ -51,9 +51,16 @@ _STAT_ROWS = 257
 _JITTER_BLOCK = 1 << 22
 
 
+FEATURE_SUFFIXES = (".csv", ".npz", ".npy")
+
+
 def _format_of(path: str, fmt: str) -> str:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "yt8m" and path.lower().rstrip("/").endswith(FEATURE_SUFFIXES + (".pkl", ".pickle")):
+        # Reading it as TFRecord would only report a "bad length CRC": say what the file is instead.
+        raise DataError(f"{path}: a {_format_of(path, 'auto')}-format file, but data.format is yt8m (TFRecords); set "
+                        f"-o data.format=auto (or {_format_of(path, 'auto')})")
     if fmt != "auto":
         return fmt
     lower = path.lower().rstrip("/")
