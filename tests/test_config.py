@@ -210,3 +210,20 @@ def test_random_overrides_never_crash(capsys, tmp_path):
         assert m.num_parameters() <= 1_000_000_000 and 1 <= m.seg_num <= 10_000, overrides
         assert 0 <= t.seed < 2**63 and 0 <= t.num_threads <= 256 and 0 < t.learning_rate <= 10, overrides
     assert 0 < failures < 400
+
+
+def test_shipped_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """After a plain pip install there is no configs/ folder: the README's --config configs/NAME.yaml still works."""
+    import yaml
+
+    from attncluster.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__file__).resolve().parents[1] / "src" / "attncluster" / "configs" / "youtube8m.yaml"
+    want = yaml.safe_load(shipped.read_text())["train"]["batch_size"]
+    for name in ("youtube8m", "youtube8m.yaml", "configs/youtube8m.yaml"):
+        assert load_config(name).train.batch_size == want
+    (tmp_path / "youtube8m.yaml").write_text("train:\n  batch_size: 7\n")  # a file of the user's own wins
+    assert load_config("youtube8m.yaml").train.batch_size == 7
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found \(the shipped configs, usable by name"):
+        load_config("nope.yaml")

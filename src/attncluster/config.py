@@ -566,7 +566,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(path)
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            p = shipped_config(path)
+            if p is None:
+                names = ", ".join(sorted(q.stem for q in _shipped_configs()))
+                raise ConfigError(f"{path}: config file not found (the shipped configs, usable by name from any "
+                                  f"folder: {names})")
+            source = str(p)
         try:
             data = p.read_bytes()
         except OSError as e:
@@ -596,3 +601,20 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from attncluster.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(cfg.to_yaml().encode(), path, "write config")
+
+
+def _shipped_configs() -> list[Path]:
+    from importlib import resources
+
+    folder = Path(str(resources.files("attncluster") / "configs"))
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def shipped_config(name: str | Path) -> Path | None:
+    """The config shipped in the package for ``name``: ``youtube8m``, ``youtube8m.yaml`` or ``configs/youtube8m.yaml``
+    (the repository's path), so the README's commands work from any folder after a plain pip install."""
+    stem = Path(str(name)).name
+    for q in _shipped_configs():
+        if stem in (q.name, q.stem) and (Path(str(name)).parent in (Path("."), Path("configs"))):
+            return q
+    return None
