@@ -268,6 +268,15 @@ def test_bad_json_requests_get_one_line_4xx(server, body, status, needle):
     assert_error(r, status, needle)
 
 
+def test_top_k_in_the_query_and_the_body_must_agree(server):
+    video = {"id": "a", "rgb": _frames(3, 1024), "audio": _frames(3, 128)}
+    body = json.dumps({"videos": [video], "top_k": 2}).encode()
+    headers = {**AUTH, "content-type": "application/json"}
+    assert_error(httpx.post(server.url + "/v1/predict?top_k=3", content=body, headers=headers), 422, "disagree")
+    r = httpx.post(server.url + "/v1/predict?top_k=2", content=body, headers=headers)
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["classes"]) == 2
+
+
 def test_bad_uploads_and_paths_get_one_line_4xx(setup, server):
     shard = sorted((setup["root"] / "data").glob("*.tfrecord"))[0].read_bytes()
     damaged = shard[:100] + bytes([shard[100] ^ 1]) + shard[101:2000]

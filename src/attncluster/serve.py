@@ -653,6 +653,12 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
         raise RequestError(415, f"content type {ctype or 'none'!r}: send {also_json}multipart/form-data "
                                 f"(field 'file') or application/octet-stream")
 
+    def one_top_k(query: int | None, given: int | None, where: str) -> int | None:
+        """``top_k`` from the query string or the body / form: either, or both when they agree."""
+        if query is not None and given is not None and int(query) != int(given):
+            raise RequestError(422, f"top_k {given} in the {where} and top_k={query} in the query disagree; give one")
+        return given if given is not None else query
+
     def parse_top_k(value) -> int | None:
         if value is None or value == "":
             return None
@@ -714,10 +720,10 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
             if ctype == "application/json":
                 body = await read_body(request)
                 videos, k_body = await run_in_threadpool(lambda: sampled(*decode_json(body, service, limits)))
-                k = k_body if k_body is not None else k
+                k = one_top_k(top_k, k_body, "body")
             else:
                 data, name, fields = await upload(request, "TFRecord or .npz")
-                k = parse_top_k(fields.get("top_k")) if fields.get("top_k") is not None else k
+                k = one_top_k(top_k, parse_top_k(fields.get("top_k")), "form")
                 videos = await run_in_threadpool(
                     lambda: sampled(decode_file(data, service, limits, name, fields.get("id") or id))[0])
             return await score(videos, k, format)
@@ -744,7 +750,7 @@ def create_app(service: ModelService, *, limits: ServeLimits | None = None, max_
             data, name, fields = await upload(request, "video file")
             if not data:
                 raise RequestError(422, f"{name}: the upload is empty")
-            k = parse_top_k(fields.get("top_k")) if fields.get("top_k") is not None else top_k
+            k = one_top_k(top_k, parse_top_k(fields.get("top_k")), "form")
             vid = fields.get("id") or id or os.path.splitext(os.path.basename(name))[0] or "video"
 
             def extract() -> dict:
