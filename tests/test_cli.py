@@ -588,3 +588,10 @@ def test_eval_on_unlabelled_videos_is_an_error_not_zero_metrics(tiny_ckpt, tmp_p
     code, lines = main_lines(capsys, "eval", "--config", tiny_ckpt / "config.yaml", "--weights", tiny_ckpt / "model.pt",
                              "--data", tmp_path / "test0000.tfrecord", "--device", "cpu")
     assert_main_error(code, lines, "none of the 3 videos", "has labels", "use predict")
+
+
+def test_an_unknown_option_names_the_verb_and_the_closest_option(capsys):
+    code, lines = main_lines(capsys, "predict", "--config", "quickstart", "--weights", "w.pt", "--data", "d",
+                             "--output", "p.csv", "--topk", "3")
+    assert code == 2 and lines == ["error: attncluster predict: unrecognized arguments: --topk 3; did you mean "
+                                   "--top-k? (see attncluster predict --help)"]

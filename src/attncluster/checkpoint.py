@@ -208,7 +208,8 @@ def _safe_torch_load(path: Path) -> Any:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, AttributeError,
             IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+        raise DataError(f"{path}: not a readable checkpoint: expected a file written by torch.save (attncluster "
+                        f"train, convert-paddle) and the reader failed ({type(e).__name__}: {first})") from None
     except OSError as e:
         raise FileError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
 

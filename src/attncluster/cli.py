@@ -522,7 +522,17 @@ def user_message(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. User errors and file-system faults print one ``error:`` line and return 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the verb's own options, and the closest one (argparse would point at the top-level help)
+        import difflib
+
+        sub = next(a for a in parser._actions if a.dest == "command").choices[args.command]
+        options = [o for a in sub._actions for o in a.option_strings]
+        close = difflib.get_close_matches(extra[0].split("=")[0], options, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close and extra[0].startswith("-") else ""
+        print(printable(f"error: attncluster {args.command}: unrecognized arguments: {' '.join(extra)}{hint} "
+                        f"(see attncluster {args.command} --help)"), file=sys.stderr)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
