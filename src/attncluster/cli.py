@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
                        description="Generate a small synthetic YouTube-8M-format dataset, train on it, evaluate, "
-                       "predict a few videos, and compare with mean pooling. No download; about a minute on a 2-core CPU.")
+                       "predict a few videos, and compare with mean pooling. No download; under a minute on a 2-core CPU.")
     p.add_argument("--run-dir", default="runs/quickstart", metavar="DIR", help="output folder (default runs/quickstart)")
     _add_device(p)
     p.set_defaults(func=cmd_quickstart, interrupted=lambda a: f"quickstart stopped; {a.run_dir} is incomplete")
