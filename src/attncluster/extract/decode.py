@@ -191,6 +191,15 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
     video_done = False
     end_time: Fraction | None = None
 
+    def sample(frame, rel: Fraction) -> None:
+        """The sampling rule: keep frame ``n_decoded`` (at time ``rel``) if it is due (see the module docstring)."""
+        nonlocal last_sampled
+        if len(frames) < max_frames and (last_sampled is None or rel >= last_sampled + period):
+            frames.append(_rgb(frame, size))
+            times.append(rel)
+            indices.append(n_decoded)
+            last_sampled = rel
+
     resampler = None
     if astream is not None:
         # Resample every channel to 16 kHz and average them here: FFmpeg's own downmix to mono weighs stereo by
@@ -218,11 +227,7 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
                 if prev is not None and rel > prev and (step is None or rel - prev < step):
                     step = rel - prev
                 prev = rel
-                if len(frames) < max_frames and (last_sampled is None or rel >= last_sampled + period):
-                    frames.append(_rgb(frame, size))
-                    times.append(rel)
-                    indices.append(n_decoded)
-                    last_sampled = rel
+                sample(frame, rel)
                 n_decoded += 1
                 dur = frame.duration if getattr(frame, "duration", None) else None
                 if dur:
@@ -255,11 +260,7 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
                     rel = prev + (step or 0) if prev is not None else Fraction(0)
                 if first is None:
                     first = Fraction(0)
-                if len(frames) < max_frames and (last_sampled is None or rel >= last_sampled + period):
-                    frames.append(_rgb(frame, size))
-                    times.append(rel)
-                    indices.append(n_decoded)
-                    last_sampled = rel
+                sample(frame, rel)
                 n_decoded += 1
                 end_time = rel + (step or 0)
         except av.error.FFmpegError:
