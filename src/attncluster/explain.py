@@ -568,7 +568,7 @@ def _video_source(cfg: Config, videos: list[str], extractor=None, skip_bad: bool
     """
     try:
         from attncluster.extract.decode import decode_video
-        from attncluster.extract.pipeline import Extractor, expand_videos, make_pipeline
+        from attncluster.extract.pipeline import default_extractor, expand_videos
     except ImportError as e:
         raise ConfigError(f"explain --videos needs attncluster.extract and PyAV ({e}); install the video extra: "
                           "pip install 'attncluster[video]'") from None
@@ -576,16 +576,11 @@ def _video_source(cfg: Config, videos: list[str], extractor=None, skip_bad: bool
     from attncluster.data.sampling import sample_indices
 
     paths = expand_videos(videos, log=lambda m: print(m, file=sys.stderr))  # a missing file fails here, before the backbones load
-    if extractor is None:  # as classify_videos makes it (FeaturePipeline.create warns about random weights)
-        from attncluster import distributed
-
-        fps = pipeline_options.pop("fps", None) or 1.0
-        max_frames = pipeline_options.pop("max_frames", None) or 300
-        num_workers = pipeline_options.pop("num_workers", "auto")
-        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"),
-                                                                distributed.DistInfo()))
-        extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
-                              num_workers=num_workers)
+    if extractor is None:  # as classify_videos makes it
+        extractor = default_extractor(pipeline_options.pop("fps", None) or 1.0,
+                                      pipeline_options.pop("max_frames", None) or 300,
+                                      pipeline_options.pop("num_workers", "auto"),
+                                      pipeline_options.pop("device", None), **pipeline_options)
     for m, dim in cfg.model.feature_dims.items():
         if extractor.modalities.get(m) != dim:
             raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives {extractor.modalities}; "

@@ -90,6 +90,15 @@ def load_vocabulary(path: str, num_classes: int) -> list[str]:
     return [names[i] for i in range(num_classes)]
 
 
+def prediction_record(video_id: str, classes, scores, names: list[str] | None = None) -> dict:
+    """One video's top-k in ``predict``'s JSONL format (serve and classify_videos answer the same):
+    ``{"id", "classes", "scores" (6 decimals), "names" (with class names)}``, classes by descending score."""
+    rec: dict = {"id": video_id, "classes": [int(k) for k in classes], "scores": [round(float(p), 6) for p in scores]}
+    if names is not None:
+        rec["names"] = [names[int(k)] for k in classes]
+    return rec
+
+
 class Predictor:
     """Scores batches of videos given as arrays: the one path predict, serve, explain and export share.
 

@@ -21,7 +21,6 @@ import os
 import uuid
 from array import array
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError, plural
-from attncluster.inference import load_class_names, load_vocabulary
+from attncluster.inference import load_class_names, load_vocabulary, prediction_record
 from attncluster.outputs import atomic_output, check_output
 
 FORMATS = (".csv", ".jsonl")
@@ -62,11 +61,7 @@ def format_row(vid: str, classes: np.ndarray, scores: np.ndarray, suffix: str, n
         csv.writer(buf, lineterminator="\r\n").writerow(
             [vid, " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(classes, scores))])
         return buf.getvalue()
-    rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in classes],
-                           "scores": [round(float(p), 6) for p in scores]}
-    if names is not None:
-        rec["names"] = [names[int(k)] for k in classes]
-    return json.dumps(rec) + "\n"
+    return json.dumps(prediction_record(vid, classes, scores, names)) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -134,13 +134,9 @@ class ModelService:
         import torch
 
         top, classes = torch.from_numpy(np.stack(scores)).topk(top_k, dim=1)  # as predict: torch's topk order
-        out = []
-        for vid, s, c in zip(ids, top.numpy(), classes.numpy()):
-            rec: dict[str, Any] = {"id": vid, "classes": [int(k) for k in c], "scores": [round(float(p), 6) for p in s]}
-            if self.class_names is not None:
-                rec["names"] = [self.class_names[int(k)] for k in c]
-            out.append(rec)
-        return out
+        from attncluster.inference import prediction_record
+
+        return [prediction_record(vid, c, s, self.class_names) for vid, s, c in zip(ids, top.numpy(), classes.numpy())]
 
 
 # --------------------------------------------------------------------------------------------------------------------

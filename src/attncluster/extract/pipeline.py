@@ -474,6 +474,17 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
 
 # -- classification from video files -------------------------------------------------------------------------------
 
+def default_extractor(fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES, num_workers: int | str = "auto",
+                      device: str | None = None, **pipeline_options) -> Extractor:
+    """The Extractor that :func:`classify_videos` and ``explain --videos`` build when given none: ``make_pipeline``
+    (FeaturePipeline.create, which warns about random weights) on ``device`` as resolved for this process."""
+    from attncluster import distributed
+
+    device = str(distributed.device_for(device, distributed.DistInfo()))
+    return Extractor(make_pipeline(device=device, **pipeline_options), fps=fps, max_frames=max_frames,
+                     num_workers=num_workers)
+
+
 def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | None = None, top_k: int | None = None,
                     extractor: Extractor | None = None, device: str | None = None, skip_bad: bool = False,
                     on_bad: Callable[[str, str], None] | None = None, fps: float = DEFAULT_FPS,
@@ -496,7 +507,7 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
     """
     from attncluster.config import Config, load_config
     from attncluster.data.sampling import sample_indices
-    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary
+    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary, prediction_record
 
     cfg = config if isinstance(config, Config) else load_config(config)
     k = min(cfg.eval.top_k, cfg.model.num_classes) if top_k is None else top_k
@@ -504,12 +515,8 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
         raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
     if extractor is None:
-        from attncluster import distributed
-
-        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device") or device,
-                                                                distributed.DistInfo()))
-        extractor = Extractor(make_pipeline(**pipeline_options), fps=fps, max_frames=max_frames,
-                              num_workers=num_workers)
+        extractor = default_extractor(fps, max_frames, num_workers, pipeline_options.pop("device", None) or device,
+                                      **pipeline_options)
     for m, dim in cfg.model.feature_dims.items():
         if extractor.modalities.get(m) != dim:
             raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives "
@@ -523,11 +530,7 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
         scores = predictor.scores(feats)  # (N, C)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         for i, (v, cls) in enumerate(zip(batch, top)):
-            rec: dict[str, Any] = {"id": v["id"], "classes": [int(c) for c in cls],
-                                   "scores": [round(float(p), 6) for p in scores[i, cls]]}
-            if names is not None:
-                rec["names"] = [names[int(c)] for c in cls]
-            records.append(rec)
+            records.append(prediction_record(v["id"], cls, scores[i, cls], names))
         batch.clear()
 
     for rec in extractor.iter_extract(expand_videos(paths, log=_warn), skip_bad=skip_bad, on_bad=on_bad):
