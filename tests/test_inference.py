@@ -29,3 +29,17 @@ def test_torch_predictor_dequantizes_and_scores_like_the_model(tmp_path):
 def test_vocabulary_names_by_index(tmp_path):
     (tmp_path / "v.csv").write_text('Index,TrainVideoCount,Name\n1,5,"Car, red"\n0,9,Game\n')
     assert load_vocabulary(str(tmp_path / "v.csv"), 2) == ["Game", "Car, red"]
+
+
+def test_top_classes_orders_by_score_then_lower_index_among_ties():
+    import numpy as np
+
+    from attncluster.inference import top_classes
+
+    scores = np.array([[0.1, 0.5, 0.5, 0.2], [1.0, 0.0, 0.0, 1.0]], dtype=np.float32)
+    classes, top = top_classes(scores, 3)
+    # by hand: row 0 -> 0.5 (1), 0.5 (2), 0.2 (3); row 1 -> 1.0 (0), 1.0 (3), 0.0 (1)
+    assert classes.tolist() == [[1, 2, 3], [0, 3, 1]]
+    assert top.tolist() == [[0.5, 0.5, np.float32(0.2)], [1.0, 1.0, 0.0]]
+    c1, t1 = top_classes(scores[0], 2)
+    assert c1.tolist() == [1, 2] and t1.shape == (2,)

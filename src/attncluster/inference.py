@@ -90,6 +90,31 @@ def load_vocabulary(path: str, num_classes: int) -> list[str]:
     return [names[i] for i in range(num_classes)]
 
 
+DEFAULT_TOP_K = 20  # the Kaggle 2018 submission's 20 classes per video
+
+
+def default_top_k(num_classes: int) -> int:
+    """predict's and serve's default number of classes per video: 20, or every class when the model has fewer."""
+    return min(DEFAULT_TOP_K, num_classes)
+
+
+def top_classes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest-scoring classes of each video, highest first; among equal scores the lower class index first.
+
+    The one top-k of predict, serve, explain and classify_videos (torch.topk leaves the order among ties
+    unspecified, so it is not used). Accepts ``(C,)`` or ``(N, C)`` scores; returns ``(classes, scores)`` of shape
+    ``(k,)`` or ``(N, k)``, classes as int64.
+    """
+    s = np.asarray(scores)
+    one = s.ndim == 1
+    s = s.reshape(1, -1) if one else s
+    if not 0 < k <= s.shape[1]:
+        raise ValueError(f"top_classes: k={k} must be in 1..{s.shape[1]}")
+    classes = np.argsort(-s, axis=1, kind="stable")[:, :k].astype(np.int64)  # (N, k); stable: ties by index
+    top = np.take_along_axis(s, classes, axis=1)
+    return (classes[0], top[0]) if one else (classes, top)
+
+
 def prediction_record(video_id: str, classes, scores, names: list[str] | None = None) -> dict:
     """One video's top-k in ``predict``'s JSONL format (serve and classify_videos answer the same):
     ``{"id", "classes", "scores" (6 decimals), "names" (with class names)}``, classes by descending score."""
