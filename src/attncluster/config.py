@@ -27,6 +27,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FORMATS = ("auto", "yt8m", "pickle", "features")
+ATTENTIONS = ("fc1", "fc2")  # model.attention; the same as attncluster.model.ATTENTIONS (not imported: no torch here)
+FC2_HIDDEN = 128             # attncluster.model.FC2_HIDDEN, for the parameter count
 
 
 # Sane bounds, checked on load so that no value can crash, overflow or try to allocate the machine later. The
@@ -89,8 +91,12 @@ class ModelConfig:
     seg_num: int = 100
     drop_rate: float = 0.5
     hidden_sizes: list[int] = field(default_factory=lambda: [1024, 4096])
+    shifting: bool = True    # the paper's shifting operation in every attention unit (off: plain attention pooling)
+    attention: str = "fc1"   # the units' scoring: fc1 (one linear layer, the reference) or fc2 (two layers, tanh)
 
     def __post_init__(self) -> None:
+        _check(self.attention in ATTENTIONS, "model.attention",
+               f"must be one of {', '.join(ATTENTIONS)}, got {_show(self.attention)}")
         _check(len(self.feature_dims) > 0, "model.feature_dims", "needs at least one modality")
         for m, d in self.feature_dims.items():
             _check(bool(m) and "." not in m and m.isprintable() and len(m) <= 64, f"model.feature_dims.{m}",
@@ -121,7 +127,12 @@ class ModelConfig:
         n, width = 0, 0
         for m, d in self.feature_dims.items():
             c = clusters[m]
-            n += c * d + 3 * c  # attention scores (C x F + C) and the shift's scale and bias
+            if self.attention == "fc2":
+                n += d * FC2_HIDDEN + FC2_HIDDEN + c * FC2_HIDDEN + c  # W1, b1 (F -> H) and w2, b2 (H -> C)
+            else:
+                n += c * d + c  # attention scores (C x F + C)
+            n += 2 * c if self.shifting else 0  # the shift's scale and bias
+
             width += c * d
         for h in [*self.hidden_sizes, self.num_classes]:
             n += width * h + h
@@ -135,6 +146,8 @@ class ModelConfig:
             "num_classes": self.num_classes,
             "drop_rate": self.drop_rate,
             "hidden_sizes": tuple(self.hidden_sizes),
+            "shifting": self.shifting,
+            "attention": self.attention,
         }
 
 
