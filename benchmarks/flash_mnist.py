@@ -261,7 +261,10 @@ def run_cell(n: int, column: str, feats_train: torch.Tensor, train: Videos, feat
             loss.backward()
             opt.step()
         if log is not None:
-            log(f"  {column} N={n} epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test {evaluate(model, feats_test, test):.2f}%")
+            seen = Videos(train.labels[:4096], train.frames[:4096], train.digits[:4096])
+            log(f"  {column} N={n} epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, train "
+                f"{evaluate(model, feats_train, seen):.2f}%, test {evaluate(model, feats_test, test):.2f}% "
+                f"({time.perf_counter() - start:.0f} s)")
     accuracy = evaluate(model, feats_test, test)
     attention, shifting = (None, None) if column == "mean" else COLUMNS[column]
     return {"N": None if column == "mean" else n, "attention": attention, "shifting": shifting,
