@@ -312,7 +312,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         _check(self.preset in EXTRACT_PRESETS, "extract.preset",
-               f"must be one of {EXTRACT_PRESETS}, got {self.preset!r}")
+               f"must be one of {EXTRACT_PRESETS}, got {_show(self.preset)}")
         _check(self.fps > 0, "extract.fps", f"must be > 0, got {self.fps}")
         _check(self.max_frames > 0, "extract.max_frames", f"must be > 0, got {self.max_frames}")
 
