@@ -426,7 +426,8 @@ def test_weights_load_strictly_by_the_configs_switches(tmp_path):
         load_model(load_config(None, SMALL), str(tmp_path / "w.pt"))
 
 
-@pytest.mark.parametrize("attention, shifting", [("fc2", True), ("fc1", False), ("fc2", False)])
+@pytest.mark.parametrize("attention, shifting", [  # fc2 without shift takes both new paths: the fast default
+    ("fc2", False), pytest.param("fc2", True, marks=pytest.mark.slow), pytest.param("fc1", False, marks=pytest.mark.slow)])
 def test_export_matches_torch_for_every_switch(attention, shifting, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
