@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-httpx = pytest.importorskip("httpx")  # with fastapi, uvicorn, python-multipart: the serve extra (CI installs it)
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("python_multipart")
+# The test extra installs httpx and the serve extra (fastapi, uvicorn, python-multipart, fastapi-offline): a missing
+# one is a failure of the install, so these imports are not skips.
+import fastapi  # noqa: F401
+import fastapi_offline  # noqa: F401
+import httpx
+import python_multipart  # noqa: F401
+import uvicorn  # noqa: F401
 
 from attncluster.config import load_config, save_config
 from attncluster.data.records import dequantize
