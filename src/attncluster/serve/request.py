@@ -182,7 +182,8 @@ def decode_json(body: bytes, service, limits: ServeLimits) -> tuple[list[tuple[s
                 if any(len(row) != dim for row in value):
                     bad = next(j for j, row in enumerate(value) if len(row) != dim)
                     raise RequestError(422, f"{at}: frame {bad} has {len(value[bad])} values, expected {dim}")
-                a = np.asarray(value, dtype=np.float32).reshape(len(value), dim)
+                with np.errstate(over="ignore"):  # a float32 overflow becomes inf, refused by check_frames
+                    a = np.asarray(value, dtype=np.float64).astype(np.float32).reshape(len(value), dim)
                 feats[m] = check_frames(a, at, dim, limits.max_frames)
         videos.append((vid, feats))
     return videos, req.top_k
