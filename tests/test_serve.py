@@ -2,11 +2,8 @@
 
 import base64
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ import fastapi_offline  # noqa: F401
 import httpx
 import python_multipart  # noqa: F401
 import uvicorn  # noqa: F401
+from serve_helpers import Server
 
 from attncluster.config import load_config, save_config
 from attncluster.data.records import dequantize
@@ -31,43 +29,6 @@ from attncluster.model import AttentionCluster
 
 TOKEN = "s3cret-Token_0123456789"
 CLASSES = 5
-
-
-def _read_stderr(proc, lines):
-    for line in proc.stderr:
-        lines.append(line)
-
-
-class Server:
-    """``python -m attncluster serve ... --port 0`` in a subprocess; the port is read from its first line."""
-
-    def __init__(self, *args):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "attncluster", "serve", *map(str, args), "--port", "0"],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-        self.lines = []
-        first = ""
-        while not first.startswith("serve: http://") and (first or not self.lines):  # warnings may come first
-            first = self.proc.stderr.readline()
-            self.lines.append(first)
-        threading.Thread(target=_read_stderr, args=(self.proc, self.lines), daemon=True).start()
-        assert first.startswith("serve: http://127.0.0.1:"), "".join(self.lines)
-        self.url = first.split()[1]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and self.proc.poll() is None, "".join(self.lines)
-            time.sleep(0.1)
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
