@@ -115,6 +115,35 @@ def test_health_readiness_metrics_and_docs(server):
     assert 'attncluster_requests_total{endpoint="/healthz",status="200"}' in text
 
 
+def test_docs_work_offline_every_asset_from_this_server(server):
+    from html.parser import HTMLParser
+    from urllib.parse import urljoin, urlsplit
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls = []
+
+        def handle_starttag(self, tag, attrs):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    links = Links()
+    links.feed(page.text)
+    assert len(links.urls) >= 3, links.urls  # the script, the stylesheet, the icon
+    here = urlsplit(server.url).netloc
+    for url in links.urls + ["/openapi.json"]:
+        full = urljoin(server.url + "/docs", url)
+        assert urlsplit(full).netloc == here, url  # nothing from a CDN
+        r = httpx.get(full)
+        assert r.status_code == 200 and len(r.content) > 0, (url, r.status_code)
+    assert "SwaggerUIBundle" in httpx.get(urljoin(server.url, next(u for u in links.urls if u.endswith(".js")))).text
+    # No absolute URL anywhere in the page's own text (inline script included); the validator badge is off.
+    assert "http://" not in page.text and "https://" not in page.text, page.text
+    assert '"validatorUrl": null' in page.text
+
+
 def test_concurrent_requests_answer_as_predict_does(setup, server):
     videos, expected = setup["videos"], setup["expected"]
     # 16 clients at once: single videos as uint8 base64, pairs, float lists; batches must form (max wait 50 ms).
