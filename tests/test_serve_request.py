@@ -12,7 +12,6 @@ from attncluster.data.records import MAX_FRAMES
 from attncluster.data.tfrecord import TFRecordWriter
 from attncluster.data.yt8m import encode_example
 from attncluster.serve import ModelService, ServeLimits, create_app
-from attncluster.serve.request import MAX_FRAMES as REQUEST_MAX_FRAMES
 
 DIMS = {"rgb": 1024, "audio": 128}
 
@@ -49,7 +48,7 @@ def assert_error(r, status, *needles):
 
 
 def test_the_frame_limit_default_is_the_dataset_readers():
-    assert ServeLimits().max_frames == REQUEST_MAX_FRAMES == MAX_FRAMES
+    assert ServeLimits().max_frames == MAX_FRAMES
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

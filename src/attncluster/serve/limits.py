@@ -18,7 +18,7 @@ class ServeLimits:
     max_body_bytes: int = 32 * MiB        # features requests (JSON or an uploaded TFRecord / npz)
     max_video_bytes: int = 256 * MiB      # /v1/predict/video uploads
     max_videos: int = 1024                # videos (records) per request: a video-level shard holds ~300
-    max_frames: int = 300                 # frames per video: data.records.MAX_FRAMES, what the dataset reader keeps
+    max_frames: int = 300                 # frames per video: data.records.MAX_FRAMES (a test holds them equal)
     request_timeout_s: float = 30.0       # from the first byte of the body to the answer
     video_timeout_s: float = 300.0        # the same for /v1/predict/video (decoding and backbones take longer)
 

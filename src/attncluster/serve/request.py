@@ -27,10 +27,10 @@ from typing import Optional, Union
 
 import numpy as np
 
+from attncluster.data.records import MAX_FRAMES  # frames the dataset reader keeps per video
 from attncluster.errors import AttnClusterError
 from attncluster.serve.limits import RequestError, ServeLimits
 
-MAX_FRAMES = 300  # frames the dataset reader keeps per video (data.records.MAX_FRAMES; a test checks they agree)
 FILE_TYPES = ("application/octet-stream", "application/x-tfrecord", "application/x-npz", "application/zip")
 
 
