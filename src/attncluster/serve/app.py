@@ -14,8 +14,8 @@ import logging
 import os
 import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,7 +53,6 @@ class ServeState:
     batcher: DynamicBatcher | None = None
     ready: bool = False
     warmup_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _state(request: Request) -> ServeState:
