@@ -139,3 +139,43 @@ def test_a_request_waiting_for_the_extract_lock_gives_up_at_its_deadline(tmp_pat
             video.lock.release()
         r = c.post("/v1/predict/video", files={"file": ("small.mp4", (tmp_path / "small.mp4").read_bytes())})
         assert r.status_code == 200, r.text
+
+
+class LayeredPipeline(TinyPipeline):
+    """TinyPipeline whose frame backbone first runs ``rgb_net``, 40 torch layers of 0.1 s each: one call takes 4 s,
+    as one CPU Inception-v3 call on a busy machine can."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+
+        class Slow(torch.nn.Module):
+            def forward(self, x):
+                time.sleep(0.1)
+                return x
+
+        self.rgb_net = torch.nn.Sequential(*[Slow() for _ in range(40)])
+
+    def frame_features(self, frames):
+        import torch
+
+        self.rgb_net(torch.zeros(1))
+        return super().frame_features(frames)
+
+
+def test_a_timed_out_video_request_stops_inside_a_long_backbone_call(tmp_path):
+    from attncluster.extract.pipeline import Extractor
+
+    make_video(tmp_path / "long.mp4", 40, rate=4, size=(32, 32))  # 10 s: 10 frames, one call of 4 s
+    pipeline = LayeredPipeline()
+    c, app = client(extractor=Extractor(pipeline, num_workers=0), limits=ServeLimits(video_timeout_s=1.0))
+    state = app.app.state.serve
+    with c:
+        r = c.post("/v1/predict/video", files={"file": ("long.mp4", (tmp_path / "long.mp4").read_bytes())})
+        assert_error(r, 504, "longer than 1 s (--video-timeout)")
+        answered = time.monotonic()
+        while state.video.running:  # stopped between two layers, not at the end of the call (3 s later)
+            assert time.monotonic() - answered < 1.0, "the extraction still holds the lock"
+            time.sleep(0.01)
+        assert pipeline.frame_calls == []  # the call never got past rgb_net

@@ -257,15 +257,28 @@ def decode_file(data: bytes, service, limits: ServeLimits, name: str = "upload",
 class VideoDecoder:
     """A video file -> its extracted (T, F) features per modality, through the ``Extractor``.
 
-    One extraction runs at a time (each uses every core). ``cancel`` is the request's event: the extraction checks
-    it per demuxed packet and per batch of frames (``Extractor.extract(should_stop=...)``), so a request that timed
-    out stops its work and releases the lock within one backbone batch, and one still waiting for the lock gives up.
-    ``running`` (and the metrics' ``extracting``) says whether an extraction holds the lock.
+    One extraction runs at a time (each uses every core). ``cancel`` is the request's event, set at its deadline:
+    the extraction checks it per demuxed packet and per backbone call (``Extractor.extract(should_stop=...)``), and
+    inside a backbone call too, before each module of the pipeline's torch networks (``rgb_net``, ``audio_net``; a
+    forward pre-hook), since one CPU Inception-v3 call on a busy machine can take seconds. So a request that timed
+    out stops and releases the lock within about one layer, and one still waiting for the lock gives up.
+    ``running`` says whether an extraction holds the lock (also the ``video_extractions_running`` metric).
     """
 
     def __init__(self, extractor, service, limits: ServeLimits, metrics=None) -> None:
         self.extractor, self.service, self.limits, self.metrics = extractor, service, limits, metrics
         self.lock = threading.Lock()
+        self._cancel: threading.Event | None = None  # the running extraction's request (one at a time)
+        pipeline = getattr(extractor, "pipeline", None)
+        for net in (getattr(pipeline, "rgb_net", None), getattr(pipeline, "audio_net", None)):
+            for module in net.modules() if hasattr(net, "modules") else ():
+                module.register_forward_pre_hook(self._stop_if_cancelled)
+
+    def _stop_if_cancelled(self, module, args) -> None:
+        from attncluster.extract.decode import Cancelled
+
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled(type(module).__name__)
 
     @property
     def running(self) -> bool:
@@ -279,6 +292,7 @@ class VideoDecoder:
         while not self.lock.acquire(timeout=0.05):
             if cancel.is_set():
                 raise RequestError(504, f"{name}: timed out waiting for the extraction before it")
+        self._cancel = cancel
         if self.metrics is not None:
             self.metrics.extracting += 1
         try:
@@ -293,6 +307,7 @@ class VideoDecoder:
                 except Cancelled:
                     raise RequestError(504, f"{name}: the extraction was stopped (the request timed out)") from None
         finally:
+            self._cancel = None
             if self.metrics is not None:
                 self.metrics.extracting -= 1
             self.lock.release()
