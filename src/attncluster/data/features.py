@@ -212,6 +212,9 @@ class FeatureShard(IndexedShard):
             raise DataError(row.error)
         return RawVideo(id=row.video_id, features=self._load(row), labels=row.labels)
 
+    def _where(self, i: int) -> str:
+        return f"{self.path}: line {self._rows[i].line}"
+
     def _load(self, row: _Row) -> dict[str, np.ndarray]:
         where = f"(video {row.video_id!r}, {self.path} line {row.line})"
         npz_path = _join(self._base, f"{row.video_id}.npz")
