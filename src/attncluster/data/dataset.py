@@ -195,6 +195,7 @@ class VideoDataset(IterableDataset):
         self.max_frames = int(max_frames)
         self.shards = resolve_shards(specs, fmt)
         self._counts: list[int] | None = None
+        self._index_damage = 0  # damaged stretches and empty files skipped while counting records (skip_corrupt)
         self._indices: dict[str, tuple[np.ndarray, int]] = {}  # remote shard -> (record index, corrupt tail count)
         # Moved to shared memory (share_memory()) before DataLoader workers start, so workers (also persistent ones,
         # also under spawn) see set_epoch and the main process sees the workers' counters. Each process writes only
@@ -202,6 +203,39 @@ class VideoDataset(IterableDataset):
         # _epoch holds (epoch, first batch): the batch to start the epoch at when resuming mid-epoch.
         self._epoch = torch.zeros(2, dtype=torch.int64)
         self._counters = torch.zeros((_STAT_ROWS, 4), dtype=torch.int64)
+
+    @classmethod
+    def from_config(cls, cfg, paths: str | Iterable[str], *, train: bool, dist=None, dequantize: bool = False,
+                    class_names: list[str] | None | object = ..., **overrides) -> VideoDataset:
+        """The dataset a verb reads, built from its config: the one place the config's model and data sections
+        become :class:`VideoDataset` arguments (train, validation, eval, predict, explain and quickstart use it).
+
+        Args:
+            cfg: a :class:`attncluster.config.Config`: model.feature_dims / num_classes / seg_num, data.format /
+                skip_corrupt / class_names, train.seed.
+            paths: shard specs (``cfg.data.train``, ``cfg.data.valid`` or ``--data``).
+            train: training sampling (jittered frames, shuffled, equal ranks) or evaluation (stratum centres,
+                file order, every video read).
+            dist: this process's :class:`attncluster.distributed.DistInfo` (rank, world_size); default
+                :func:`attncluster.distributed.env_info`. Pass ``DistInfo()`` for a single process.
+            dequantize: dequantize uint8 frames in the reader (False: the caller dequantizes on its device).
+            class_names: the names of a features-format CSV's labels; default ``cfg.data.class_names`` read
+                (:func:`attncluster.inference.load_class_names`). Pass it when already loaded.
+            overrides: any other :class:`VideoDataset` keyword (e.g. ``shuffle``).
+        """
+        from attncluster import distributed
+
+        if dist is None:
+            dist = distributed.env_info()
+        if class_names is ...:
+            from attncluster.inference import load_class_names  # it reads the names; the dataset only uses them
+
+            class_names = load_class_names(cfg)
+        kwargs = dict(modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes, seg_num=cfg.model.seg_num,
+                      train=train, seed=cfg.train.seed, skip_corrupt=cfg.data.skip_corrupt, dequantize=dequantize,
+                      fmt=cfg.data.format, class_names=class_names, rank=dist.rank, world_size=dist.world_size)
+        kwargs.update(overrides)
+        return cls(paths, **kwargs)
 
     def share_memory(self) -> None:
         """Put the epoch and counters in shared memory (in place). :func:`make_loader` calls it; a DataLoader with
@@ -249,11 +283,14 @@ class VideoDataset(IterableDataset):
         headers again."""
         if self._counts is None:
             counts = []
+            damage = 0
             for path in self.shards:
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
                     found = getattr(shard, "stats", None)
+                    if found is not None:
+                        damage += found.corrupt + found.empty_files
                     if self.rank == 0 and found is not None and (found.corrupt or found.empty_files):
                         # Damage the record index met (skip_corrupt): said once here, not silently absorbed.
                         lost = f"; {found.bytes_lost} bytes unreadable" if found.bytes_lost else ""
@@ -266,6 +303,7 @@ class VideoDataset(IterableDataset):
                 finally:
                     _close(shard)
             self._counts = counts
+            self._index_damage = damage
         return self._counts
 
     @property
@@ -563,6 +601,8 @@ class BatchLoader:
         total = self.dataset.num_batches(self.batch_size)
         skip_last = self.drop_last and self._partial()
         self.position = expected = self.dataset.start_batch
+        skipped_before = self.dataset.stats.corrupt
+        read = 0
         pending: dict[int, dict | None] = {}  # out-of-order arrivals (none with in-order DataLoaders)
         for j, batch in self.loader:
             pending[j] = batch
@@ -570,9 +610,25 @@ class BatchLoader:
                 batch = pending.pop(expected)
                 expected += 1
                 self.position = expected
-                if batch is None or (skip_last and expected == total):
+                if batch is None:
+                    continue
+                read += len(batch["id"])
+                if skip_last and expected == total:
                     continue
                 yield batch
+        if not read and self.dataset.skip_corrupt:
+            self._check_not_all_skipped(self.dataset.stats.corrupt - skipped_before)
+
+    def _check_not_all_skipped(self, skipped: int) -> None:
+        """With skip_corrupt, an epoch in which every record was skipped is an error, not an empty result (an
+        evaluation of nothing, a model trained on nothing)."""
+        ds = self.dataset
+        skipped += ds._index_damage if ds.start_batch == 0 else 0
+        if skipped:
+            where = ds.shards[0] if len(ds.shards) == 1 else f"{len(ds.shards)} files ({ds.shards[0]}, ...)"
+            rank = f" (rank {ds.rank} of {ds.world_size})" if ds.world_size > 1 else ""
+            raise DataError(f"{where}: every record{rank} was skipped as damaged ({skipped} skipped with "
+                            "skip_corrupt, none left to read); see the warnings above for why")
 
 
 def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int | str = 0, pin_memory: bool = False,

@@ -73,7 +73,8 @@ def _check_array(a: np.ndarray, path: str, name: str, width: int, where: str) ->
     if a.dtype.kind != "f":
         raise DataError(f"{path}: modality '{name}' has dtype {a.dtype}, expected uint8 (quantized) or float "
                         f"{where}")
-    return a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which check_finite then refuses
+        return a.astype(np.float32, copy=False)
 
 
 def _reason(e: BaseException) -> str:
