@@ -702,3 +702,25 @@ def test_eval_when_every_record_is_skipped_is_one_error_line(video_level_ckpt, t
     code, lines = _main(capsys, *_verb_args("eval", video_level_ckpt, tmp_path / "empty.tfrecord", tmp_path),
                         "-o", "data.skip_corrupt=true")
     assert code == 2 and lines[-1].startswith("error: ") and "every record was skipped" in lines[-1], lines
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zlib"])
+def test_compressed_shards_train_eval_and_predict_as_the_plain_ones(video_level_ckpt, tmp_path, capsys, kind):
+    import gzip
+    import zlib
+
+    plain = _video_level_shard(tmp_path / "v.tfrecord")
+    packed = tmp_path / f"v.tfrecord.{kind}"
+    packed.write_bytes((gzip.compress if kind == "gzip" else zlib.compress)(plain.read_bytes()))
+    a = VideoDataset(str(plain), modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=1, train=True)
+    b = VideoDataset(str(packed), modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=1, train=True)
+    for x, y in zip(make_loader(a, 3), make_loader(b, 3)):  # random access (training's shuffled reads)
+        assert x["id"] == y["id"] and torch.equal(x["rgb"], y["rgb"]) and torch.equal(x["labels"], y["labels"])
+    outs = []
+    for data in (plain, packed):
+        code, lines = _main(capsys, *_verb_args("predict", video_level_ckpt, data, tmp_path))
+        assert code == 0, lines
+        outs.append((tmp_path / "p.jsonl").read_text())
+        code, lines = _main(capsys, *_verb_args("eval", video_level_ckpt, data, tmp_path))
+        assert code == 0, lines
+    assert outs[0] == outs[1] and outs[0].count("\n") == 4
