@@ -724,3 +724,32 @@ def test_compressed_shards_train_eval_and_predict_as_the_plain_ones(video_level_
         code, lines = _main(capsys, *_verb_args("eval", video_level_ckpt, data, tmp_path))
         assert code == 0, lines
     assert outs[0] == outs[1] and outs[0].count("\n") == 4
+
+
+def test_one_frame_data_under_a_frame_level_config_warns_once_naming_the_config(tmp_path, capsys):
+    data = str(_video_level_shard(tmp_path / "v.tfrecord"))
+    mods = {"rgb": 1024, "audio": 128}
+    ds = VideoDataset([data, data], modalities=mods, num_classes=5, seg_num=100, train=True)
+    batches = list(make_loader(ds, 2))
+    assert sum(len(b["id"]) for b in batches) == 8
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 1, err
+    assert "v.tfrecord: record 0 (id 'v000') holds 1 frame, but model.seg_num is 100" in err
+    assert "--config youtube8m_video_level" in err
+    ds.set_epoch(1)
+    list(make_loader(ds, 2))
+    assert capsys.readouterr().err == ""  # once, not per epoch
+    # The right config (seg_num 1), or frame-level data, says nothing.
+    list(make_loader(VideoDataset(data, modalities=mods, num_classes=5, seg_num=1), 2))
+    paths, _ = make_pickles(tmp_path, 1, 3)
+    list(make_loader(VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG), 2))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow  # ~6 s; the dataset-level test above is the fast one
+def test_train_on_video_level_shards_with_the_frame_level_config_warns(video_level_ckpt, tmp_path, capsys):
+    data = _video_level_shard(tmp_path / "v.tfrecord")
+    code, lines = _main(capsys, *_verb_args("train", video_level_ckpt, data, tmp_path), "-o", "model.seg_num=100")
+    assert code == 0, lines
+    warned = [line for line in lines if "holds 1 frame" in line]
+    assert len(warned) == 1 and "--config youtube8m_video_level" in warned[0], lines

@@ -309,7 +309,8 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
                              if total_videos else "; nothing to train on"))
     valid_ds = None
     if cfg.data.valid and cfg.train.valid_interval:
-        valid_ds = VideoDataset.from_config(cfg, cfg.data.valid, train=False, dist=info, class_names=class_names)
+        valid_ds = VideoDataset.from_config(cfg, cfg.data.valid, train=False, dist=info, class_names=class_names,
+                                            warn_one_frame=False)  # train_ds has said it
         valid_ds.record_counts()
     return train_ds, valid_ds
 

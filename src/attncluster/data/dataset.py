@@ -160,13 +160,16 @@ class VideoDataset(IterableDataset):
         equal_ranks: give every rank the same number of videos by leaving out the last ``N mod world_size``
             of the epoch order (defaults to ``train``: DDP ranks then run the same number of steps). Otherwise
             ranks differ by at most one video and every video is read (evaluation).
+        warn_one_frame: warn (once, rank 0, when the records are first counted) if the first record holds one
+            frame while ``seg_num`` > 1: video-level data under a frame-level config. False for a second dataset
+            of the same run (train's validation set), so a run says it once.
     """
 
     def __init__(self, specs: str | Iterable[str], *, modalities: dict[str, int], num_classes: int,
                  seg_num: int = 100, train: bool = False, shuffle: bool | None = None, seed: int = 0,
                  skip_corrupt: bool = False, dequantize: bool = True, fmt: str = "auto",
                  class_names: list[str] | None = None, rank: int | None = None, world_size: int | None = None,
-                 max_frames: int = MAX_FRAMES, equal_ranks: bool | None = None):
+                 max_frames: int = MAX_FRAMES, equal_ranks: bool | None = None, warn_one_frame: bool = True):
         super().__init__()
         if not modalities or any(int(w) < 1 for w in modalities.values()):
             raise ConfigError(f"modalities must map names to positive feature widths, got {modalities!r}")
@@ -193,6 +196,7 @@ class VideoDataset(IterableDataset):
         self.fmt = fmt
         self.class_names = list(class_names) if class_names is not None else None
         self.max_frames = int(max_frames)
+        self.warn_one_frame = bool(warn_one_frame)
         self.shards = resolve_shards(specs, fmt)
         self._counts: list[int] | None = None
         self._index_damage = 0  # damaged stretches and empty files skipped while counting records (skip_corrupt)
@@ -284,10 +288,14 @@ class VideoDataset(IterableDataset):
         if self._counts is None:
             counts = []
             damage = 0
+            checked = False
             for path in self.shards:
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
+                    if not checked and counts[-1]:
+                        checked = True
+                        self._check_frames(shard, path)
                     found = getattr(shard, "stats", None)
                     if found is not None:
                         damage += found.corrupt + found.empty_files
@@ -305,6 +313,21 @@ class VideoDataset(IterableDataset):
             self._counts = counts
             self._index_damage = damage
         return self._counts
+
+    def _check_frames(self, shard: Shard, path: str) -> None:
+        """Warn once (rank 0) when the data's first record holds one frame but seg_num asks for more: video-level
+        features under a frame-level config, where every sampled frame is a copy of the one and the attention
+        (and explain's figures) mean nothing."""
+        if self.seg_num <= 1 or self.rank != 0 or not self.warn_one_frame:
+            return
+        video = shard.read(0)
+        if video is None or video.num_frames != 1:
+            return
+        video_level = all(a.dtype != np.uint8 for a in video.features.values())
+        hint = ("for video-level YouTube-8M data use --config youtube8m_video_level (model.seg_num 1)" if video_level
+                else "use a config with model.seg_num 1 (e.g. --config youtube8m_video_level) for one-frame data")
+        _warn(f"{path}: record 0 (id {video.id!r}) holds 1 frame, but model.seg_num is {self.seg_num}: each video "
+              f"would be {self.seg_num} copies of one frame, and the attention over them means nothing; {hint}")
 
     @property
     def num_videos(self) -> int:
