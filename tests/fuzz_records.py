@@ -92,8 +92,8 @@ def run(argv: list[str]) -> tuple[int, list[str], bool]:
 def main_fuzz(cases: int = 300, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     root = Path(tempfile.mkdtemp(prefix="fuzz_records_"))
-    cfg = load_config(None, ["model.num_classes=20", "model.seg_num=1", "model.cluster_nums=1", "model.hidden_sizes=[8]",
-                             "data.num_workers=0", "data.format=yt8m", "eval.batch_size=4", "eval.top_k=3"])
+    cfg = load_config(None, ["model.num_classes=20", "model.seg_num=1", "model.cluster_nums=1",
+                             "model.hidden_sizes=[8]", "data.num_workers=0", "data.format=yt8m", "eval.batch_size=4", "eval.top_k=3"])
     (root / "config.yaml").write_text(cfg.to_yaml())
     torch.manual_seed(0)
     atomic_save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict()}, root / "model.pt")

@@ -548,7 +548,7 @@ def test_a_features_layout_read_as_tfrecords_says_what_it_is(tmp_path):
     assert [b["id"] for b in make_loader(ds, 2)] == [["v0"]]
 
 
-# --- the dataset from a config ------------------------------------------------------------------------------------------
+# --- the dataset from a config ----------------------------------------------------------------------------------------
 
 
 def test_from_config_carries_skip_corrupt_class_names_and_the_rank_of_distributed(tmp_path, monkeypatch):
@@ -574,7 +574,7 @@ def test_from_config_carries_skip_corrupt_class_names_and_the_rank_of_distribute
     assert (ds.rank, ds.world_size) == (1, 2)
 
 
-# --- non-finite features and damaged-only data, through every reader and verb --------------------------------------------
+# --- non-finite features and damaged-only data, through every reader and verb ------------------------------------------
 
 
 def _video_level_shard(path, bad_index=None, bad_value=np.nan, n=4):

@@ -52,7 +52,7 @@ def test_fields_spans_and_errors():
     assert pw.packed_varint_field(4, [3, 270]) == b"\x22\x03\x03\x8e\x02"  # tag 4/LEN, length 3, 03 8e 02
 
 
-# --- the oracle ---------------------------------------------------------------------------------------------------------
+# --- the oracle -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def oracle_reading(payload: bytes, frame_level: bool, tf_messages) -> tuple[str,
     return video_id, labels, out
 
 
-# --- generated records --------------------------------------------------------------------------------------------------
+# --- generated records ------------------------------------------------------------------------------------------------
 
 
 def _chunks(rng, items: list, most: int = 3) -> list[list]:
@@ -312,8 +312,11 @@ def test_the_issues_three_cases(tf_messages):
     assert np.array_equal(video.features["audio"], whole.features["audio"])
     assert compare(payload, True, tf_messages) == "same"
 
+    means = b"".join(_entry_bytes("mean_" + n, pw.len_field(2, pw.len_field(1, x.tobytes()))) for n, x in mean.items())
     two_ids = pw.len_field(1, _entry_bytes("id", pw.len_field(1, pw.len_field(1, b"aaaa")),
-                                           pw.len_field(1, pw.len_field(1, b"bbbb"))) + rest[rest.index(b"labels") - 4:])
+                                           pw.len_field(1, pw.len_field(1, b"bbbb"))) + means)
+    assert parse_yt8m(pw.len_field(1, _entry_bytes("id", pw.len_field(1, pw.len_field(1, b"aaaa"))) + means),
+                      modalities=DIMS).id == "aaaa"  # the same record with one id reads
     with pytest.raises(DataError, match="'id' holds 2 byte strings, expected 1"):
         parse_yt8m(two_ids, modalities=DIMS)
     assert compare(two_ids, False, tf_messages) == "refused-invalid"

@@ -332,7 +332,7 @@ def test_index_of_every_real_shard_matches_a_struct_walk():
         assert 250 < len(index) < 350  # about 290-307 videos per shard
 
 
-# --- compressed files (TFRecordOptions compression_type GZIP / ZLIB) ---------------------------------------------------
+# --- compressed files (TFRecordOptions compression_type GZIP / ZLIB) -------------------------------------------------
 
 
 def _compressed(kind: str, data: bytes) -> bytes:

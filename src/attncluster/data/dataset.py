@@ -639,14 +639,15 @@ class BatchLoader:
                 if skip_last and expected == total:
                     continue
                 yield batch
-        if not read and self.dataset.skip_corrupt:
+        # A whole epoch (not the tail of a resumed one) in which every record was skipped:
+        if not read and self.dataset.skip_corrupt and self.dataset.start_batch == 0:
             self._check_not_all_skipped(self.dataset.stats.corrupt - skipped_before)
 
     def _check_not_all_skipped(self, skipped: int) -> None:
         """With skip_corrupt, an epoch in which every record was skipped is an error, not an empty result (an
         evaluation of nothing, a model trained on nothing)."""
         ds = self.dataset
-        skipped += ds._index_damage if ds.start_batch == 0 else 0
+        skipped += ds._index_damage
         if skipped:
             where = ds.shards[0] if len(ds.shards) == 1 else f"{len(ds.shards)} files ({ds.shards[0]}, ...)"
             rank = f" (rank {ds.rank} of {ds.world_size})" if ds.world_size > 1 else ""

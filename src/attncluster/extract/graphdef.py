@@ -12,9 +12,9 @@ Only what a frozen inference graph such as Inception's ``classify_image_graph_de
 | | 10: int64_val, 11: bool_val |
 | ``TensorShapeProto`` | 2: dim (repeated Dim {1: size}) |
 
-It uses the public wire codec :mod:`attncluster.data.protowire` (varints, field spans). Parsing never runs code and never
-allocates more than the file's own size: tensors come from ``tensor_content`` bytes or typed value lists whose length
-is checked against the shape. :func:`encode_graphdef` writes the same messages (tests build small graphs with it).
+It is built on the public wire codec :mod:`attncluster.data.protowire` (varints, field spans). Parsing never runs code
+and never allocates more than the file's own size: tensors come from ``tensor_content`` bytes or typed value lists
+whose length is checked against the shape. :func:`encode_graphdef` writes the same messages (tests build small graphs with it).
 """
 
 from __future__ import annotations
