@@ -759,3 +759,17 @@ def test_train_on_video_level_shards_with_the_frame_level_config_warns(video_lev
     assert code == 0, lines
     warned = [line for line in lines if "holds 1 frame" in line]
     assert len(warned) == 1 and "--config youtube8m_video_level" in warned[0], lines
+
+
+def test_the_one_frame_check_reads_record_0_without_counting_or_raising_its_damage_early(tmp_path, capsys):
+    """A damaged first record is reported where the epoch reads it (once), not by the one-frame check."""
+    data = _video_level_shard(tmp_path / "v.tfrecord", bad_index=0)
+    mods = {"rgb": 1024, "audio": 128}
+    ds = VideoDataset(str(data), modalities=mods, num_classes=5, seg_num=4, skip_corrupt=True)
+    assert [v for b in make_loader(ds, 2) for v in b["id"]] == ["v001", "v002", "v003"]
+    err = capsys.readouterr().err
+    assert err.count("non-finite") == 1 and "damaged stretch" not in err and ds.stats.corrupt == 1, err
+    ds = VideoDataset(str(data), modalities=mods, num_classes=5, seg_num=4)
+    assert ds.num_videos == 4  # counting the records does not raise
+    with pytest.raises(DataError, match="record 0 at byte offset 0 .*non-finite"):
+        list(make_loader(ds, 2))

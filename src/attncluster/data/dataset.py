@@ -293,9 +293,6 @@ class VideoDataset(IterableDataset):
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
-                    if not checked and counts[-1]:
-                        checked = True
-                        self._check_frames(shard, path)
                     found = getattr(shard, "stats", None)
                     if found is not None:
                         damage += found.corrupt + found.empty_files
@@ -308,6 +305,9 @@ class VideoDataset(IterableDataset):
                     index = getattr(shard, "_index", None)
                     if is_url(path) and isinstance(index, np.ndarray):
                         self._indices[path] = (index, int(getattr(shard, "stats", ReadStats()).corrupt))
+                    if not checked and counts[-1]:
+                        checked = True
+                        self._check_frames(shard, path)  # last: it reads a record, after the index's damage is counted
                 finally:
                     _close(shard)
             self._counts = counts
@@ -320,7 +320,10 @@ class VideoDataset(IterableDataset):
         (and explain's figures) mean nothing."""
         if self.seg_num <= 1 or self.rank != 0 or not self.warn_one_frame:
             return
-        video = shard.read(0)
+        try:
+            video = shard.read(0)
+        except DataError:  # reported where the epoch reads it, as any damaged record
+            return
         if video is None or video.num_frames != 1:
             return
         video_level = all(a.dtype != np.uint8 for a in video.features.values())
