@@ -673,7 +673,9 @@ def _verb_args(verb, ckpt, data, tmp_path, run="run"):
             "--device", "cpu"]
 
 
-@pytest.mark.parametrize("verb", ["eval", "predict", "train"])
+# train: ~7 s (two runs), so slow; the training reader's path (random access read(i), skipped and counted) is
+# covered fast by test_a_non_finite_feature_is_a_data_error_on_every_reader_path.
+@pytest.mark.parametrize("verb", ["eval", "predict", pytest.param("train", marks=pytest.mark.slow)])
 def test_a_nan_record_through_each_verb_is_one_error_line_or_skipped_and_counted(verb, video_level_ckpt, tmp_path,
                                                                                  capsys):
     data = _video_level_shard(tmp_path / "v.tfrecord", bad_index=1)
