@@ -19,6 +19,14 @@ The schema, as protobuf field numbers::
     BytesList { repeated bytes value = 1; }   FloatList { repeated float value = 1; }
     Int64List { repeated int64 value = 1; }
 
+Merging: the wire format is :mod:`attncluster.data.protowire`. A field that protobuf lets occur several times is read
+as protobuf merges it (TensorFlow's own parser refuses some of these records; reading them differently would be a
+silent misread): a message given twice (a map entry's ``value``, ``features``, ``context``, ``feature_lists``) is the
+merge of its occurrences, so repeated lists inside concatenate (labels split over two ``value`` fields are all read,
+a FeatureList split in two holds all its frames); a map entry's last ``key`` wins; of two map entries with one key the
+later replaces the earlier; and of a Feature's oneof the last member given wins. A result that breaks the schema (two
+ids, a frame of two byte strings, the wrong number of floats) is refused.
+
 Speed: a frame-level video is ~300 identical nested messages per modality. Every frame of a modality is encoded with
 the same 9-byte header (``Feature{bytes_list{value: <F bytes>}}`` tags and lengths), so the frames sit at a fixed
 stride: the parser views the FeatureList as a (T, stride) array, checks every header at once, and slices the payload
