@@ -19,7 +19,8 @@ from extract_videos import TinyPipeline, make_video  # noqa: E402
 from attncluster.config import load_config  # noqa: E402
 from attncluster.errors import ConfigError, DataError  # noqa: E402
 from attncluster.extract.decode import decode_video  # noqa: E402
-from attncluster.extract.pipeline import Extractor, classify_videos, run_extract, video_id  # noqa: E402
+from attncluster.extract.pipeline import Extractor, run_extract, video_id  # noqa: E402
+from attncluster.predict import classify_videos  # noqa: E402
 from attncluster.extract.writer import read_manifests  # noqa: E402
 
 
