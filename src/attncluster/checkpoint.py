@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from attncluster.errors import ConfigError, DataError, FileError, printable
-from attncluster.model import STATE_FORMAT
+from attncluster.model import FORMAT_KEY, STATE_FORMAT
 
-FORMAT_KEY = "weights_format"  # checkpoint dict entry and safetensors metadata key holding STATE_FORMAT
 FC1 = "hidden.0.weight"
 
 
