@@ -138,6 +138,23 @@ def atomic_path(path: str | os.PathLike, what: str = "write") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def scratch_file(path: str | os.PathLike, tag: str = "part.") -> Iterator[Path]:
+    """A temporary file next to ``path`` for an intermediate result (e.g. the fp32 graph before int8), locked while
+    it exists and always deleted at the end; named ``.NAME.<tag>XXXX.tmp``, so :func:`remove_stale` finds it after a
+    ``kill -9``."""
+    path = Path(path)
+    with writing(path, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_name(path, tag)
+    try:
+        yield Path(tmp)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w", newline: str | None = "",
                   what: str = "write") -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing; on success it replaces ``path`` atomically.
