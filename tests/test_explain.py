@@ -199,6 +199,75 @@ def test_hostile_ids_are_escaped_in_html_and_sanitised_in_file_names(tmp_path):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;" in page and "dog &amp; co" in page
 
 
+def _cells(page: str) -> list[list[str]]:
+    """The table rows of an index.html, as the text of their cells (a tiny parser, independent of explain.py)."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+            elif tag == "br" and self.cell is not None:
+                self.cell.append("|")
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Rows()
+    parser.feed(page)
+    return parser.rows
+
+
+def test_the_index_shows_the_true_labels_beside_the_predictions_escaped(tmp_path):
+    """Top-2 of scores [0.2, 0.9, 0.5] is dog, eel; true labels dog (predicted: marked) and a hostile name."""
+    names = ["<i>cat</i> & co", "dog", "eel"]
+    rec = _record(names=names)
+    rec["labels"] = [{"class": 0, "name": names[0]}, {"class": 1, "name": "dog"}]
+    unnamed = _record(vid="v2", names=None)
+    unnamed["labels"] = [{"class": 2, "name": None}]
+    unknown = _record(vid="v3")  # decoded videos have no ground truth
+    index = HtmlIndex(tmp_path / "index.html", "t")
+    for r, n in ((rec, "v1"), (unnamed, "v2"), (unknown, "v3")):
+        index.add(r, n, figure=False)
+    index.close()
+    page = (tmp_path / "index.html").read_text()
+    assert "<i>cat</i>" not in page and "&lt;i&gt;cat&lt;/i&gt; &amp; co" in page
+    rows = _cells(page)
+    assert rows[0] == ["video", "top classes", "true labels", "attention"]
+    assert rows[1][:3] == ["v1", "dog (0.900)|eel (0.500)", "<i>cat</i> & co|dog \u2713"]
+    assert rows[2][2] == "class 2 \u2713" and rows[3][2] == "not known"
+
+
+def test_explain_on_labelled_data_lists_each_videos_labels(tiny_run, tiny_data, tmp_path):
+    config, ckpt = tiny_run
+    cfg = load_config(config)
+    out = tmp_path / "out"
+    assert explain(cfg, str(ckpt), out, data=[str(tiny_data / "valid")], device="cpu", figures=False,
+                   max_videos=3, log=quiet) == 3
+    truth = {}
+    for shard in sorted((tiny_data / "valid").glob("*.tfrecord")):
+        for video in YT8MShard(str(shard), modalities=None, num_classes=TINY_CLASSES):
+            truth[video.id] = sorted(int(k) for k in video.labels)
+    rows = _cells((out / "index.html").read_text())[1:]
+    assert len(rows) == 3
+    for row in rows:
+        shown = [int(x.split()[1]) for x in row[2].split("|")]  # "class 3" or "class 3 \u2713"
+        assert shown == truth[row[0]], row
+
+
 def test_explain_end_to_end_with_a_hostile_video_id(tiny_run, tmp_path):
     config, ckpt = tiny_run
     cfg = load_config(config)
