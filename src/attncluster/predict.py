@@ -26,8 +26,8 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterable
 from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
