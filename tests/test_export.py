@@ -198,6 +198,7 @@ def video_level(tmp_path_factory):
     return root, cfg, model
 
 
+@pytest.mark.slow  # an export, ~9 s; test_export_refuses_uint8_for_float_data_and_auto_without_data is the fast one
 def test_export_takes_the_input_dtype_from_float_video_level_data(video_level, tmp_path):
     """Before, the video-level config silently gave a uint8 graph that refused its own data at predict --onnx."""
     root, cfg, model = video_level
@@ -235,7 +236,8 @@ def test_export_refuses_uint8_for_float_data_and_auto_without_data(video_level, 
 # ---------------------------------------------------------------------------------------------- a full disk
 
 
-def test_a_full_disk_names_the_output_and_the_triton_files(small, tmp_path, capsys):
+@pytest.mark.slow  # an export, ~8 s; test_a_full_disk_names_the_triton_files is the fast one of the same writer
+def test_a_full_disk_during_export_is_one_line_naming_the_output(small, tmp_path, capsys):
     from test_outputs import file_size_limit
 
     root = small["root"]
@@ -245,11 +247,15 @@ def test_a_full_disk_names_the_output_and_the_triton_files(small, tmp_path, caps
                            "--output", out)
     assert code == 2 and err.startswith(f"error: {out}: cannot write: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_names_the_triton_files(small, tmp_path):
     from attncluster.errors import FileError
     from attncluster.export import write_triton_repository
+    from test_outputs import file_size_limit
 
     with file_size_limit(20_000), pytest.raises(FileError) as e:
-        write_triton_repository(str(root / "m.onnx"), str(tmp_path / "triton"), name="clf")
+        write_triton_repository(str(small["root"] / "m.onnx"), str(tmp_path / "triton"), name="clf")
     assert str(e.value).startswith(f"{tmp_path / 'triton' / 'clf' / '1' / 'model.onnx'}: cannot write: ")
     assert [p.name for p in (tmp_path / "triton" / "clf" / "1").iterdir()] == []
 
