@@ -255,8 +255,12 @@ def test_explain_on_labelled_data_lists_each_videos_labels(tiny_run, tiny_data, 
     config, ckpt = tiny_run
     cfg = load_config(config)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / ".v1.json.k3j2h1.tmp").write_text("a killed run's half file")  # removed at the start
+    (out / ".notes.txt").write_text("a user's")  # kept
     assert explain(cfg, str(ckpt), out, data=[str(tiny_data / "valid")], device="cpu", figures=False,
                    max_videos=3, log=quiet) == 3
+    assert not (out / ".v1.json.k3j2h1.tmp").exists() and (out / ".notes.txt").exists()
     truth = {}
     for shard in sorted((tiny_data / "valid").glob("*.tfrecord")):
         for video in YT8MShard(str(shard), modalities=None, num_classes=TINY_CLASSES):

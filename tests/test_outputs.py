@@ -14,7 +14,7 @@ import pytest
 
 from attncluster.errors import FileError
 from attncluster.outputs import (atomic_output, atomic_path, atomic_write_bytes, check_output, kaggle_row,
-                                 remove_stale, scratch_file, write_kaggle_csv)
+                                 remove_stale, scratch_file, target_of_temporary, write_kaggle_csv)
 
 HOSTILE_IDS = ["plain", "a,b", 'say "hi"', "cr\rinside", "lf\ninside", "crlf\r\nx", " lead", "=1+2", ""]
 
@@ -94,6 +94,14 @@ def test_remove_stale_takes_only_our_dead_temporaries(tmp_path):
         assert live_tmp[0].exists()
         live.write("new")
     assert all(p.exists() for p in kept[:-1]) and out.read_text() == "new"
+
+
+def test_the_target_of_a_temporary_file_is_read_from_its_name(tmp_path):
+    assert target_of_temporary(".a.b.json.x_1y.tmp") == "a.b.json"
+    assert [target_of_temporary(n) for n in (".x.tmp", "a.json.xy.tmp", ".a.json", ".tmp", "..x.tmp")] == [None] * 5
+    with atomic_output(tmp_path / "r.csv"):
+        (live,) = tmp_path.iterdir()
+        assert target_of_temporary(live.name) == "r.csv"
 
 
 def test_check_output_removes_a_killed_runs_temporary(tmp_path):

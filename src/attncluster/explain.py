@@ -42,7 +42,7 @@ import torch
 
 from attncluster.config import Config
 from attncluster.errors import ConfigError, DataError
-from attncluster.outputs import atomic_output, atomic_write_text
+from attncluster.outputs import atomic_output, atomic_write_text, remove_stale, target_of_temporary
 
 THUMBNAILS = 6  # most-attended frames shown with --videos
 CMAP = "viridis"  # perceptually uniform, readable in grey and with colour-blindness
@@ -497,6 +497,8 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
     if page.is_file() and SIGNATURE not in page.read_text(encoding="utf-8", errors="replace"):
         raise ConfigError(f"--output {out}: holds an index.html that attncluster explain did not write; choose "
                           "another --output (explain replaces only its own page)")
+    # A killed explain's temporary files in this (its own) folder; those a live explain is writing stay.
+    remove_stale(page, matches=lambda n: (target_of_temporary(n) or "").endswith((".json", ".png", ".html")))
     if data is not None:
         source = iter_data(cfg, data, ids, fps or 1.0)
     else:

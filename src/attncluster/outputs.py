@@ -218,6 +218,16 @@ def is_stale_name(name: str, target: str, extra: str | None = None) -> bool:
     return re.fullmatch(pattern, name) is not None
 
 
+def target_of_temporary(name: str) -> str | None:
+    """The file name a temporary file ``name`` of :func:`atomic_output` was written for (``.X.<random>.tmp`` -> ``X``),
+    or None for any other name."""
+    if name.startswith(".") and name.endswith(TMP_SUFFIX):
+        stem = name[1:-len(TMP_SUFFIX)]
+        if "." in stem:
+            return stem.rsplit(".", 1)[0] or None
+    return None
+
+
 def _in_use(path: Path) -> bool:
     """Whether a live process holds the lock of this temporary file (it is being written now)."""
     if fcntl is None:  # pragma: no cover

@@ -33,7 +33,7 @@ import numpy as np
 from attncluster.data.tfrecord import TFRecordWriter
 from attncluster.data.yt8m import encode_sequence_example, quantize
 from attncluster.errors import ConfigError, writing
-from attncluster.outputs import atomic_output
+from attncluster.outputs import atomic_output, remove_stale, target_of_temporary
 
 # Tunable signal: amplitude ~1 on a few dims against small noise, in dequantized units (the range is [-2, 2]).
 NOISE_STD = 0.5  # background: N(0, NOISE_STD) on every dim of every frame
@@ -189,6 +189,9 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"synth: {out_dir} exists and is not a folder")
+    if os.path.isdir(out_dir):  # a killed synth's temporary files (not a user's, nor a live writer's) go first
+        remove_stale(os.path.join(out_dir, VOCABULARY_FILE), matches=lambda n: (target_of_temporary(n) or "").endswith(
+            (".tfrecord", VOCABULARY_FILE)))
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         # Old shards beside new ones would silently become one larger, mixed dataset.
         raise ConfigError(f"synth: {out_dir} is not empty ({len(os.listdir(out_dir))} entries); choose a new or "

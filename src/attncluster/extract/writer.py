@@ -32,7 +32,7 @@ from attncluster.data.tfrecord import encode_record
 from attncluster.data.yt8m import (ID_KEY, LABELS_KEY, _bytes_feature, _feature_list, _int64_feature, _len_field,
                                    _map_entry)
 from attncluster.errors import ConfigError, DataError, writing
-from attncluster.outputs import TMP_SUFFIX, atomic_write_bytes, remove_stale
+from attncluster.outputs import TMP_SUFFIX, atomic_write_bytes, remove_stale, target_of_temporary
 
 FORMATS = ("yt8m", "features")
 MANIFEST_GLOB = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
@@ -62,11 +62,10 @@ def _fsync_write(path: str, data: bytes) -> None:
 def _temporary_of(name: str) -> str | None:
     """The file a temporary file ``name`` was written for: ``.X.<random>.tmp`` (the one writer) or ``X.tmp`` (older
     versions); None for any other name."""
-    if name.startswith(".") and name.endswith(TMP_SUFFIX) and name.count(".") >= 3:
-        return name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[0]
-    if name.endswith(TMP_SUFFIX):
-        return name[:-len(TMP_SUFFIX)]
-    return None
+    target = target_of_temporary(name)
+    if target is None and name.endswith(TMP_SUFFIX) and not name.startswith("."):
+        target = name[:-len(TMP_SUFFIX)]
+    return target
 
 
 def read_manifests(out_dir: str) -> list[dict]:
