@@ -509,6 +509,7 @@ def test_kill_9_of_a_real_extract_leaves_no_worker_and_no_resource_tracker(tmp_p
         assert len(helpers) >= 3, f"extract ended or never started its workers ({p.poll()})"
         time.sleep(1.0)  # mid-run: the workers are decoding
         helpers = _children(p.pid)
+        assert p.poll() is None and len(helpers) >= 3, "extract ended before it could be killed mid-run"
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         assert _wait_gone(helpers, 5.0) == []
