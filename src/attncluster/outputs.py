@@ -107,8 +107,14 @@ def lock_fd(fd: int) -> None:
 def temporary_name(path: Path, tag: str = "") -> tuple[int, str]:
     """A new, exclusively created and locked file next to ``path``: ``(fd, name)``, named ``.NAME.<tag>XXXX.tmp``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=TMP_SUFFIX, dir=path.parent)
-    lock_fd(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
+    try:
+        lock_fd(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return fd, tmp
 
 
