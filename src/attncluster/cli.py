@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{a.output} was not written (a previous file there is unchanged)" if a.output
                        else "the lines printed cover only part of the videos"))
 
-    from attncluster.export import DEFAULT_OPSET, INPUT_DTYPES, SUPPORTED_OPSETS
+    from attncluster.export import DEFAULT_OPSET, INPUT_DTYPE_CHOICES, SUPPORTED_OPSETS
 
     p = sub.add_parser("export", help="export to ONNX (optionally int8) and a Triton model repository",
                        description="Export weights to one ONNX graph: one uint8 input per modality (batch, frames, F), "
@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Triton model name (default attncluster)")
     p.add_argument("--max-batch-size", type=int, default=256, metavar="N", help="Triton max_batch_size (default 256)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv: class names stored in the graph metadata")
-    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
-                   help="uint8: dataset-quantized features (default); float32: float features as they are")
+    p.add_argument("--input-dtype", choices=INPUT_DTYPE_CHOICES, default="auto",
+                   help="auto (default): the dtype of the config's data (its first record); uint8: dataset-quantized "
+                   "features; float32: float features as they are (video-level)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",

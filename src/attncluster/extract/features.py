@@ -225,7 +225,7 @@ class FeaturePipeline:
         return None
 
     def _autocast(self):
-        from attncluster.inference import autocast_for
+        from attncluster.distributed import autocast_for
 
         return autocast_for(self.device, self.precision)
 
