@@ -29,7 +29,7 @@ from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError, plural
-from attncluster.inference import load_class_names, load_vocabulary, prediction_record
+from attncluster.inference import class_names_for, load_class_names, prediction_record
 from attncluster.outputs import atomic_output, check_output
 
 FORMATS = (".csv", ".jsonl")
@@ -110,7 +110,7 @@ def predict(
     data: list[str],
     output: str,
     top_k: int | None = None,
-    vocab: str | None = None,
+    vocab: str | bool | None = None,
     device: str | None = None,
     log=print,
     onnx: str | None = None,
@@ -140,7 +140,7 @@ def predict(
         top_k = min(20, cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else getattr(predictor, "vocabulary", None)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab, getattr(predictor, "vocabulary", None))
     info = distributed.env_info()
     dev = distributed.device_for(device if predictor is None else "cpu", info)
     distributed.setup(dev.type)
@@ -190,7 +190,7 @@ def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: in
 
 
 def predict_videos(cfg: Config, weights: str, videos: list[str], output: str | None = None, top_k: int | None = None,
-                   vocab: str | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
+                   vocab: str | bool | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
     """``predict --videos``: classify video files, their features extracted in memory (``extract/pipeline.py``).
 
     Records are predict's JSONL records (id, classes, scores[, names]): printed one JSON line each to stdout, or

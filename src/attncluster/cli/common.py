@@ -187,6 +187,29 @@ def model_config(args, required: bool = True):
     return None
 
 
+def config_source(args) -> str:
+    """Where the verb's config came from, for messages."""
+    if args.config:
+        return f"config {args.config}"
+    return f"the config stored in {args.weights}" if getattr(args, "weights", None) else "the default config"
+
+
+def check_default_data(cfg, key: str, source: str, flag: str) -> None:
+    """The config's ``data.<key>`` paths (a verb's default when ``flag`` is absent) exist; else one line saying that
+    this default is missing and that ``flag`` is the way (shipped configs point at ``data/yt8m/...``)."""
+    from attncluster.data.paths import expand_paths
+    from attncluster.errors import DataError
+
+    for spec in getattr(cfg.data, key) or []:
+        try:
+            expand_paths([spec], what=f"data.{key}")
+        except DataError as e:
+            if not str(e).startswith(f"{spec}: matches no files"):
+                raise
+            raise DataError(f"{spec}: no such data; it is the default data.{key} of {source}, used when {flag} is "
+                            f"not given: pass {flag} PATH... (shards, globs, directories or .list files)") from None
+
+
 # ---- errors and Ctrl-C ----------------------------------------------------------------------------------------
 
 def interrupted_message(args: argparse.Namespace) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from attncluster.cli.common import add_config, add_device, add_weights_or_onnx, model_config
+from attncluster.cli.common import (add_config, add_device, add_weights_or_onnx, check_default_data,
+                                    config_source, model_config)
 
 HELP = "evaluate a checkpoint"
 DESCRIPTION = "Evaluate weights: GAP, Hit@1, PERR, mAP and loss (top-1/top-5 for single-label configs)."
@@ -20,6 +21,8 @@ def run(args) -> int:
     from attncluster.evaluate import evaluate
 
     cfg = model_config(args, required=False)
+    if cfg is not None and not args.data:
+        check_default_data(cfg, "valid", config_source(args), "--data")
     evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx)
     return 0
 

@@ -485,7 +485,7 @@ def default_extractor(fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FR
                      num_workers=num_workers)
 
 
-def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | None = None, top_k: int | None = None,
+def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | bool | None = None, top_k: int | None = None,
                     extractor: Extractor | None = None, device: str | None = None, skip_bad: bool = False,
                     on_bad: Callable[[str, str], None] | None = None, fps: float = DEFAULT_FPS,
                     max_frames: int = DEFAULT_MAX_FRAMES, num_workers: int | str = "auto",
@@ -507,13 +507,13 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
     """
     from attncluster.config import Config, load_config
     from attncluster.data.sampling import sample_indices
-    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary, prediction_record
+    from attncluster.inference import TorchPredictor, class_names_for, prediction_record
 
     cfg = config if isinstance(config, Config) else load_config(config)
     k = min(cfg.eval.top_k, cfg.model.num_classes) if top_k is None else top_k
     if not 0 < k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab)
     if extractor is None:
         extractor = default_extractor(fps, max_frames, num_workers, pipeline_options.pop("device", None) or device,
                                       **pipeline_options)
