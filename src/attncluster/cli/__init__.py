@@ -12,12 +12,18 @@ Ctrl-C at any moment as one ``interrupted: ...`` line with exit status 130.
 
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
 
-from attncluster.cli.common import EPILOG, Parser, extract_options as _extract_options, interrupted_message, user_message
-from attncluster.errors import AttnClusterError, printable
+try:  # Ctrl-C while the console script imports this module: the same one line as later, not a traceback
+    import argparse
+    import signal
+
+    from attncluster.cli.common import (EPILOG, Parser, extract_options as _extract_options, interrupted_message,
+                                        user_message)
+    from attncluster.errors import AttnClusterError, printable
+except KeyboardInterrupt:
+    print("interrupted: attncluster stopped while starting", file=sys.stderr)
+    raise SystemExit(130) from None
 
 # verb -> module under attncluster.cli, in the order --help lists them
 VERBS: dict[str, str] = {
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     shutdown (atexit handlers, worker joins) are never interrupted into a traceback.
     """
     args = None
+    if argv is None:
+        _deliver_lost_interrupts()
     try:
         try:
             parser = build_parser()
@@ -97,12 +105,35 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             if argv is None:
                 _ignore_sigint()
+                # objects the interruption left half-built (a DataLoader iterator) complain when collected: quiet
+                sys.unraisablehook = lambda unraisable: None
             message = interrupted_message(args) if args is not None else "attncluster stopped while starting"
             print(printable(f"interrupted: {message}"), file=sys.stderr)
             return 130
     finally:
         if argv is None:
             _ignore_sigint()
+
+
+def _deliver_lost_interrupts() -> None:
+    """Ctrl-C that lands where Python cannot raise (an at-fork handler while a DataLoader forks its workers, a
+    ``__del__``) is only printed as "Exception ignored ... KeyboardInterrupt" and then lost: send it again a moment
+    later (from a timer thread, as raising it here would land in the same place), so it is raised in ordinary code
+    and stops the verb as every other Ctrl-C does."""
+    import os
+    import threading
+
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _ignore_sigint() -> None:
