@@ -6,7 +6,8 @@ from attncluster.cli.common import add_device
 
 HELP = "synthesise data, train, evaluate and predict in one go"
 DESCRIPTION = ("Generate a small synthetic YouTube-8M-format dataset, train on it, evaluate, predict a few videos, "
-               "and compare with mean pooling. No download; about 20 s on an idle 2-core CPU (README: Timings).")
+               "and compare with mean pooling. No download; 19 s on an idle 2-core CPU, minutes on a busy one (README: "
+               "Quickstart).")
 
 
 def add_args(p) -> None:
