@@ -392,12 +392,10 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.data.records import dequantize
     from attncluster.data.sampling import sample_indices
-    from attncluster.inference import load_class_names
+    from attncluster import distributed
 
     wanted = None if ids is None else set(ids)
-    ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                      seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
-                      fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)
+    ds = VideoDataset.from_config(cfg, specs, train=False, dist=distributed.DistInfo())  # one process
     found: set[str] = set()
     for batch in make_loader(ds, batch_size, num_workers=cfg.data.num_workers):
         keep = [i for i, v in enumerate(batch["id"]) if wanted is None or (v in wanted and v not in found)]
@@ -669,9 +667,7 @@ def signal_attention(cfg: Config, weights: str, data: list[str], device: str | N
 
     dev = distributed.device_for(device, distributed.DistInfo())
     model = load_model(cfg, weights, dev)
-    ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                      seg_num=cfg.model.seg_num, train=False, dequantize=False, fmt=cfg.data.format, rank=0,
-                      world_size=1)
+    ds = VideoDataset.from_config(cfg, data, train=False, dist=distributed.DistInfo())  # one process
     mass, share, n = 0.0, 0.0, 0
     for batch in make_loader(ds, 256):
         feats = {m: dequantize(batch[m]).to(dev) for m in cfg.model.feature_dims}

@@ -29,7 +29,7 @@ from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError, plural
-from attncluster.inference import class_names_for, load_class_names, prediction_record
+from attncluster.inference import class_names_for, prediction_record
 from attncluster.outputs import atomic_output, check_output
 
 FORMATS = (".csv", ".jsonl")
@@ -148,10 +148,7 @@ def predict(
     try:
         if predictor is None:
             predictor = TorchPredictor(cfg, weights, dev)
-        ds = OrderedVideos(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                           dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg),
-                           rank=info.rank, world_size=info.world_size)
+        ds = OrderedVideos.from_config(cfg, data, train=False, dist=info)
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         token = distributed.gather_objects(uuid.uuid4().hex[:12])[0]  # rank 0's: one name set for the whole job

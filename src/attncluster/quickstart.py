@@ -33,8 +33,7 @@ def mean_pooling_gap(cfg: Config, epochs: int = 30, seed: int = 0) -> float:
     from attncluster.metrics import gap
 
     def load(specs):
-        ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                          seg_num=cfg.model.seg_num, train=False, fmt=cfg.data.format)
+        ds = VideoDataset.from_config(cfg, specs, train=False, dequantize=True)
         xs, ys = [], []
         for b in make_loader(ds, 256):
             xs.append(torch.cat([b[m].float().mean(dim=1) for m in cfg.model.feature_dims], dim=1))  # (N, sum F)

@@ -25,17 +25,21 @@ def add_args(p) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long a batch waits for more videos after its first (default 5)")
     p.add_argument("--token-file", metavar="F", help="require 'Authorization: Bearer <token>' with the token in F")
-    p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
-                   help="largest /v1/predict body (default 32)")
-    p.add_argument("--max-video-mb", type=float, default=256.0, metavar="MB",
-                   help="largest /v1/predict/video upload (default 256)")
-    p.add_argument("--max-videos", type=int, default=1024, metavar="N", help="videos per request (default 1024)")
-    p.add_argument("--max-frames", type=int, default=300, metavar="T",
-                   help="frames per video in JSON / npz requests (default 300, as the dataset reader keeps)")
-    p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds a request may take before it is answered 504 (default 30)")
-    p.add_argument("--video-timeout", type=float, default=300.0, metavar="S",
-                   help="the same for /v1/predict/video (default 300)")
+    from attncluster.serve.limits import MiB, ServeLimits  # the defaults' one home (standard library only)
+
+    lim = ServeLimits()
+    p.add_argument("--max-body-mb", type=float, default=lim.max_body_bytes / MiB, metavar="MB",
+                   help="largest /v1/predict body (default %(default)g)")
+    p.add_argument("--max-video-mb", type=float, default=lim.max_video_bytes / MiB, metavar="MB",
+                   help="largest /v1/predict/video upload (default %(default)g)")
+    p.add_argument("--max-videos", type=int, default=lim.max_videos, metavar="N",
+                   help="videos per request (default %(default)s)")
+    p.add_argument("--max-frames", type=int, default=lim.max_frames, metavar="T",
+                   help="frames per video in JSON / npz requests (default %(default)s, as the dataset reader keeps)")
+    p.add_argument("--request-timeout", type=float, default=lim.request_timeout_s, metavar="S",
+                   help="seconds a request may take before it is answered 504 (default %(default)g)")
+    p.add_argument("--video-timeout", type=float, default=lim.video_timeout_s, metavar="S",
+                   help="the same for /v1/predict/video (default %(default)g)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="the model's intra-op threads (default 0: PyTorch's / onnxruntime's default, one per core; "
                    "1 is far faster on a machine whose cores are busy with other work)")
@@ -46,9 +50,9 @@ def add_args(p) -> None:
 
 
 def run(args) -> int:
-    from attncluster.serve import ServeLimits, serve
+    from attncluster.serve import serve
+    from attncluster.serve.limits import MiB as mib, ServeLimits
 
-    mib = 1 << 20
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
                          max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout,
                          video_timeout_s=args.video_timeout)

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from attncluster.errors import AttnClusterError, ConfigError, DataError
-from attncluster.extract.decode import DEFAULT_FPS, DEFAULT_MAX_FRAMES, SAMPLE_RATE, DecodedVideo, decode_video
+from attncluster.extract.decode import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, SAMPLE_RATE, Cancelled, DecodedVideo,
+                                        decode_video)
 
 AUDIO_HOP_SECONDS = 0.96  # vggish_params.EXAMPLE_HOP_SECONDS
 AUDIO_MIN_SAMPLES = 15600  # 0.975 s: 96 log-mel frames of 25 ms windows at a 10 ms hop, one VGGish example
@@ -87,12 +88,12 @@ def _local_copy(path: str) -> tuple[str, str | None]:
     return tmp, tmp
 
 
-def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size) -> tuple[str, Any]:
+def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size, should_stop=None) -> tuple[str, Any]:
     """Worker entry point: ("ok", DecodedVideo) or ("bad", one-line message). Never raises for a bad file."""
     tmp = None
     try:
         local, tmp = _local_copy(path)
-        d = decode_video(local, fps=fps, max_frames=max_frames, audio=audio, size=size)
+        d = decode_video(local, fps=fps, max_frames=max_frames, audio=audio, size=size, should_stop=should_stop)
         d.path = path
         return "ok", d
     except AttnClusterError as e:
@@ -150,12 +151,16 @@ class Extractor:
     def _job(self, path: str) -> tuple:
         return (path, self.fps, self.max_frames, self._wants_audio, getattr(self.pipeline, "frame_size", None))
 
-    def extract(self, path: str) -> dict:
-        """Decode and featurise one video in this process. Raises DataError naming a bad file."""
-        status, value = _decode_job(*self._job(path))
+    def extract(self, path: str, should_stop: Callable[[], bool] | None = None) -> dict:
+        """Decode and featurise one video in this process. Raises DataError naming a bad file.
+
+        ``should_stop`` is called per demuxed packet and per batch of frames; once it returns True the work ends
+        with :class:`~attncluster.extract.decode.Cancelled` (serve: a request that timed out stops within a batch).
+        """
+        status, value = _decode_job(*self._job(path), should_stop=should_stop)
         if status == "bad":
             raise DataError(value)
-        return self._featurise([value])[0]
+        return self._featurise([value], should_stop)[0]
 
     # -- features -------------------------------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class Extractor:
         j = np.clip(np.rint(d.timestamps / hop).astype(np.int64), 0, len(examples) - 1)
         return examples[j], "vggish"
 
-    def _featurise(self, videos: list[DecodedVideo]) -> list[dict]:
+    def _featurise(self, videos: list[DecodedVideo], should_stop: Callable[[], bool] | None = None) -> list[dict]:
         """Run the backbone on the frames of several videos in batches of ``batch_frames``; one dict per video."""
         t0 = time.perf_counter()
         # One backbone call per batch of frames of the same size (videos of different sizes do not stack; with
@@ -187,8 +192,11 @@ class Extractor:
             groups.setdefault(d.frames.shape[1:], []).append(k)
         for members in groups.values():
             frames = np.concatenate([videos[k].frames for k in members])
-            outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
-                    for i in range(0, len(frames), self.batch_frames)]
+            outs = []
+            for i in range(0, len(frames), self.batch_frames):
+                if should_stop is not None and should_stop():
+                    raise Cancelled(videos[members[0]].path)
+                outs.append(np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames])))
             feats = np.concatenate(outs) if len(outs) > 1 else outs[0]
             start = 0
             for k in members:
@@ -201,6 +209,8 @@ class Extractor:
                    "timestamps": d.timestamps, "frame_indices": d.frame_indices, "has_audio": d.has_audio,
                    "duration": d.duration}
             if self._wants_audio:
+                if should_stop is not None and should_stop():
+                    raise Cancelled(d.path)
                 rec["audio"], rec["audio_source"] = self._audio_rows(d)
             records.append(rec)
             self.stats.videos += 1

@@ -27,8 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from attncluster.data.tfrecord import encode_record
-from attncluster.data.yt8m import (ID_KEY, LABELS_KEY, _bytes_feature, _feature_list, _int64_feature, _len_field,
-                                   _map_entry)
+from attncluster.data.yt8m import encode_sequence_example
 from attncluster.errors import ConfigError, DataError
 
 FORMATS = ("yt8m", "features")
@@ -37,7 +36,8 @@ SHARD_RE = re.compile(r"^extract-(\d{3})-(\d{5})\.tfrecord$")
 
 
 def encode_frame_level(video_id: str, labels: Sequence[int] | None, frames: Mapping[str, np.ndarray]) -> bytes:
-    """A frame-level SequenceExample in the YouTube-8M schema.
+    """A frame-level SequenceExample in the YouTube-8M schema (:func:`attncluster.data.yt8m.encode_sequence_example`
+    with the labels sorted).
 
     Args:
         video_id: context ``id`` (bytes feature).
@@ -45,11 +45,8 @@ def encode_frame_level(video_id: str, labels: Sequence[int] | None, frames: Mapp
             as the dataset's test partition.
         frames: modality -> uint8 (T, F), one bytes feature per frame in feature list ``modality``.
     """
-    context = _map_entry(ID_KEY, _bytes_feature(video_id.encode("utf-8")))
-    if labels is not None:
-        context += _map_entry(LABELS_KEY, _int64_feature(sorted(int(x) for x in labels)))
-    lists = b"".join(_map_entry(name, _feature_list(np.ascontiguousarray(x))) for name, x in frames.items())
-    return _len_field(1, context) + _len_field(2, lists)
+    return encode_sequence_example(video_id, None if labels is None else sorted(int(x) for x in labels),
+                                   {name: np.ascontiguousarray(x) for name, x in frames.items()})
 
 
 def _fsync_write(path: str, data: bytes) -> None:
