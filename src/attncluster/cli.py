@@ -63,8 +63,33 @@ def cmd_eval(args) -> int:
 
     _model_source(args)
     cfg = _config(args) if args.config or args.override else None
-    evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx)
+    evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx,
+             segments=_segment_options(args))
     return 0
+
+
+def _segment_options(args) -> dict | None:
+    """--segments and its options (predict, eval), or None without --segments."""
+    if not args.segments:
+        for flag, value in (("--top-n", args.top_n), ("--segment-classes", args.segment_classes),
+                            ("--segment-scoring", args.segment_scoring)):
+            if value is not None:
+                raise AttnClusterError(f"{flag} needs --segments")
+        return None
+    from attncluster.segments import DEFAULT_SCORING, DEFAULT_TOP_N
+
+    return {"top_n": DEFAULT_TOP_N if args.top_n is None else args.top_n, "classes_csv": args.segment_classes,
+            "scoring": args.segment_scoring or DEFAULT_SCORING}
+
+
+def _add_segments(p) -> None:
+    p.add_argument("--segments", action="store_true", help="YouTube-8M 2019: score every 5-second segment")
+    p.add_argument("--top-n", type=int, default=None, metavar="N",
+                   help="with --segments: segments kept per class (default 100000, as the 2019 challenge)")
+    p.add_argument("--segment-classes", metavar="CSV", help="with --segments: the classes to score, a CSV with "
+                   "header Index (default: the shipped 2019 list of 1,000 classes for 3,862-class models, else all)")
+    p.add_argument("--segment-scoring", choices=("frames", "video", "attention", "blend"), default=None,
+                   help="with --segments: how a segment is scored (default blend; see docs/benchmarks.md)")
 
 
 def cmd_predict(args) -> int:
@@ -78,6 +103,13 @@ def cmd_predict(args) -> int:
 
     _model_source(args)
     cfg = _config(args) if args.config or args.override else None
+    segments = _segment_options(args)
+    if segments is not None:
+        from attncluster.segments import predict_segments
+
+        predict_segments(cfg, args.weights, args.data, args.output, device=args.device, onnx=args.onnx,
+                         top_k=args.top_k, **segments)
+        return 0
     predict(cfg, args.weights, args.data, args.output, top_k=args.top_k, vocab=args.vocab,
             device=args.device, onnx=args.onnx)
     return 0
@@ -109,7 +141,7 @@ def cmd_synth(args) -> int:
     from attncluster.data.synth import write_synthetic
 
     files = write_synthetic(args.out, videos=args.videos, classes=args.classes, shards=args.shards, seed=args.seed,
-                            max_frames=args.max_frames, prefix=args.prefix)
+                            max_frames=args.max_frames, prefix=args.prefix, segments=args.segments)
     print(f"synth: wrote {plural(args.videos, 'video')} in {plural(len(files), 'shard')} to {args.out}")
     return 0
 
@@ -290,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_or_onnx(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="data to evaluate (default: data.valid of the config)")
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to FILE")
+    _add_segments(p)
     _add_device(p)
     p.set_defaults(func=cmd_eval, interrupted=lambda a: "evaluation stopped; no metrics were written"
                    + (f" ({a.output} is unchanged)" if a.output else ""))
@@ -307,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="classes per video (default 20, or every class when the model has fewer)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv (Index, Name columns) for label names")
+    _add_segments(p)
     _add_device(p)
     _add_predict_videos(p)
     p.set_defaults(func=cmd_predict,
@@ -362,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="X", help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--max-frames", type=int, default=300, metavar="T", help="longest video in frames (default 300)")
     p.add_argument("--prefix", default="train", help="shard file name prefix (default train)")
+    p.add_argument("--segments", action="store_true", help="also write YouTube-8M 2019 segment ratings, and each "
+                   "label's seconds in segments_truth.jsonl")
     p.set_defaults(func=cmd_synth, interrupted=lambda a: f"synth stopped; {a.out} holds only the shards completed so "
                    "far (never a partial one); remove it before running synth again")
 

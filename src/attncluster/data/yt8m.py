@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
+from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, SegmentRatings
 from attncluster.data.tfrecord import (EmptyFileError, RecordFramingError, index_records, open_records, read_payload,
                                        record_error, scan_records)
 from attncluster.errors import DataError
@@ -42,6 +42,8 @@ from attncluster.errors import DataError
 ID_KEY = "id"  # 2018 (v3) release and later
 ID_KEY_2017 = "video_id"  # 2017 (v2) release
 LABELS_KEY = "labels"
+# YouTube-8M 2019 segment ratings (context features, parallel lists; see attncluster.segments).
+SEGMENT_LABELS_KEY, SEGMENT_STARTS_KEY, SEGMENT_SCORES_KEY = "segment_labels", "segment_start_times", "segment_scores"
 MEAN_PREFIX = "mean_"  # video-level feature names: mean_rgb, mean_audio
 DEFAULT_MODALITIES: dict[str, int] = {"rgb": 1024, "audio": 128}
 
@@ -416,6 +418,7 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
 
     feature_lists = _map_entries(buf, lists) if lists else {}
     out: dict[str, np.ndarray] = {}
+    stored = 1 << 62  # frames stored in the record (before the max_frames cap), for the segment checks
     if feature_lists:
         for name, dim in modalities.items():
             span = feature_lists.get(name.encode())
@@ -423,6 +426,7 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
                 have = ", ".join(sorted(k.decode(errors="replace") for k in feature_lists)) or "none"
                 raise _Malformed(f"missing modality {name!r} in feature_lists (has: {have})")
             out[name] = _frames(buf, span[0], span[1], name, dim, max_frames)
+            stored = min(stored, _stored_frames(span, dim, out[name]))
         t = min(a.shape[0] for a in out.values())
         if any(a.shape[0] != t for a in out.values()):
             out = {k: a[:t] for k, a in out.items()}
@@ -440,7 +444,51 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
             if values.size != dim:
                 raise _Malformed(f"{key}: got {values.size} floats, expected {dim}")
             out[name] = values.reshape(1, dim)
-    return RawVideo(id=video_id, features=out, labels=labels)
+    segments = _segments(buf, features, num_classes, stored if feature_lists else None)
+    return RawVideo(id=video_id, features=out, labels=labels, segments=segments)
+
+
+def _stored_frames(span: tuple[int, int], dim: int, frames: np.ndarray) -> int:
+    """Frames a FeatureList stores (``frames`` may be cut to max_frames): exact for the canonical encoding."""
+    stride = len(_frame_layout(dim)[0]) + dim
+    n = span[1] - span[0]
+    return n // stride if n % stride == 0 and n // stride >= frames.shape[0] else int(frames.shape[0])
+
+
+def _segments(buf: Buffer, features: dict[bytes, tuple[int, int]], num_classes: int | None,
+              num_frames: int | None) -> SegmentRatings | None:
+    """The 2019 segment ratings, checked: None when the record has none of the three lists."""
+    keys = (SEGMENT_LABELS_KEY, SEGMENT_STARTS_KEY, SEGMENT_SCORES_KEY)
+    spans = [features.get(k.encode()) for k in keys]
+    if all(s is None for s in spans):
+        return None
+    lists = []
+    for key, span, want in zip(keys, spans, (_INT64_LIST, _INT64_LIST, _FLOAT_LIST)):
+        if span is None:
+            lists.append([])
+            continue
+        kind, parts = _feature(buf, span[0], span[1])
+        _expect_kind(kind, want, key)
+        lists.append(_float_values(buf, parts) if want == _FLOAT_LIST else _int64_values(buf, parts))
+    classes, starts, scores = lists
+    if not len(classes) == len(starts) == len(scores):
+        raise _Malformed(f"segment lists of different lengths: {len(classes)} {SEGMENT_LABELS_KEY}, "
+                         f"{len(starts)} {SEGMENT_STARTS_KEY}, {len(scores)} {SEGMENT_SCORES_KEY}")
+    classes = np.array(classes, dtype=np.int64)
+    starts = np.array(starts, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    for j in range(classes.size):
+        where = f"segment rating {j}"
+        if starts[j] < 0:
+            raise _Malformed(f"{where}: start {int(starts[j])} is negative")
+        if num_frames is not None and starts[j] >= num_frames:
+            raise _Malformed(f"{where}: start {int(starts[j])} is outside the video ({num_frames} frames)")
+        if not (scores[j] == 0.0 or scores[j] == 1.0):
+            raise _Malformed(f"{where}: score {float(scores[j])!r}, expected 0 or 1")
+        if classes[j] < 0 or (num_classes is not None and classes[j] >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise _Malformed(f"{where}: class {int(classes[j])} is out of range, expected {bound}")
+    return SegmentRatings(classes=classes, starts=starts, scores=scores)
 
 
 def _video_id(buf: Buffer, features: dict[bytes, tuple[int, int]]) -> str:
@@ -512,9 +560,17 @@ def _float_feature(values: np.ndarray) -> bytes:
     return _len_field(_FLOAT_LIST, _len_field(1, packed) if packed else b"")
 
 
-def _context(video_id: str | bytes, labels, id_key: str) -> bytes:
+def _context(video_id: str | bytes, labels, id_key: str, segments=None) -> bytes:
     vid = video_id.encode() if isinstance(video_id, str) else bytes(video_id)
-    return _map_entry(id_key, _bytes_feature(vid)) + _map_entry(LABELS_KEY, _int64_feature(labels))
+    out = _map_entry(id_key, _bytes_feature(vid))
+    if labels is not None:
+        out += _map_entry(LABELS_KEY, _int64_feature(labels))
+    if segments is not None:  # (classes, starts, scores): the 2019 segment ratings
+        classes, starts, scores = segments
+        out += (_map_entry(SEGMENT_LABELS_KEY, _int64_feature(classes))
+                + _map_entry(SEGMENT_STARTS_KEY, _int64_feature(starts))
+                + _map_entry(SEGMENT_SCORES_KEY, _float_feature(np.asarray(scores, dtype=np.float32))))
+    return out
 
 
 def _feature_list(frames: np.ndarray) -> bytes:
@@ -531,7 +587,7 @@ def _feature_list(frames: np.ndarray) -> bytes:
 
 
 def encode_sequence_example(video_id: str | bytes, labels, frames: Mapping[str, np.ndarray], *,
-                            id_key: str = ID_KEY) -> bytes:
+                            id_key: str = ID_KEY, segments=None) -> bytes:
     """Serialise a frame-level ``tf.train.SequenceExample`` in the YouTube-8M schema.
 
     Args:
@@ -539,8 +595,10 @@ def encode_sequence_example(video_id: str | bytes, labels, frames: Mapping[str, 
         labels: class ids (int64 list).
         frames: modality name -> uint8 (T, F) frames, one bytes feature per frame.
         id_key: ``"id"`` (2018) or :data:`ID_KEY_2017` (``"video_id"``).
+        segments: optional 2019 segment ratings ``(classes, starts, scores)``; ``labels=None`` writes no labels
+            (a test-partition record).
     """
-    context = _context(video_id, labels, id_key)
+    context = _context(video_id, labels, id_key, segments)
     lists = b"".join(_map_entry(name, _feature_list(x)) for name, x in frames.items())
     return _len_field(1, context) + _len_field(2, lists)
 
