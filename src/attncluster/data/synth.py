@@ -138,6 +138,9 @@ def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.n
             first, second = frames[:m], frames[m:]
         placements.append((first, j, "p"))
         placements.append((second, j, "q"))
+        if events is not None:  # a decoy's half-prototype runs: hard negatives of class j (marked by -1 - j)
+            for run in (first, second):
+                events.append((-1 - j, int(run.min()), int(run.max()) + 1))
 
     out = {}
     for name, dim in dims.items():
@@ -221,7 +224,7 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
                         ratings = segment_ratings(np.random.default_rng((seed, i, 2019)), events, t)
                         writer.write(encode_sequence_example(ids[i], labels, frames, segments=ratings))
                         truth.write(json.dumps({"id": ids[i], "frames": t, "events": [
-                            {"class": k, "start": a, "end": b} for k, a, b in events]}) + "\n")
+                            {"class": k, "start": a, "end": b} for k, a, b in events if k >= 0]}) + "\n")
                     else:
                         writer.write(encode_sequence_example(ids[i], labels, frames))
             os.replace(tmp, path)
@@ -243,7 +246,9 @@ def segment_ratings(rng: np.random.Generator, events: list[tuple[int, int, int]]
     """2019-style ratings of one video, as the raters did: segments of a video labelled with the class.
 
     For every label's run ``[first, last)`` of frames: every segment ``[s, s + 5)`` holding at least 3 frames of the
-    run is rated 1; up to ``negatives`` other segments of the video holding none of it are rated 0.
+    run is rated 1; up to ``negatives`` other segments of the video holding none of it are rated 0. A decoy's run
+    (class ``-1 - j``: half of class j's signal) gives hard negatives: its segments holding at least 3 of its frames
+    are rated 0 for class j.
     """
     from attncluster.segments import SEGMENT_SIZE, segment_starts
 
@@ -253,6 +258,12 @@ def segment_ratings(rng: np.random.Generator, events: list[tuple[int, int, int]]
     all_starts = segment_starts(num_frames)
     for k, first, last in events:
         overlap = np.minimum(all_starts + SEGMENT_SIZE, last) - np.maximum(all_starts, first)
+        if k < 0:
+            for s in all_starts[overlap >= 3].tolist():
+                classes.append(-1 - k)
+                starts.append(int(s))
+                scores.append(0.0)
+            continue
         pos = all_starts[overlap >= 3]
         neg = all_starts[overlap <= 0]
         neg = rng.choice(neg, min(negatives, neg.size), replace=False) if neg.size else neg
