@@ -117,6 +117,8 @@ class RunLogger:
 
 
 def batch_metrics(scores: np.ndarray, labels: np.ndarray, multi_label: bool, top_k: int) -> dict[str, float]:
+    if (labels < 0).any():  # segment_bce: -1 marks unrated pairs; the log's metrics count only positive ratings
+        labels = (labels > 0).astype(labels.dtype)
     if multi_label:
         return {"hit_at_1": hit_at_one(scores, labels), "perr": perr(scores, labels), "gap": gap(scores, labels, top_k)}
     return {"top_1": top_k_accuracy(scores, labels, 1), "top_5": top_k_accuracy(scores, labels, 5)}
