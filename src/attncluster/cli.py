@@ -89,7 +89,7 @@ def _add_segments(p) -> None:
     p.add_argument("--segment-classes", metavar="CSV", help="with --segments: the classes to score, a CSV with "
                    "header Index (default: the shipped 2019 list of 1,000 classes for 3,862-class models, else all)")
     p.add_argument("--segment-scoring", choices=("frames", "video", "attention", "blend"), default=None,
-                   help="with --segments: how a segment is scored (default blend; see docs/benchmarks.md)")
+                   help="with --segments: how a segment is scored (default frames; see docs/benchmarks.md)")
 
 
 def cmd_predict(args) -> int:

@@ -246,7 +246,7 @@ def segment_ratings(rng: np.random.Generator, events: list[tuple[int, int, int]]
     """2019-style ratings of one video, as the raters did: segments of a video labelled with the class.
 
     For every label's run ``[first, last)`` of frames: every segment ``[s, s + 5)`` holding at least 3 frames of the
-    run is rated 1; up to ``negatives`` other segments of the video holding none of it are rated 0. A decoy's run
+    run (all of it, for a run of 1 or 2 frames) is rated 1, or, when none does, the segment holding most of it; up to ``negatives`` other segments of the video holding none of it are rated 0. A decoy's run
     (class ``-1 - j``: half of class j's signal) gives hard negatives: its segments holding at least 3 of its frames
     are rated 0 for class j.
     """
@@ -264,7 +264,9 @@ def segment_ratings(rng: np.random.Generator, events: list[tuple[int, int, int]]
                 starts.append(int(s))
                 scores.append(0.0)
             continue
-        pos = all_starts[overlap >= 3]
+        pos = all_starts[overlap >= min(3, last - first)]
+        if pos.size == 0:  # a short run split by a segment boundary: its best-covered segment
+            pos = all_starts[[int(np.argmax(overlap))]]
         neg = all_starts[overlap <= 0]
         neg = rng.choice(neg, min(negatives, neg.size), replace=False) if neg.size else neg
         for s, r in [(int(s), 1.0) for s in pos] + [(int(s), 0.0) for s in sorted(neg.tolist())]:

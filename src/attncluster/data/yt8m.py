@@ -8,6 +8,12 @@ Two record types share one parser, :func:`parse_yt8m`:
 * video-level ``tf.train.Example``: ``id``, ``labels``, ``mean_rgb`` (1024 floats), ``mean_audio`` (128 floats),
   returned as float32 (1, F) arrays under the modality names ``rgb`` / ``audio``.
 
+The 2019 (segment) frame-level records add three parallel context lists, one entry per rated (segment, class):
+``segment_labels`` (int64), ``segment_start_times`` (int64, seconds = frame index) and ``segment_scores`` (float,
+1 or 0), returned as :class:`~attncluster.data.records.SegmentRatings` in ``RawVideo.segments``. Lists of different
+lengths, a negative start or one at or past the frames the record stores, a score other than 0/1 and a class out of
+range are damaged records.
+
 The schema, as protobuf field numbers::
 
     Example         { Features features = 1; }
