@@ -351,3 +351,46 @@ def test_two_ranks_write_the_submission_of_one_process(seg_setup, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
     assert sorted(x.name for x in tmp_path.iterdir()) == ["one.csv", "two.csv", "two.jsonl"]  # no parts left
+
+
+def test_fine_tuning_on_ratings_runs_through_the_training_loop_and_lowers_the_rated_loss(seg_setup, tmp_path):
+    import dataclasses
+
+    from attncluster.data.dataset import make_loader
+    from attncluster.segments import SegmentDataset
+    from attncluster.train import fit
+
+    root, cfg = seg_setup
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss="segment_bce", epochs=6,
+                                                             learning_rate=0.01, valid_interval=0, log_interval=1000))
+    ds = SegmentDataset(str(root / "data"), modalities=DIMS, num_classes=4, seg_num=4, train=False, dequantize=True)
+
+    def rated_loss(model):
+        model.eval()
+        with torch.no_grad():
+            batches = list(make_loader(ds, 64))
+            return sum(float(compute_loss(model({m: b[m] for m in DIMS}), b["labels"], "segment_bce")) for b in batches)
+
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    model.load_state_dict(torch.load(root / "w.pt", weights_only=True)["model"])
+    before = rated_loss(model)
+    fit(cfg, tmp_path / "run", weights=str(root / "w.pt"), device="cpu", log=lambda m: None)
+    from attncluster.inference import load_model
+
+    assert rated_loss(load_model(cfg, str(tmp_path / "run" / "checkpoints" / "last.pt"))) < before
+
+
+def test_segment_options_and_data_without_ratings_are_clean_errors(seg_setup, tmp_path, capsys):
+    from attncluster.cli import main
+    from attncluster.data.synth import write_synthetic
+
+    root, _ = seg_setup
+    base = ["predict", "--config", str(root / "config.yaml"), "--weights", str(root / "w.pt"), "--data",
+            str(root / "data"), "--output", str(tmp_path / "x.csv")]
+    assert main(base + ["--top-n", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --top-n needs --segments"
+    write_synthetic(tmp_path / "plain", videos=3, classes=4, shards=1, seed=0, rgb_dim=6, audio_dim=3, max_frames=8)
+    assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(root / "w.pt"), "--data",
+                 str(tmp_path / "plain"), "--segments"]) == 2
+    err = capsys.readouterr().err
+    assert "carries segment ratings" in err and "Traceback" not in err
