@@ -394,3 +394,12 @@ def test_segment_options_and_data_without_ratings_are_clean_errors(seg_setup, tm
                  str(tmp_path / "plain"), "--segments"]) == 2
     err = capsys.readouterr().err
     assert "carries segment ratings" in err and "Traceback" not in err
+
+
+def test_class_heaps_memory_is_bounded_by_n_per_class_not_by_the_pushes():
+    rng = np.random.default_rng(2)
+    heaps = ClassHeaps(list(range(5)), n=10)
+    for b in range(200):  # 20,000 segments
+        heaps.push(rng.random((100, 5)), np.arange(b * 100, (b + 1) * 100), [f"v{b}:{i}" for i in range(100)])
+        held = [sum(a.size for a in heaps._scores[j]) for j in range(5)]
+        assert max(held) < 2 * 10 + 100  # at most 2n kept between pushes, plus one push's candidates
