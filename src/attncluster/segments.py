@@ -351,9 +351,8 @@ def _videos_dataset(cfg, data, rank: int, world_size: int):
                 return super()._sample(video, path, i, rng)  # the base class's error (or skip)
             return {"video": video, "shard": self._shard_index[path], "record": int(i)}
 
-    return WholeVideos(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes, seg_num=1,
-                       train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False, fmt=cfg.data.format,
-                       class_names=load_class_names(cfg), rank=rank, world_size=world_size)
+    return WholeVideos.from_config(cfg, data, train=False, seg_num=1, rank=rank, world_size=world_size,
+                                   class_names=load_class_names(cfg))
 
 
 def _segment_dataset_class():
@@ -469,11 +468,14 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
     from attncluster import distributed
     from attncluster.errors import plural
     from attncluster.inference import TorchPredictor, default_top_k, top_classes
-    from attncluster.outputs import atomic_output, check_output
+    from attncluster.outputs import check_output, remove_stale
+
+    from attncluster.predict import PART_SUFFIX, PartFile, merge_parts, part_paths, write_part_row
 
     info = distributed.env_info()
     if info.rank == 0:
         check_output(output)
+        remove_stale(output, extra=PART_SUFFIX)  # parts a killed run left (a live run's are locked: kept)
     suffix = Path(output).suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle 2019 submission) or .jsonl")
@@ -493,15 +495,13 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
         if predictor is None:
             predictor = TorchPredictor(cfg, weights, dev)
         if suffix == ".jsonl":
-            from attncluster.predict import merge_parts, part_paths, write_part_row
-
             k = min(top_k or default_top_k(len(classes)), len(classes))
             import uuid
 
             token = distributed.gather_objects(uuid.uuid4().hex[:12])[0]
             parts = part_paths(output, token, info.world_size)
             part = parts[info.rank]
-            with open(part, "wb") as f:
+            with PartFile(part) as f:
                 def on_video(video, shard, record, starts, scores):
                     segs = []
                     for s, row in zip(starts.tolist(), scores[:, classes]):

@@ -301,12 +301,10 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
     from attncluster.data.dataset import VideoDataset
 
     class_names = load_class_names(cfg)
+    train_class = VideoDataset
     if cfg.train.loss == "segment_bce":  # one rated segment per video, labels -1 where unrated
-        from attncluster.segments import SegmentDataset as VideoDataset  # noqa: F811
-    train_ds = VideoDataset(cfg.data.train, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                            seg_num=cfg.model.seg_num, train=True, seed=cfg.train.seed,
-                            skip_corrupt=cfg.data.skip_corrupt, dequantize=False, fmt=cfg.data.format,
-                            class_names=class_names, rank=info.rank, world_size=info.world_size)
+        from attncluster.segments import SegmentDataset as train_class
+    train_ds = train_class.from_config(cfg, cfg.data.train, train=True, dist=info, class_names=class_names)
     total_videos = train_ds.num_videos  # reads every shard's record headers once (each rank)
     lo, hi = train_ds.rank_range()
     if hi <= lo:
@@ -316,12 +314,8 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
                              if total_videos else "; nothing to train on"))
     valid_ds = None
     if cfg.data.valid and cfg.train.valid_interval:
-        from attncluster.data.dataset import VideoDataset  # video-level validation, also for segment_bce
-
-        valid_ds = VideoDataset(cfg.data.valid, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                                seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                                dequantize=False, fmt=cfg.data.format, class_names=class_names,
-                                rank=info.rank, world_size=info.world_size)
+        valid_ds = VideoDataset.from_config(cfg, cfg.data.valid, train=False, dist=info, class_names=class_names,
+                                            warn_one_frame=False)  # train_ds has said it; video-level, also for segment_bce
         valid_ds.record_counts()
     return train_ds, valid_ds
 
