@@ -389,6 +389,9 @@ def test_segment_options_and_data_without_ratings_are_clean_errors(seg_setup, tm
             str(root / "data"), "--output", str(tmp_path / "x.csv")]
     assert main(base + ["--top-n", "5"]) == 2
     assert capsys.readouterr().err.strip() == "error: --top-n needs --segments"
+    assert main(["predict", "--config", str(root / "config.yaml"), "--weights", str(root / "w.pt"), "--videos",
+                 str(tmp_path / "a.mp4"), "--segments"]) == 2
+    assert "--segments takes feature shards" in capsys.readouterr().err
     write_synthetic(tmp_path / "plain", videos=3, classes=4, shards=1, seed=0, rgb_dim=6, audio_dim=3, max_frames=8)
     assert main(["eval", "--config", str(root / "config.yaml"), "--weights", str(root / "w.pt"), "--data",
                  str(tmp_path / "plain"), "--segments"]) == 2

@@ -94,6 +94,8 @@ def _add_segments(p) -> None:
 
 def cmd_predict(args) -> int:
     if args.videos:
+        if args.segments:
+            raise AttnClusterError("--segments takes feature shards (--data), not --videos")
         if args.data:
             raise AttnClusterError("predict takes --data (feature shards) or --videos (video files), not both")
         return cmd_predict_videos(args)

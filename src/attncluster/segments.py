@@ -57,19 +57,19 @@ def load_segment_classes(path: str | os.PathLike | None = None, num_classes: int
             raise ConfigError(f"--segment-classes {printable(where)}: no such file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--segment-classes {printable(where)}: cannot read it ({printable(str(e))})") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-    if not rows or rows[0][0].strip() != "Index":
+    rows = [(n, r) for n, r in enumerate(csv.reader(io.StringIO(text.lstrip("\ufeff"))), start=1)
+            if r and any(c.strip() for c in r)]
+    if not rows or rows[0][1][0].strip() != "Index":
         raise DataError(f"{printable(where)}: expected a CSV whose first line is the header 'Index'")
     ids = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         try:
             k = int(row[0])
         except ValueError:
             raise DataError(f"{printable(where)}: line {line}: {printable(row[0])!r} is not a class id") from None
         if k < 0 or (num_classes is not None and k >= num_classes):
-            raise DataError(f"{printable(where)}: line {line}: class {k} is out of range, expected "
-                            f"[0, {num_classes}) (model.num_classes)" if num_classes else f"{where}: line {line}: "
-                            f"class {k} is negative")
+            bound = f"[0, {num_classes}) (model.num_classes)" if num_classes is not None else ">= 0"
+            raise DataError(f"{printable(where)}: line {line}: class {k} is out of range, expected {bound}")
         ids.append(k)
     if not ids:
         raise DataError(f"{printable(where)}: no class ids after the header")
