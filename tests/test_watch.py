@@ -351,3 +351,30 @@ def test_watch_http_serves_the_file_as_it_grows(trained, tmp_path):
 def test_watch_missing_file_is_one_error(trained, tmp_path):
     with pytest.raises(DataError, match="no such video file"):
         run(trained, str(tmp_path / "nope.mp4"))
+
+
+def test_stream_features_equal_extracts_features_of_the_whole_file(trained):
+    """Frames and audio as they arrive give the rows extract gives the whole file: the same sampled frames, and
+    each frame's VGGish example by extract's alignment (j = round(t / 0.96), clipped to the last)."""
+    from attncluster.extract.pipeline import Extractor
+    from attncluster.watch import StreamFeatures, StreamSource
+
+    class PerExample(TinyPipeline):  # each audio row from its own example alone, as VGGish + PCA computes it
+        def audio_features(self, wav, sample_rate=16000):
+            k = (wav.size - 15600) // 15360 + 1
+            return np.concatenate([super(PerExample, self).audio_features(wav[i * 15360:i * 15360 + 15600])
+                                   for i in range(k)])
+
+    video = str(trained[2])
+    ref = Extractor(PerExample(), num_workers=0).extract(video)
+    feats = StreamFeatures(PerExample(), batch=4)
+    got, kept = [], 0
+    for item in StreamSource(video, size=TinyPipeline.frame_size):
+        feats.add(item)
+        got += feats.rows()
+        kept = max(kept, feats.audio.size)
+    got += feats.rows(final=True)
+    assert kept <= 8 * 16000  # the audio kept is a few seconds (the batch, the muxer's lead), not the 30 s track
+    assert [t for t, _ in got] == ref["timestamps"].tolist()
+    np.testing.assert_array_equal(np.stack([r["rgb"] for _, r in got]), ref["rgb"])
+    np.testing.assert_array_equal(np.stack([r["audio"] for _, r in got]), ref["audio"])

@@ -153,8 +153,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _add_extract_weights(p: argparse.ArgumentParser, weights_flags: tuple[str, ...]) -> None:
-    """Backbone options shared by ``extract`` and ``predict --videos`` (defaults from the config's extract section)."""
+def _add_extract_weights(p: argparse.ArgumentParser, weights_flags: tuple[str, ...], stream: bool = False) -> None:
+    """Backbone options shared by ``extract`` and ``predict --videos`` (defaults from the config's extract section);
+    ``stream`` (``watch``) leaves out the per-file options (--max-frames, --num-workers, --skip-bad)."""
     g = p.add_argument_group("feature extraction (YouTube-8M preset: Inception-v3 + PCA, VGGish + PCA)")
     g.add_argument("--preset", choices=("yt8m", "image"), default=None,
                    help="yt8m (default): the dataset's rgb 1024 + audio 128 uint8 features; image: a torchvision "
@@ -171,9 +172,11 @@ def _add_extract_weights(p: argparse.ArgumentParser, weights_flags: tuple[str, .
                    help="random backbones and PCA (the features mean nothing): check decoding and outputs without "
                    "the weight files")
     g.add_argument("--fps", type=float, default=None, metavar="F", help="sampled frames per second (default 1)")
-    g.add_argument("--max-frames", type=int, default=None, metavar="T", help="frames per video at most (default 300)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="backbone precision on the device (default fp32)")
+    if stream:
+        return
+    g.add_argument("--max-frames", type=int, default=None, metavar="T", help="frames per video at most (default 300)")
     g.add_argument("--num-workers", default="auto", metavar="N",
                    help="decode processes (default auto: CPU cores - 1; 0: in the main process)")
     g.add_argument("--skip-bad", action="store_true",
@@ -246,6 +249,22 @@ def cmd_explain(args) -> int:
     explain(cfg, args.weights, args.output, data=args.data, ids=args.ids, videos=args.videos, top_k=args.top_k,
             vocab=args.vocab, max_videos=args.max_videos, skip_bad=args.skip_bad, num_workers=args.num_workers,
             figures=not args.no_figures, **opts)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    """``watch``: timed events from a video file or a live stream, one JSON line each."""
+    from attncluster.watch import run_watch
+
+    _model_source(args)
+    cfg = _config(args) if args.config else None
+    opts = _extract_options(args, cfg)
+    fps = opts.pop("fps")
+    opts.pop("max_frames")
+    run_watch(args.source, cfg, weights=args.weights, onnx=args.onnx, vocab=args.vocab, device=args.device,
+              extractor_options=opts, fps=fps, window=args.window, stride=args.stride, threshold=args.threshold,
+              off_threshold=args.off_threshold, min_gap=args.min_gap, status_every=args.status_every,
+              max_retries=args.max_retries, timeout=args.timeout)
     return 0
 
 
@@ -463,6 +482,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_weights(p, ("--backbone-weights",))  # --videos; --fps also sets the timestamps of --data frames
     p.set_defaults(func=cmd_explain, interrupted=lambda a: f"explain stopped; {a.output} holds the videos explained so "
                    "far (index.html lists them)")
+
+    p = sub.add_parser("watch", help="timed events from a video file or a live stream",
+                       description="Extract features from SOURCE as its frames arrive (one per second, as extract), "
+                       "score a sliding window of --window seconds every --stride seconds with the model, and print "
+                       "one JSON line per event {source, start, end, class, name, score} (seconds) when it ends: a "
+                       "class opens at --threshold and closes below --off-threshold. Files run as fast as they "
+                       "decode, live sources in real time; a status line on stderr gives frames/s and the lag. A "
+                       "dropped network stream is reopened with backoff and the gap printed as "
+                       "{source, gap: true, start, end, reason}.")
+    p.add_argument("source", metavar="SOURCE", help="a video file, an http(s):// or rtsp:// URL, - (a stream on stdin: "
+                   "a streamable container such as mkv or mpegts), or a V4L2 device such as /dev/video0")
+    _add_config(p, required=False)
+    _add_weights_or_onnx(p)
+    p.add_argument("--window", type=float, default=10.0, metavar="S", help="seconds the model sees per score "
+                   "(default 10)")
+    p.add_argument("--stride", type=float, default=1.0, metavar="S", help="seconds between scores, and the "
+                   "precision of event times (default 1)")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="P", help="score at which an event starts "
+                   "(default 0.5)")
+    p.add_argument("--off-threshold", type=float, default=None, metavar="P",
+                   help="score below which it ends (default: --threshold - 0.1)")
+    p.add_argument("--min-gap", type=float, default=0.0, metavar="S", help="an event ends only after this many "
+                   "seconds below --off-threshold (default 0)")
+    p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv for class names (default: "
+                   "data.class_names of the config)")
+    p.add_argument("--status-every", type=float, default=10.0, metavar="S", help="seconds between status lines "
+                   "(default 10)")
+    p.add_argument("--max-retries", type=int, default=5, metavar="N", help="reopen a failed network stream at "
+                   "most N times in a row (backoff 1, 2, 4 ... 30 s; default 5)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="a network read blocked this long "
+                   "counts as a drop (default 10)")
+    _add_device(p)
+    _add_extract_weights(p, ("--backbone-weights",), stream=True)
+    p.set_defaults(func=cmd_watch, interrupted=lambda a: "watch stopped; the events printed so far are complete")
 
     p = sub.add_parser("plot", help="training curves of one or more runs as a PNG",
                        description="Plot loss, GAP (top-1 for single-label runs), Hit@1 (top-5) and learning rate "

@@ -53,6 +53,7 @@ from attncluster.errors import ConfigError, DataError, printable
 AUDIO_HOP = 15360  # samples between VGGish examples (0.96 s at 16 kHz)
 AUDIO_EXAMPLE = 15600  # samples one VGGish example reads (0.975 s)
 MAX_PENDING = 64  # sampled frames waiting for their audio before they go ahead with the last example there is
+FILE_BATCH = 32  # most frames per backbone call on a file (live sources run each frame as it arrives)
 NETWORK_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "srt://")
 
 
@@ -317,11 +318,12 @@ class StreamFeatures:
     time (example ``j = round(t / 0.96)``, as ``extract`` aligns audio), zeros when the stream has no audio.
 
     ``add(item)`` takes :class:`Sampled` and :class:`Audio` items; ``rows(final)`` returns the (t, row) pairs whose
-    audio has arrived (all of them when ``final``), oldest first. The audio kept is the few seconds still needed.
+    audio has arrived, once there are ``batch`` of them (all of them when ``final``), oldest first. The audio kept is the few seconds still needed.
     """
 
-    def __init__(self, pipeline, has_audio: bool | None = None) -> None:
+    def __init__(self, pipeline, batch: int = 1) -> None:
         self.pipeline = pipeline
+        self.batch = max(1, int(batch))  # frames per backbone call (a file: several; a live source: 1, no delay)
         self.modalities = dict(pipeline.modalities)
         self.wants_audio = "audio" in self.modalities
         self.frames: list[Sampled] = []
@@ -363,7 +365,7 @@ class StreamFeatures:
             ready = [f for f in self.frames if self._example(f.t) * AUDIO_HOP + AUDIO_EXAMPLE <= have]
         elif self.wants_audio and not self.saw_audio and not final and len(self.frames) < 4:
             ready = []  # give the audio stream (if any) a few frames' time to start
-        if not ready:
+        if not ready or (len(ready) < self.batch and not final):
             return []
         self.frames = self.frames[len(ready):]
         rgb = np.asarray(self.pipeline.frame_features(np.stack([f.rgb for f in ready])))
@@ -492,7 +494,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
 
     while True:
         opened_at = clock()
-        feats = StreamFeatures(pipeline)
+        feats = StreamFeatures(pipeline, batch=1 if live else min(FILE_BATCH, max(step, 8)))
         src = StreamSource(source, fps=fps, size=getattr(pipeline, "frame_size", None),
                            audio="audio" in pipeline.modalities, timeout=timeout)
         media_t = None
