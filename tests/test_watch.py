@@ -220,12 +220,13 @@ def trained(tmp_path_factory):
     return cfg, str(weights), root / "test.mkv", pipe
 
 
-def run(trained, source, **kwargs):
+def run(trained, source, out=None, status=None, **kwargs):
     from attncluster.inference import TorchPredictor
     from attncluster.watch import watch
 
     cfg, weights, _, pipe = trained
-    out, status = [], []
+    out = [] if out is None else out
+    status = [] if status is None else status
     stats = watch(source, TorchPredictor(cfg, weights, "cpu"), pipe, window=WINDOW, stride=STRIDE, threshold=0.5,
                   names=["block", "no block"], seg_num=cfg.model.seg_num, emit=out.append, status=status.append,
                   **kwargs)
@@ -290,6 +291,9 @@ class Growing:
             def do_GET(self):
                 outer.connections += 1
                 first = outer.connections == 1
+                if outer.connections > 2 and outer.second is not None:  # the live stream is gone
+                    self.send_error(404)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "video/x-matroska")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -378,3 +382,27 @@ def test_stream_features_equal_extracts_features_of_the_whole_file(trained):
     assert [t for t, _ in got] == ref["timestamps"].tolist()
     np.testing.assert_array_equal(np.stack([r["rgb"] for _, r in got]), ref["rgb"])
     np.testing.assert_array_equal(np.stack([r["audio"] for _, r in got]), ref["audio"])
+
+
+def test_watch_http_drop_is_reopened_and_the_gap_reported(trained, tmp_path):
+    """The first connection is cut mid-stream (no final chunk); the reopened one carries on with the live stream
+    (the video again, from its start); then the stream is gone (404). Open events close at the drop, the gap is one
+    line, watch goes on after it, and gives up with one error after --max-retries failed reopenings."""
+    data = trained[2].read_bytes()
+    srv = Growing(data, tmp_path / "live.mkv", drop_after=len(data) // 2, second=data)
+    out, status = [], []
+    try:
+        with pytest.raises(DataError, match="cannot open"):
+            run(trained, srv.url, out, status, reconnect_at_eof=True, max_retries=1)
+    finally:
+        srv.close()
+    gaps = [e for e in out if e.get("gap")]
+    assert srv.connections == 3 and len(gaps) == 2, (out, status)
+    drop = gaps[0]["start"]
+    assert 10 <= drop <= 20 and gaps[0]["end"] == drop  # served faster than real time: no time was lost
+    assert "the stream ended" in gaps[0]["reason"]
+    block = [e for e in out if e.get("class") == 0]
+    # the block [12, 20) cut at the drop, then again in the second opening: [drop + 12, drop + 20)
+    assert len(block) == 2 and abs(block[0]["start"] - 12) <= STRIDE and block[0]["end"] <= drop
+    assert abs(block[1]["start"] - (drop + 12)) <= STRIDE and abs(block[1]["end"] - (drop + 20)) <= STRIDE
+    assert any("reopening in 1 s" in line for line in status) and any("giving up" in line for line in status)

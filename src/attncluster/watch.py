@@ -28,10 +28,13 @@ One JSON line per event, written when the event closes (or when the stream ends 
 Status lines go to stderr: frames/s achieved, and for a live source its lag behind real time (for a file, the
 speed as a multiple of real time).
 
-A network source that fails (an FFmpeg error, a refused or dropped connection) is reopened after 1, 2, 4, ... s
-(at most 30 s between tries, ``max_retries`` tries in a row); the gap is reported on stderr and on stdout as a line
-``{"source", "gap": true, "start", "end", "reason"}``, open events are closed at the drop, and the window restarts
-after it (a window never spans a gap). The end of a stream (EOF without an error) ends ``watch``.
+A network source that fails (an FFmpeg error, a refused or dropped connection, no data for ``timeout`` seconds) is
+reopened after 1, 2, 4, ... s (at most 30 s between tries, ``max_retries`` tries in a row without a frame); the gap
+is reported on stderr and on stdout as a line ``{"source", "gap": true, "start", "end", "reason"}``, open events are
+closed at the drop, and the window restarts after it (a window never spans a gap). The end of an rtsp, rtmp, udp or
+srt stream counts as a drop too, and so does the end of an http(s) stream with ``reconnect_at_eof``
+(``--reconnect-at-eof``: FFmpeg cannot tell a cut HTTP stream from its end); otherwise the end of the stream ends
+``watch``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from attncluster.errors import ConfigError, DataError, printable
 AUDIO_HOP = 15360  # samples between VGGish examples (0.96 s at 16 kHz)
 AUDIO_EXAMPLE = 15600  # samples one VGGish example reads (0.975 s)
 MAX_PENDING = 64  # sampled frames waiting for their audio before they go ahead with the last example there is
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "udp://", "srt://")  # streams whose end (EOF) is a drop
 FILE_BATCH = 32  # most frames per backbone call on a file (live sources run each frame as it arrives)
 NETWORK_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "srt://")
 
@@ -424,7 +428,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
           threshold: float = 0.5, off_threshold: float | None = None, min_gap: float = 0.0,
           names: list[str] | None = None, seg_num: int | None = None, fps: float = 1.0,
           emit: Callable[[dict], None] | None = None, status: Callable[[str], None] | None = None,
-          status_every: float = 5.0, max_retries: int = 5, timeout: float = 10.0,
+          status_every: float = 5.0, max_retries: int = 5, timeout: float = 10.0, reconnect_at_eof: bool = False,
           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> WatchStats:
     """Run ``predictor`` over sliding windows of ``source`` and emit one record per event (see the module doc).
 
@@ -492,62 +496,63 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
         send(detector.close())
         buf.clear()
 
+    network = isinstance(source, str) and source.startswith(NETWORK_SCHEMES)
+    eof_is_drop = network and (reconnect_at_eof or source.startswith(LIVE_SCHEMES))
     while True:
         opened_at = clock()
         feats = StreamFeatures(pipeline, batch=1 if live else min(FILE_BATCH, max(step, 8)))
         src = StreamSource(source, fps=fps, size=getattr(pipeline, "frame_size", None),
                            audio="audio" in pipeline.modalities, timeout=timeout)
         media_t = None
+        failure: DataError | None = None
+
+        def take(rows) -> None:
+            nonlocal media_t
+            for t, row in rows:
+                media_t = t
+                stats.frames += 1
+                if buf.push(t, row):
+                    score()
+
         try:
             for item in src:
                 feats.add(item)
-                for t, row in feats.rows():
-                    media_t = t
-                    stats.frames += 1
-                    if buf.push(t, row):
-                        score()
+                take(feats.rows())
                 now = clock()
                 if media_t is not None:
+                    retries = 0  # frames arrive again: the backoff starts over at the next drop
                     stats.media_seconds = offset + media_t + period
                     stats.wall_seconds = now - t_start
-                    stats.lag = (now - opened_at) - media_t if live else 0.0
+                    stats.lag = max(0.0, (now - opened_at) - media_t) if live else 0.0
                 if now - last_status >= status_every and media_t is not None:
                     last_status = now
                     status(_status_line(name, stats, live))
-                retries = 0 if media_t is not None else retries
-            for t, row in feats.rows(final=True):
-                stats.frames += 1
-                media_t = t
-                if buf.push(t, row):
-                    score()
-            stats.media_seconds = offset + (media_t + period if media_t is not None else 0.0)
-            finish_segment()
-            break
         except DataError as e:
-            for t, row in feats.rows(final=True):
-                stats.frames += 1
-                media_t = t
-                if buf.push(t, row):
-                    score()
-            finish_segment()
-            if not (isinstance(source, str) and source.startswith(NETWORK_SCHEMES)) or retries >= max_retries:
-                if stats.frames == 0 or not live:
-                    raise
-                status(f"watch: {e}; giving up after {retries} retries")
-                raise
-            drop_at = offset + (media_t + period if media_t is not None else 0.0)
-            wait = min(30.0, 2.0 ** retries)
-            retries += 1
-            status(f"watch: {e}; reconnecting in {wait:g} s (try {retries} of {max_retries})")
-            sleep(wait)
-            # The stream went on while we were away: the next opening's t = 0 is now, in media time.
-            offset = max(drop_at, (clock() - t_start) if live else drop_at)
-            stats.gaps += 1
-            gap = {"source": name, "gap": True, "start": round(drop_at, 3), "end": round(offset, 3),
-                   "reason": str(e)}
-            emit(gap)
-            status(f"watch: {name}: gap {drop_at:.1f}-{offset:.1f} s (reconnected, try {retries})")
-            first_window = True
+            failure = e
+        take(feats.rows(final=True))
+        if media_t is not None:
+            stats.media_seconds = offset + media_t + period
+        finish_segment()
+        if failure is None and not eof_is_drop:
+            break  # the end of the stream
+        if not network:
+            raise failure
+        if retries >= max_retries:
+            if failure is None:
+                break  # a live stream that ended, and gave no frame in max_retries reopenings
+            status(f"watch: {failure}; giving up after {retries} tries to reopen it")
+            raise failure
+        reason = str(failure) if failure is not None else f"{printable(name)}: the stream ended"
+        drop_at = offset + (media_t + period if media_t is not None else 0.0)
+        wait = min(30.0, 2.0 ** retries)
+        retries += 1
+        status(f"watch: {reason}; reopening in {wait:g} s (try {retries} of {max_retries})")
+        sleep(wait)
+        # A live stream went on while we were away: the next opening's t = 0 is now, in media time.
+        offset = max(drop_at, clock() - t_start)
+        stats.gaps += 1
+        emit({"source": name, "gap": True, "start": round(drop_at, 3), "end": round(offset, 3), "reason": reason})
+        first_window = True
     stats.wall_seconds = clock() - t_start
     status(_status_line(name, stats, live, final=True))
     return stats
