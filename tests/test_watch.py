@@ -406,3 +406,22 @@ def test_watch_http_drop_is_reopened_and_the_gap_reported(trained, tmp_path):
     assert len(block) == 2 and abs(block[0]["start"] - 12) <= STRIDE and block[0]["end"] <= drop
     assert abs(block[1]["start"] - (drop + 12)) <= STRIDE and abs(block[1]["end"] - (drop + 20)) <= STRIDE
     assert any("reopening in 1 s" in line for line in status) and any("giving up" in line for line in status)
+
+
+def test_segments_of_a_whole_video_equal_watchs_events(trained):
+    """The offline reading (explain, a service) gives the events watch printed for the same file."""
+    from attncluster.extract.pipeline import Extractor
+    from attncluster.inference import TorchPredictor
+    from attncluster.watch import segments
+
+    cfg, weights, video, pipe = trained
+    rec = Extractor(pipe, num_workers=0).extract(str(video))
+    pred = TorchPredictor(cfg, weights, "cpu")
+    ev = segments(pred.scores, {m: rec[m] for m in ("rgb", "audio")}, rec["timestamps"], window=WINDOW,
+                  stride=STRIDE, seg_num=cfg.model.seg_num)
+    watched, _, _ = run(trained, str(video))
+    assert [(e.start, e.end, e.cls) for e in ev] == [(w["start"], w["end"], w["class"]) for w in watched]
+    # scores: all windows in one batch here, one at a time in watch (float sums in another order: 1e-5)
+    np.testing.assert_allclose([e.score for e in ev], [w["score"] for w in watched], atol=1e-5)
+    assert [(e.start, e.end) for e in segments(pred.scores, {m: rec[m] for m in ("rgb", "audio")},
+                                               rec["timestamps"], window=WINDOW, classes=[0])] == [(ON[0], ON[1])]

@@ -567,6 +567,55 @@ def _status_line(name: str, s: WatchStats, live: bool, final: bool = False) -> s
             f"{s.windows} windows, {s.events} events" + (f", {s.gaps} gaps" if s.gaps else ""))
 
 
+def segments(score: Callable[[dict[str, np.ndarray]], np.ndarray], features: dict[str, np.ndarray],
+             times, *, window: float = 10.0, stride: float | None = None, period: float | None = None,
+             threshold: float = 0.5, off_threshold: float | None = None, min_gap: float = 0.0,
+             seg_num: int | None = None, classes=None) -> list[Event]:
+    """The events of one whole video's feature rows, offline: ``watch``'s window buffer and event detector over
+    rows already extracted (``explain`` marks them on its timeline; a service can answer them per uploaded video).
+
+    Args:
+        score: ``{m: (N, L, F)} -> (N, C)`` scores (a ``Predictor.scores``), called once with every window.
+        features: ``{m: (T, F)}`` rows in time order.
+        times: (T,) seconds of the rows.
+        window, stride: seconds; the stride defaults to one row (``period``).
+        period: seconds a row lasts (default: the median step between ``times``, else 1).
+        classes: only these classes' events (default: all).
+
+    Returns:
+        Events in start order (as ``watch`` prints them, without the source).
+    """
+    times = [float(t) for t in times]
+    if not times:
+        return []
+    if period is None:
+        period = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+        period = period if period > 0 else 1.0
+    stride = period if stride is None else stride
+    buf = WindowBuffer(max(1, int(round(window / period))), max(1, int(round(stride / period))))
+    wins = []
+    for i, t in enumerate(times):
+        if buf.push(t, {m: x[i] for m, x in features.items()}):
+            wins.append(buf.window())
+    if buf.pending:
+        wins.append(buf.window())
+    batch = [window_rows(rows, seg_num) for _, rows in wins]
+    p = np.asarray(score({m: np.concatenate([b[m] for b in batch]) for m in batch[0]}))
+    detector = EventDetector(p.shape[1], threshold, off_threshold, min_gap)
+    events: list[Event] = []
+    hi = times[0]
+    for k, (wt, _) in enumerate(wins):
+        lo, hi = window_span(wt, period, stride, k == 0, k == len(wins) - 1)
+        events += detector.update(lo, hi, p[k])
+    if hi < times[-1] + period:  # the tail after the last window's span
+        events += detector.update(hi, times[-1] + period, p[-1])
+    events += detector.close()
+    if classes is not None:
+        keep = {int(c) for c in classes}
+        events = [e for e in events if e.cls in keep]
+    return sorted(events, key=lambda e: (e.start, e.cls))
+
+
 def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = None, *, vocab: str | None = None,
               device: str | None = None, extractor_options: dict | None = None, **kwargs) -> WatchStats:
     """The ``watch`` verb: build the predictor (``--weights`` with a config, or ``--onnx``) and the extract
@@ -591,5 +640,5 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     return watch(source, predictor, pipeline, names=names, seg_num=cfg.model.seg_num, **kwargs)
 
 
-__all__ = ["WindowBuffer", "EventDetector", "Event", "StreamSource", "StreamFeatures", "watch", "run_watch",
+__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "StreamSource", "StreamFeatures", "watch", "run_watch",
            "window_span", "window_rows", "is_live"]
