@@ -425,3 +425,23 @@ def test_segments_of_a_whole_video_equal_watchs_events(trained):
     np.testing.assert_allclose([e.score for e in ev], [w["score"] for w in watched], atol=1e-5)
     assert [(e.start, e.end) for e in segments(pred.scores, {m: rec[m] for m in ("rgb", "audio")},
                                                rec["timestamps"], window=WINDOW, classes=[0])] == [(ON[0], ON[1])]
+
+
+def test_explain_marks_the_predicted_segments(trained, tmp_path):
+    """explain --videos: each record lists the top classes' segments (watch's events read offline) and the figure
+    is drawn with them."""
+    import dataclasses
+    import json
+
+    pytest.importorskip("matplotlib")
+    from attncluster.explain import explain
+    from attncluster.extract.pipeline import Extractor
+
+    cfg, weights, video, pipe = trained
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, seg_num=30))  # every frame of the 30 s
+    explain(cfg, weights, tmp_path / "out", videos=[str(video)], extractor=Extractor(pipe, num_workers=0),
+            segment_window=WINDOW, top_k=2, log=lambda m: None)
+    rec = json.loads((tmp_path / "out" / "test.json").read_text())
+    block = [(s["start"], s["end"], s["rank"]) for s in rec["segments"] if s["class"] == 0]
+    assert len(block) == 1 and abs(block[0][0] - ON[0]) <= STRIDE and abs(block[0][1] - ON[1]) <= STRIDE
+    assert (tmp_path / "out" / "test.png").stat().st_size > 0
