@@ -445,3 +445,24 @@ def test_explain_marks_the_predicted_segments(trained, tmp_path):
     block = [(s["start"], s["end"], s["rank"]) for s in rec["segments"] if s["class"] == 0]
     assert len(block) == 1 and abs(block[0][0] - ON[0]) <= STRIDE and abs(block[0][1] - ON[1]) <= STRIDE
     assert (tmp_path / "out" / "test.png").stat().st_size > 0
+
+
+def test_cli_watch_user_errors_are_one_line(tmp_path, capsys):
+    from attncluster.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {feature_dims: {rgb: 1024, audio: 128}, num_classes: 2, cluster_nums: 2, hidden_sizes: []}\n")
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"")
+    cases = [
+        ([str(tmp_path / "nope.mkv")], "nope.mkv: no such video file"),
+        (["-", "--window", "0"], "--window 0.0 and --stride 1.0: must be > 0 seconds"),
+        (["-", "--threshold", "0.5", "--off-threshold", "0.8"], "--off-threshold 0.8: must be in [0, --threshold 0.5]"),
+        (["-", "--fps", "0.5", "--window", "1"], "--window 1.0: holds no frame"),
+    ]
+    for argv, message in cases:
+        rc = main(["watch", *argv, "--config", str(cfg), "--weights", str(w), "--random-weights", "0"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert main(["watch", "-", "--weights", str(w)]) == 2  # --weights without --config
+    assert "--config is required" in capsys.readouterr().err

@@ -444,10 +444,9 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
     Returns:
         Counters: frames, windows, events, gaps, media_seconds, wall_seconds and the last lag.
     """
+    check_args(source, window, stride, fps, threshold, off_threshold, min_gap)
     size = max(1, int(round(window * fps)))
     step = max(1, int(round(stride * fps)))
-    if window <= 0 or stride <= 0:
-        raise ConfigError(f"--window {window} and --stride {stride}: must be > 0 seconds")
     missing = {m: d for m, d in predictor.modalities.items() if pipeline.modalities.get(m) != d}
     if missing:
         raise ConfigError(f"the model expects features {dict(predictor.modalities)}, the extractor gives "
@@ -558,6 +557,21 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
     return stats
 
 
+def check_args(source, window: float, stride: float, fps: float, threshold: float, off_threshold: float | None,
+               min_gap: float) -> None:
+    """One ``error:`` line for a bad option or a missing local file, before any model or backbone is built."""
+    if not window > 0 or not stride > 0:
+        raise ConfigError(f"--window {window} and --stride {stride}: must be > 0 seconds")
+    if not fps > 0:
+        raise ConfigError(f"--fps {fps}: must be > 0")
+    if window * fps < 1:
+        raise ConfigError(f"--window {window}: holds no frame at --fps {fps:g}; make it at least {1 / fps:g} s")
+    EventDetector(1, threshold, off_threshold, min_gap)  # checks the thresholds and the gap
+    if isinstance(source, str) and not is_live(source) and not os.path.exists(source):
+        raise DataError(f"{printable(source)}: no such video file (expected a file, an http(s):// or rtsp:// URL, "
+                        f"- for stdin, or a device such as /dev/video0)")
+
+
 def _status_line(name: str, s: WatchStats, live: bool, final: bool = False) -> str:
     rate = s.frames / s.wall_seconds if s.wall_seconds > 0 else 0.0
     speed = s.media_seconds / s.wall_seconds if s.wall_seconds > 0 else math.inf
@@ -623,6 +637,8 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     from attncluster.extract.pipeline import make_pipeline
     from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary
 
+    check_args(source, kwargs.get("window", 10.0), kwargs.get("stride", 1.0), kwargs.get("fps", 1.0),
+               kwargs.get("threshold", 0.5), kwargs.get("off_threshold"), kwargs.get("min_gap", 0.0))
     if onnx is not None:
         from attncluster.export import OnnxPredictor, model_config
 
