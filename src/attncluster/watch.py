@@ -630,6 +630,18 @@ def segments(score: Callable[[dict[str, np.ndarray]], np.ndarray], features: dic
     return sorted(events, key=lambda e: (e.start, e.cls))
 
 
+def video_segments(record: dict, predictor, *, names: list[str] | None = None, seg_num: int | None = None,
+                   window: float = 10.0, stride: float | None = None, threshold: float = 0.5,
+                   off_threshold: float | None = None, min_gap: float = 0.0) -> list[dict]:
+    """Per-segment answer for one uploaded video (for ``serve``'s ``/v1/predict/video?segments=true``): the events
+    of an ``Extractor.extract`` record (``{m: (T, F)}`` rows and ``timestamps``), as
+    ``[{"class", "name", "start", "end", "score"}]`` in start order, seconds from the video's first frame."""
+    feats = {m: record[m] for m in predictor.modalities}
+    events = segments(predictor.scores, feats, record["timestamps"], window=window, stride=stride,
+                      threshold=threshold, off_threshold=off_threshold, min_gap=min_gap, seg_num=seg_num)
+    return [{k: v for k, v in e.record("", names).items() if k != "source"} for e in events]
+
+
 def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = None, *, vocab: str | None = None,
               device: str | None = None, extractor_options: dict | None = None, **kwargs) -> WatchStats:
     """The ``watch`` verb: build the predictor (``--weights`` with a config, or ``--onnx``) and the extract
@@ -656,5 +668,5 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     return watch(source, predictor, pipeline, names=names, seg_num=cfg.model.seg_num, **kwargs)
 
 
-__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "StreamSource", "StreamFeatures", "watch", "run_watch",
+__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "video_segments", "StreamSource", "StreamFeatures", "watch", "run_watch",
            "window_span", "window_rows", "is_live"]
