@@ -472,3 +472,19 @@ def test_cli_watch_user_errors_are_one_line(tmp_path, capsys):
         assert rc == 2 and err.startswith("error: ") and message in err and "Traceback" not in err, err
     assert main(["watch", "-", "--weights", str(w)]) == 2  # --weights without --config
     assert "--config is required" in capsys.readouterr().err
+
+
+def test_watch_onnx_gives_the_torch_events(trained, tmp_path):
+    """--onnx: the exported graph (run by onnxruntime, model settings from its metadata) finds the same events."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from attncluster.export import OnnxPredictor, export_onnx
+    from attncluster.watch import watch
+
+    cfg, weights, video, pipe = trained
+    export_onnx(cfg, weights, str(tmp_path / "m.onnx"), log=lambda m: None)
+    pred = OnnxPredictor(str(tmp_path / "m.onnx"), threads=1)
+    out = []
+    watch(str(video), pred, pipe, window=WINDOW, stride=STRIDE, seg_num=pred.seg_num, names=["block", "no block"],
+          emit=out.append, status=lambda s: None)
+    check_block_event(out, str(video))
