@@ -488,3 +488,31 @@ def test_watch_onnx_gives_the_torch_events(trained, tmp_path):
     watch(str(video), pred, pipe, window=WINDOW, stride=STRIDE, seg_num=pred.seg_num, names=["block", "no block"],
           emit=out.append, status=lambda s: None)
     check_block_event(out, str(video))
+
+
+def test_watch_live_source_behind_real_time_skips_frames_with_max_lag(trained):
+    """A backbone slower than real time, made so with a clock that runs 3 s per reading: without --max-lag every
+    frame is scored and the lag grows; with it, late frames are skipped and counted."""
+    data = trained[2].read_bytes()
+
+    def piped():
+        r, w = os.pipe()
+
+        def feed():
+            with os.fdopen(w, "wb") as out:
+                out.write(data)
+
+        threading.Thread(target=feed, daemon=True).start()
+        return os.fdopen(r, "rb")
+
+    def slow_clock():
+        ticks = iter(range(10**6))
+        return lambda: 3.0 * next(ticks)
+
+    with piped() as f:
+        _, status, stats = run(trained, f, clock=slow_clock())
+    assert stats.skipped == 0 and stats.frames == 30 and stats.lag > 30
+    with piped() as f:
+        _, status, stats = run(trained, f, clock=slow_clock(), max_lag=5.0)
+    assert 0 < stats.skipped < 30 and stats.frames + stats.skipped == 30
+    assert f"{stats.skipped} frames skipped to keep up" in status[-1]

@@ -264,7 +264,8 @@ def cmd_watch(args) -> int:
     run_watch(args.source, cfg, weights=args.weights, onnx=args.onnx, vocab=args.vocab, device=args.device,
               extractor_options=opts, fps=fps, window=args.window, stride=args.stride, threshold=args.threshold,
               off_threshold=args.off_threshold, min_gap=args.min_gap, status_every=args.status_every,
-              max_retries=args.max_retries, timeout=args.timeout, reconnect_at_eof=args.reconnect_at_eof)
+              max_retries=args.max_retries, timeout=args.timeout, reconnect_at_eof=args.reconnect_at_eof,
+              max_lag=args.max_lag)
     return 0
 
 
@@ -513,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "most N times in a row (backoff 1, 2, 4 ... 30 s; default 5)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="a network read blocked this long "
                    "counts as a drop (default 10)")
+    p.add_argument("--max-lag", type=float, default=None, metavar="S", help="live sources: skip sampled frames "
+                   "that arrive more than S seconds behind real time, so a backbone slower than real time keeps up "
+                   "by scoring fewer frames (default: never skip; the lag then grows)")
     p.add_argument("--reconnect-at-eof", action="store_true", help="an http(s) stream that ends is reopened too "
                    "(a live stream served over HTTP; FFmpeg cannot tell a cut one from its end); rtsp always is")
     _add_device(p)

@@ -413,6 +413,7 @@ class WatchStats:
     media_seconds: float = 0.0
     wall_seconds: float = 0.0
     lag: float = 0.0
+    skipped: int = 0  # sampled frames of a live source dropped to keep up (max_lag)
 
 
 def window_rows(window: dict[str, np.ndarray], seg_num: int | None) -> dict[str, np.ndarray]:
@@ -429,6 +430,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
           names: list[str] | None = None, seg_num: int | None = None, fps: float = 1.0,
           emit: Callable[[dict], None] | None = None, status: Callable[[str], None] | None = None,
           status_every: float = 5.0, max_retries: int = 5, timeout: float = 10.0, reconnect_at_eof: bool = False,
+          max_lag: float | None = None,
           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> WatchStats:
     """Run ``predictor`` over sliding windows of ``source`` and emit one record per event (see the module doc).
 
@@ -440,9 +442,15 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
         emit: receives each event record (and gap record); default: print JSON lines to stdout.
         status: receives status lines; default: stderr.
         max_retries: reopen a failed network source at most this many times in a row (backoff 1, 2, 4 ... 30 s).
+        timeout: seconds a network read may block before it counts as a drop.
+        reconnect_at_eof: an http(s) stream that ends is a drop too (a live stream served over HTTP); rtsp, rtmp,
+            udp and srt streams always are. Without it, the end of an http(s) stream (EOF) ends ``watch``.
+        max_lag: a live source's sampled frames that arrive more than this many seconds behind real time are
+            skipped (counted in ``skipped``), so a backbone slower than real time keeps up by scoring fewer frames
+            (the window then spans more seconds); None: never skip (the lag grows).
 
     Returns:
-        Counters: frames, windows, events, gaps, media_seconds, wall_seconds and the last lag.
+        Counters: frames, windows, events, gaps, media_seconds, wall_seconds, the last lag, skipped frames.
     """
     check_args(source, window, stride, fps, threshold, off_threshold, min_gap)
     size = max(1, int(round(window * fps)))
@@ -515,6 +523,10 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
 
         try:
             for item in src:
+                if max_lag is not None and live and isinstance(item, Sampled) and \
+                        clock() - opened_at - item.t > max_lag:
+                    stats.skipped += 1  # too far behind a live source: this second goes unscored
+                    continue
                 feats.add(item)
                 take(feats.rows())
                 now = clock()
@@ -578,7 +590,8 @@ def _status_line(name: str, s: WatchStats, live: bool, final: bool = False) -> s
     where = f"lag {s.lag:.1f} s behind real time" if live else f"{speed:.2f}x real time"
     head = "watch: done" if final else "watch:"
     return (f"{head} {name}: {s.media_seconds:.1f} s of video, {s.frames} frames, {rate:.2f} frames/s, {where}, "
-            f"{s.windows} windows, {s.events} events" + (f", {s.gaps} gaps" if s.gaps else ""))
+            f"{s.windows} windows, {s.events} events" + (f", {s.gaps} gaps" if s.gaps else "")
+            + (f", {s.skipped} frames skipped to keep up (--max-lag)" if s.skipped else ""))
 
 
 def segments(score: Callable[[dict[str, np.ndarray]], np.ndarray], features: dict[str, np.ndarray],
