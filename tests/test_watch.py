@@ -132,7 +132,7 @@ av = pytest.importorskip("av")
 
 from extract_videos import TinyPipeline  # noqa: E402
 
-RATE = 5
+RATE = 2  # source frames per second: 1 fps sampling takes every other one
 ON = (12, 20)  # the block is visible in seconds [12, 20) of the test video
 WINDOW, STRIDE = 5.0, 1.0
 
@@ -474,6 +474,7 @@ def test_cli_watch_user_errors_are_one_line(tmp_path, capsys):
     assert "--config is required" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the export's parity check: ~40 s on the shared CPU
 def test_watch_onnx_gives_the_torch_events(trained, tmp_path):
     """--onnx: the exported graph (run by onnxruntime, model settings from its metadata) finds the same events."""
     pytest.importorskip("onnxruntime")
