@@ -517,3 +517,41 @@ def test_watch_live_source_behind_real_time_skips_frames_with_max_lag(trained):
         _, status, stats = run(trained, f, clock=slow_clock(), max_lag=5.0)
     assert 0 < stats.skipped < 30 and stats.frames + stats.skipped == 30
     assert f"{stats.skipped} frames skipped to keep up" in status[-1]
+
+
+@pytest.mark.slow  # random-weight Inception-v3 on CPU: ~1-3 s a frame
+def test_random_weight_inception_separates_the_block(tmp_path):
+    """The premise of the tests above with the real backbone: random-weight Inception + PCA features of frames
+    with the bright block are nearer their own mean than the other frames' (nearest-mean accuracy 1)."""
+    from attncluster.extract.pipeline import Extractor, make_pipeline
+
+    spans = [(2, 5)]
+    block_video(tmp_path / "v.mkv", 8, spans, fmt="matroska", size=(96, 64))
+    rec = Extractor(make_pipeline(random_weights=0, device="cpu"), num_workers=0).extract(str(tmp_path / "v.mkv"))
+    on = np.array([bright(t, spans) for t in rec["timestamps"]])
+    x = rec["rgb"].astype(np.float32)
+    d_on = np.linalg.norm(x - x[on].mean(0), axis=1)
+    d_off = np.linalg.norm(x - x[~on].mean(0), axis=1)
+    assert on.sum() == 3 and ((d_on < d_off) == on).all()
+
+
+@pytest.mark.slow  # the CLI with random-weight Inception + VGGish on CPU
+def test_cli_watch_stdin_with_the_youtube8m_backbones(trained, tmp_path):
+    """``attncluster watch -`` as a user runs it: the video piped into stdin, the YouTube-8M preset with random
+    weights, a model of the right input sizes; JSON lines on stdout, status on stderr, exit 0."""
+    import json
+    import subprocess
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {feature_dims: {rgb: 1024, audio: 128}, num_classes: 2, cluster_nums: 2, seg_num: 5, "
+                   "drop_rate: 0.0, hidden_sizes: []}\n")
+    block_video(tmp_path / "v.mkv", 8, [(2, 5)], fmt="matroska", size=(96, 64))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with open(tmp_path / "v.mkv", "rb") as f:
+        proc = subprocess.run([sys.executable, "-m", "attncluster", "watch", "-", "--config", str(cfg), "--weights",
+                               trained[1], "--random-weights", "0", "--window", "3", "--threshold", "0.01",
+                               "--device", "cpu"], stdin=f, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert lines and all(x["source"] == "-" and 0 <= x["start"] < x["end"] <= 8 for x in lines)
+    assert "watch: done -: 8.0 s of video, 8 frames" in proc.stderr
