@@ -281,8 +281,8 @@ class StreamSource:
                     if packet.stream is vstream:
                         for frame in packet.decode():
                             t = _frame_time(frame, vstream, 0)
-                            if t is None:
-                                t = prev + Fraction(1, 25) if prev is not None else Fraction(0)
+                            if t is None:  # no timestamp: continue from the previous frame at 25 fps
+                                t = first + prev + Fraction(1, 25) if prev is not None else Fraction(0)
                             if first is None:
                                 first = t
                             rel = max(t - first, prev) if prev is not None else t - first
