@@ -555,3 +555,24 @@ def test_cli_watch_stdin_with_the_youtube8m_backbones(trained, tmp_path):
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     assert lines and all(x["source"] == "-" and 0 <= x["start"] < x["end"] <= 8 for x in lines)
     assert "watch: done -: 8.0 s of video, 8 frames" in proc.stderr
+
+
+def test_read_ahead_batches_what_queued_while_the_consumer_was_busy():
+    from attncluster.watch import read_ahead
+
+    arrived = threading.Event()
+
+    def source():
+        yield 0
+        arrived.wait(5)  # the consumer is busy with item 0 meanwhile
+        yield from (1, 2, 3)
+        raise DataError("cam: stream failed (Connection reset)")
+
+    got = []
+    with pytest.raises(DataError, match="Connection reset"):
+        for batch in read_ahead(source()):
+            got.append(batch)
+            if batch == [0]:
+                arrived.set()
+                time.sleep(0.3)  # the model runs; 1, 2, 3 queue up
+    assert got == [[0], [1, 2, 3]]

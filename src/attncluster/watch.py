@@ -402,6 +402,56 @@ class StreamFeatures:
         return rows
 
 
+def read_ahead(source, maxsize: int = 512) -> Iterator[list]:
+    """Items of ``source`` read by a thread (a live source keeps being read while the model runs), yielded as lists:
+    each call returns every item queued since the last one (at least one), so frames that arrived while the model
+    was busy go through the backbone in one batch. At most ``maxsize`` items wait (then the reader waits, and the
+    stream backs up at its source). An exception of the reader is raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+    end = object()
+
+    def reader() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=reader, name="watch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            items = [q.get()]
+            while True:
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            done = next((x for x in items if x is end or isinstance(x, BaseException)), None)
+            good = [x for x in items if x is not end and not isinstance(x, BaseException)]
+            if good:
+                yield good
+            if isinstance(done, BaseException):
+                raise done
+            if done is end:
+                return
+    finally:
+        stop.set()
+        thread.join(timeout=1.0)
+
+
 # -- the loop ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -522,13 +572,14 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
                     score()
 
         try:
-            for item in src:
-                if max_lag is not None and live and isinstance(item, Sampled) and \
-                        clock() - opened_at - item.t > max_lag:
-                    stats.skipped += 1  # too far behind a live source: this second goes unscored
-                    continue
-                feats.add(item)
-                take(feats.rows())
+            for items in (read_ahead(src) if live else ([item] for item in src)):
+                for item in items:
+                    if max_lag is not None and live and isinstance(item, Sampled) and \
+                            clock() - opened_at - item.t > max_lag:
+                        stats.skipped += 1  # too far behind a live source: this second goes unscored
+                        continue
+                    feats.add(item)
+                take(feats.rows())  # the frames that queued up while the model ran go through it in one batch
                 now = clock()
                 if media_t is not None:
                     retries = 0  # frames arrive again: the backoff starts over at the next drop
