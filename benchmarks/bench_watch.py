@@ -8,8 +8,8 @@ real weights, so the same cost) and a randomly initialised model of ``configs/yo
 Variants (interleaved round by round, the best round kept; the machine is shared):
 
 * ``file``: ``watch`` on the file: frames go through the backbone in batches (as fast as the machine allows).
-* ``live``: ``watch`` on the same bytes piped through stdin-like a pipe (a live source: each frame on its own, as it
-  arrives, batch 1).
+* ``live``: ``watch`` on the same bytes written into a pipe at once (a live source that is ahead of the model: read
+  by a thread, the frames that queued up while the model ran go through the backbone together).
 
 Real-time factor = seconds of video / wall seconds; >= 1 keeps up with a live source at 1 sampled frame per second.
 CPU seconds (all threads of the process) per second of video are reported beside it: on a shared machine the wall

@@ -18,8 +18,13 @@ start and the last window its end, so nothing at the edges of a stream goes unsc
 score reaches ``threshold`` and closes when it falls below ``off_threshold`` (default ``threshold - 0.1``); with
 ``min_gap``, only once it has stayed below for that many seconds (back above sooner, the event goes on). Its
 ``start`` is the start of the first span above ``threshold``, its ``end`` the end of the last span above
-``off_threshold``, and ``score`` the highest window score in it. With a model whose window score crosses the threshold when the class fills half the
-window, start and end are then within one stride of the truth.
+``off_threshold``, and ``score`` the highest window score in it. With a model whose window score crosses the
+threshold when the class fills half the window, start and end are then within one stride of the truth.
+
+Speed. A file runs as fast as it decodes, its frames batched through the backbone. A live source is read by a
+thread (:func:`read_ahead`), so it keeps being read while the model runs; the frames that queued up meanwhile go
+through the backbone in one batch (batch 1 while the model keeps up, larger batches, cheaper per frame, when it
+falls behind). ``max_lag`` skips the frames of a live source that arrive too late to score.
 
 One JSON line per event, written when the event closes (or when the stream ends or drops)::
 
@@ -732,5 +737,5 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     return watch(source, predictor, pipeline, names=names, seg_num=cfg.model.seg_num, **kwargs)
 
 
-__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "video_segments", "StreamSource", "StreamFeatures", "watch", "run_watch",
+__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "video_segments", "read_ahead", "StreamSource", "StreamFeatures", "watch", "run_watch",
            "window_span", "window_rows", "is_live"]
