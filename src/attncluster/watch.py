@@ -562,7 +562,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
     eof_is_drop = network and (reconnect_at_eof or source.startswith(LIVE_SCHEMES))
     while True:
         opened_at = clock()
-        feats = StreamFeatures(pipeline, batch=1 if live else min(FILE_BATCH, max(step, 8)))
+        feats = StreamFeatures(pipeline, batch=1 if live else FILE_BATCH)
         src = StreamSource(source, fps=fps, size=getattr(pipeline, "frame_size", None),
                            audio="audio" in pipeline.modalities, timeout=timeout)
         media_t = None
