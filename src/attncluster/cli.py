@@ -131,9 +131,9 @@ def cmd_convert_paddle(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from attncluster.serve import ServeLimits, serve
+    from attncluster.serve import serve
+    from attncluster.serve.limits import MiB as mib, ServeLimits
 
-    mib = 1 << 20
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * mib), max_video_bytes=int(args.max_video_mb * mib),
                          max_videos=args.max_videos, max_frames=args.max_frames, request_timeout_s=args.request_timeout,
                          video_timeout_s=args.video_timeout)
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{a.output} was not written (a previous file there is unchanged)" if a.output
                        else "the lines printed cover only part of the videos"))
 
-    from attncluster.export import DEFAULT_OPSET, INPUT_DTYPES, SUPPORTED_OPSETS
+    from attncluster.export import DEFAULT_OPSET, INPUT_DTYPE_CHOICES, SUPPORTED_OPSETS
 
     p = sub.add_parser("export", help="export to ONNX (optionally int8) and a Triton model repository",
                        description="Export weights to one ONNX graph: one uint8 input per modality (batch, frames, F), "
@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Triton model name (default attncluster)")
     p.add_argument("--max-batch-size", type=int, default=256, metavar="N", help="Triton max_batch_size (default 256)")
     p.add_argument("--vocab", metavar="CSV", help="YouTube-8M vocabulary.csv: class names stored in the graph metadata")
-    p.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
-                   help="uint8: dataset-quantized features (default); float32: float features as they are")
+    p.add_argument("--input-dtype", choices=INPUT_DTYPE_CHOICES, default="auto",
+                   help="auto (default): the dtype of the config's data (its first record); uint8: dataset-quantized "
+                   "features; float32: float features as they are (video-level)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="synthesise data, train, evaluate and predict in one go",
@@ -432,17 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long a batch waits for more videos after its first (default 5)")
     p.add_argument("--token-file", metavar="F", help="require 'Authorization: Bearer <token>' with the token in F")
-    p.add_argument("--max-body-mb", type=float, default=32.0, metavar="MB",
-                   help="largest /v1/predict body (default 32)")
-    p.add_argument("--max-video-mb", type=float, default=256.0, metavar="MB",
-                   help="largest /v1/predict/video upload (default 256)")
-    p.add_argument("--max-videos", type=int, default=1024, metavar="N", help="videos per request (default 1024)")
-    p.add_argument("--max-frames", type=int, default=300, metavar="T",
-                   help="frames per video in JSON / npz requests (default 300, as the dataset reader keeps)")
-    p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds a request may take before it is answered 504 (default 30)")
-    p.add_argument("--video-timeout", type=float, default=300.0, metavar="S",
-                   help="the same for /v1/predict/video (default 300)")
+    from attncluster.serve.limits import MiB, ServeLimits  # the defaults' one home (standard library only)
+
+    lim = ServeLimits()
+    p.add_argument("--max-body-mb", type=float, default=lim.max_body_bytes / MiB, metavar="MB",
+                   help="largest /v1/predict body (default %(default)g)")
+    p.add_argument("--max-video-mb", type=float, default=lim.max_video_bytes / MiB, metavar="MB",
+                   help="largest /v1/predict/video upload (default %(default)g)")
+    p.add_argument("--max-videos", type=int, default=lim.max_videos, metavar="N",
+                   help="videos per request (default %(default)s)")
+    p.add_argument("--max-frames", type=int, default=lim.max_frames, metavar="T",
+                   help="frames per video in JSON / npz requests (default %(default)s, as the dataset reader keeps)")
+    p.add_argument("--request-timeout", type=float, default=lim.request_timeout_s, metavar="S",
+                   help="seconds a request may take before it is answered 504 (default %(default)g)")
+    p.add_argument("--video-timeout", type=float, default=lim.video_timeout_s, metavar="S",
+                   help="the same for /v1/predict/video (default %(default)g)")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="/v1/predict/video with randomly initialised extract backbones (for trying it out)")
     p.add_argument("--inception", metavar="PATH", help="/v1/predict/video: Inception-v3 weights (extract)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attncluster.config import Config
+from attncluster.distributed import autocast_for  # noqa: F401  (inference's name for it, used by the verbs)
 from attncluster.errors import ConfigError
 
 
@@ -35,11 +35,6 @@ def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
 def predict_scores(logits: Tensor, loss: str) -> Tensor:
     """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
     return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
-
-
-def autocast_for(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):
