@@ -431,6 +431,10 @@ def test_segments_of_a_whole_video_equal_watchs_events(trained):
     answer = video_segments(rec, pred, names=["block", "no block"], seg_num=cfg.model.seg_num, window=WINDOW)
     assert [(a["class"], a["name"], a["start"], a["end"]) for a in answer] == [
         (e.cls, ["block", "no block"][e.cls], e.start, e.end) for e in ev]
+    # serve's VideoDecoder gives the rows without timestamps: row i at i / fps (1 fps here, the same times)
+    rows_only = {m: rec[m] for m in ("rgb", "audio")}
+    assert video_segments(rows_only, pred, names=["block", "no block"], seg_num=cfg.model.seg_num,
+                          window=WINDOW) == answer
 
 
 def test_explain_marks_the_predicted_segments(trained, tmp_path):
