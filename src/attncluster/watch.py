@@ -731,6 +731,8 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     else:
         predictor = TorchPredictor(cfg, weights, device)
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    if names is None:  # an exported graph may carry its class names (export --vocab)
+        names = getattr(predictor, "vocabulary", None)
     opts = dict(extractor_options or {})
     if opts.get("device") is None:
         from attncluster import distributed
