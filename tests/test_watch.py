@@ -487,7 +487,7 @@ def test_watch_onnx_gives_the_torch_events(trained, tmp_path):
     from attncluster.watch import watch
 
     cfg, weights, video, pipe = trained
-    export_onnx(cfg, weights, str(tmp_path / "m.onnx"), log=lambda m: None)
+    export_onnx(cfg, weights, str(tmp_path / "m.onnx"), input_dtype="uint8", log=lambda m: None)
     pred = OnnxPredictor(str(tmp_path / "m.onnx"), threads=1)
     out = []
     watch(str(video), pred, pipe, window=WINDOW, stride=STRIDE, seg_num=pred.seg_num, names=["block", "no block"],
