@@ -472,7 +472,7 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
 
 
 def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | None = None,
-            ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | None = None,
+            ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | bool | None = None,
             fps: float | None = None, device: str | None = None, figures: bool = True, log=print,
             extractor=None, max_videos: int | None = None, mark=None, skip_bad: bool = False,
             segment_window: float = 10.0, **pipeline_options) -> int:
@@ -506,7 +506,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         The number of videos explained.
     """
     from attncluster import distributed
-    from attncluster.inference import load_class_names, load_model, load_vocabulary
+    from attncluster.inference import class_names_for, load_model
 
     if (data is None) == (videos is None):
         raise ConfigError("explain: give either --data PATHS or --videos FILES")
@@ -520,7 +520,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         raise ConfigError(f"--max-videos {max_videos}: must be >= 1")
     if figures:
         _require_matplotlib()
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab)
     dev = distributed.device_for(device, distributed.DistInfo())
     model = load_model(cfg, weights, dev)
     out = Path(output)

@@ -37,7 +37,7 @@ from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError, plural, writing
-from attncluster.inference import load_class_names, load_vocabulary, prediction_record
+from attncluster.inference import class_names_for, prediction_record
 from attncluster.outputs import (atomic_output, check_output, kaggle_header, kaggle_row, lock_fd, remove_stale,
                                  write_kaggle_csv)
 
@@ -150,7 +150,7 @@ def predict(
     data: list[str],
     output: str,
     top_k: int | None = None,
-    vocab: str | None = None,
+    vocab: str | bool | None = None,
     device: str | None = None,
     log=print,
     onnx: str | None = None,
@@ -181,7 +181,7 @@ def predict(
         top_k = min(20, cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else getattr(predictor, "vocabulary", None)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab, getattr(predictor, "vocabulary", None))
     info = distributed.env_info()
     dev = distributed.device_for(device if predictor is None else "cpu", info)
     distributed.setup(dev.type)
@@ -231,7 +231,7 @@ def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: in
 # predict --videos: video files in, the same records and the same writer out
 
 
-def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | None = None, top_k: int | None = None,
+def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | bool | None = None, top_k: int | None = None,
                     extractor=None, device: str | None = None, skip_bad: bool = False,
                     on_bad: Callable[[str, str], None] | None = None, fps: float | None = None,
                     max_frames: int | None = None, num_workers: int | str = "auto",
@@ -242,7 +242,8 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
         paths: video files, globs, directories, .list files or URLs.
         config: a :class:`~attncluster.config.Config` or a config path.
         weights: the model checkpoint.
-        vocab: YouTube-8M ``vocabulary.csv`` for names (else ``data.class_names`` of the config, if set).
+        vocab: YouTube-8M ``vocabulary.csv`` for names, False for none (default: ``data.class_names`` of the
+            config, else the shipped YouTube-8M names for a 3,862-class model; see ``inference.class_names_for``).
         top_k: classes per video (default :func:`~attncluster.inference.default_top_k`: 20, or every class when the
             model has fewer, as ``predict``).
         extractor: an ``attncluster.extract.pipeline.Extractor``; by default one is made from ``fps`` (1),
@@ -268,7 +269,7 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
     k = default_top_k(cfg.model.num_classes) if top_k is None else top_k
     if not 0 < k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab)
     if extractor is None:
         extractor = default_extractor(DEFAULT_FPS if fps is None else fps,
                                       DEFAULT_MAX_FRAMES if max_frames is None else max_frames, num_workers,
@@ -303,7 +304,7 @@ def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | Non
 
 
 def predict_videos(cfg: Config, weights: str, videos: list[str], output: str | None = None, top_k: int | None = None,
-                   vocab: str | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
+                   vocab: str | bool | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
     """``predict --videos``: classify video files, their features extracted in memory (:func:`classify_videos`).
 
     Records are predict's JSONL records (id, classes, scores[, names]): printed one JSON line each to stdout, or

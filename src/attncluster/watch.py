@@ -714,12 +714,13 @@ def video_segments(record: dict, predictor, *, names: list[str] | None = None, s
     return [{k: v for k, v in e.record("", names).items() if k != "source"} for e in events]
 
 
-def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = None, *, vocab: str | None = None,
+def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = None, *,
+              vocab: str | bool | None = None,
               device: str | None = None, extractor_options: dict | None = None, **kwargs) -> WatchStats:
     """The ``watch`` verb: build the predictor (``--weights`` with a config, or ``--onnx``) and the extract
     pipeline (``make_pipeline``, which warns about random weights), then :func:`watch`."""
     from attncluster.extract.pipeline import make_pipeline
-    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary
+    from attncluster.inference import TorchPredictor, class_names_for
 
     check_args(source, kwargs.get("window", 10.0), kwargs.get("stride", 1.0), kwargs.get("fps", 1.0),
                kwargs.get("threshold", 0.5), kwargs.get("off_threshold"), kwargs.get("min_gap", 0.0))
@@ -730,9 +731,7 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
         cfg = model_config(predictor, cfg)
     else:
         predictor = TorchPredictor(cfg, weights, device)
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
-    if names is None:  # an exported graph may carry its class names (export --vocab)
-        names = getattr(predictor, "vocabulary", None)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab, stored=getattr(predictor, "vocabulary", None))
     opts = dict(extractor_options or {})
     if opts.get("device") is None:
         from attncluster import distributed

@@ -70,7 +70,8 @@ def _schema_models():
         id: str
         classes: list[int] = Field(description="class indices, highest score first")
         scores: list[float] = Field(description="per-class probabilities, rounded to 6 decimals")
-        names: Optional[list[str]] = Field(None, description="class names (with --vocab or data.class_names)")
+        names: Optional[list[str]] = Field(None, description="class names (--vocab, data.class_names, the graph's, or the shipped YouTube-8M names for 3,862 "
+                                            "classes; none with --no-vocab)")
 
     class PredictResponse(BaseModel):
         predictions: list[Prediction]

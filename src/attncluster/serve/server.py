@@ -97,7 +97,7 @@ def build_extractor(options: dict, modalities: dict[str, int], device: str | Non
                      batch_frames=EXTRACT_BATCH_FRAMES)
 
 
-def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: str | None = None,
+def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: str | bool | None = None,
           device: str | None = None, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
           max_wait_ms: float = 5.0, token_file: str | None = None, limits: ServeLimits | None = None,
           extract: dict | None = None, threads: int = 0, log_level: str = "warning", stream=None) -> int:
@@ -106,7 +106,7 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
     _import_serving()
     import uvicorn
 
-    from attncluster.inference import load_class_names, load_vocabulary
+    from attncluster.inference import class_names_for
     from attncluster.serve.app import create_app
     from attncluster.serve.guard import json_errors_protocol
     from attncluster.serve.service import ModelService
@@ -123,13 +123,8 @@ def serve(cfg, *, weights: str | None = None, onnx: str | None = None, vocab: st
         raise ConfigError(f"--threads: must be >= 0 (0 = the library's default), got {threads}")
     token = read_token(token_file) if token_file else None
     predictor, seg_num = build_predictor(cfg, weights, onnx, device, threads)
-    names = None
-    if vocab:
-        names = load_vocabulary(vocab, predictor.num_classes)
-    elif cfg is not None and cfg.data.class_names:
-        names = load_class_names(cfg)
-    elif getattr(predictor, "vocabulary", None):  # an ONNX graph exported with --vocab
-        names = list(predictor.vocabulary)
+    # --vocab, data.class_names, an ONNX graph's names, the shipped YouTube-8M names (3,862 classes); --no-vocab: none
+    names = class_names_for(predictor.num_classes, cfg, vocab, getattr(predictor, "vocabulary", None))
     service = ModelService(predictor, seg_num, names)
     extractor = build_extractor(extract or {}, service.modalities, device)
     app = create_app(service, limits=limits, max_batch=max_batch, max_wait_ms=max_wait_ms, token=token,
