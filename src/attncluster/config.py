@@ -22,7 +22,7 @@ import yaml
 
 from attncluster.errors import ConfigError
 
-LOSSES = ("bce", "ce")
+LOSSES = ("bce", "ce", "segment_bce")  # segment_bce: YouTube-8M 2019 ratings (attncluster.segments)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -334,7 +334,7 @@ class Config:
 
     @property
     def multi_label(self) -> bool:
-        return self.train.loss == "bce"
+        return self.train.loss in ("bce", "segment_bce")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -68,8 +68,9 @@ def run_evaluation_predictor(predictor, loader, cfg: Config) -> dict[str, Any]:
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    order = ["gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss"]
-    names = {"gap": "GAP", "hit_at_1": "Hit@1", "perr": "PERR", "map": "mAP", "top_1": "top-1", "top_5": "top-5", "loss": "loss"}
+    order = ["gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss", "segment_map"]
+    names = {"gap": "GAP", "hit_at_1": "Hit@1", "perr": "PERR", "map": "mAP", "top_1": "top-1", "top_5": "top-5", "loss": "loss",
+             "segment_map": "segment MAP"}
     parts = [f"{names[k]} {m[k]:.4f}" for k in order if k in m and m[k] is not None]
     return ", ".join(parts) + f" ({plural(m.get('num_videos', 0), 'video')})"
 
@@ -82,11 +83,13 @@ def evaluate(
     output: str | None = None,
     log=print,
     onnx: str | None = None,
+    segments: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``eval`` verb: load ``weights`` into the config's model and evaluate on ``data`` (default data.valid).
 
     With ``onnx`` (a graph from ``attncluster export``) onnxruntime runs it instead: the model settings come from
-    the graph's metadata, ``cfg`` (optional) gives the data and eval settings.
+    the graph's metadata, ``cfg`` (optional) gives the data and eval settings. ``segments`` (``top_n``,
+    ``classes_csv``, ``scoring``): also the YouTube-8M 2019 ``segment_map`` (:mod:`attncluster.segments`).
     """
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.errors import ConfigError
@@ -120,6 +123,11 @@ def evaluate(
             raise DataError(f"eval: none of the {plural(metrics['num_videos'], 'video')} in {' '.join(map(str, specs))} "
                             "has labels (a test partition, or extract without --labels), so GAP, Hit@1 and PERR "
                             "would mean nothing; use predict for unlabelled videos")
+        if segments is not None:
+            from attncluster.segments import ModelPredictor, evaluate_segments
+
+            scorer = predictor if predictor is not None else ModelPredictor(model, cfg, dev)  # the model loaded above
+            metrics.update(evaluate_segments(scorer, cfg, specs, **segments))
         if distributed.is_main_process():
             log(f"eval: {format_metrics(metrics)}")
             if output:

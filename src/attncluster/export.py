@@ -88,7 +88,7 @@ def _graph_module(model, modalities: list[str], loss: str, input_dtype: str):
                 # Same float32 arithmetic as data.records.dequantize: cast, times scale, plus bias.
                 feats[m] = x.to(torch.float32) * DEQUANT_SCALE + DEQUANT_BIAS if input_dtype == "uint8" else x
             logits = self.model(feats)
-            probs = torch.sigmoid(logits) if loss == "bce" else torch.softmax(logits, dim=1)
+            probs = torch.softmax(logits, dim=1) if loss == "ce" else torch.sigmoid(logits)
             return probs, logits
 
     return ExportGraph().eval()

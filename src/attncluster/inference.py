@@ -26,6 +26,12 @@ def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
     For ``ce`` a video with several labels gets a uniform target over them.
     """
     logits = logits.float()
+    if loss == "segment_bce":  # labels: 1/0 the rating of a rated (segment, class) pair, -1 unrated (masked out)
+        mask = labels >= 0
+        if not bool(mask.all()):
+            bce = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none")
+            return (bce * mask).sum() / logits.shape[0]
+        return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / logits.shape[0]
     target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)  # (N, C) distribution over the labels
@@ -34,7 +40,7 @@ def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
 
 def predict_scores(logits: Tensor, loss: str) -> Tensor:
     """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
-    return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
+    return torch.softmax(logits.float(), dim=1) if loss == "ce" else torch.sigmoid(logits.float())
 
 
 def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):

@@ -117,6 +117,8 @@ class RunLogger:
 
 
 def batch_metrics(scores: np.ndarray, labels: np.ndarray, multi_label: bool, top_k: int) -> dict[str, float]:
+    if (labels < 0).any():  # segment_bce: -1 marks unrated pairs; the log's metrics count only positive ratings
+        labels = (labels > 0).astype(labels.dtype)
     if multi_label:
         return {"hit_at_1": hit_at_one(scores, labels), "perr": perr(scores, labels), "gap": gap(scores, labels, top_k)}
     return {"top_1": top_k_accuracy(scores, labels, 1), "top_5": top_k_accuracy(scores, labels, 5)}
@@ -299,7 +301,10 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
     from attncluster.data.dataset import VideoDataset
 
     class_names = load_class_names(cfg)
-    train_ds = VideoDataset.from_config(cfg, cfg.data.train, train=True, dist=info, class_names=class_names)
+    train_class = VideoDataset
+    if cfg.train.loss == "segment_bce":  # one rated segment per video, labels -1 where unrated
+        from attncluster.segments import SegmentDataset as train_class
+    train_ds = train_class.from_config(cfg, cfg.data.train, train=True, dist=info, class_names=class_names)
     total_videos = train_ds.num_videos  # reads every shard's record headers once (each rank)
     lo, hi = train_ds.rank_range()
     if hi <= lo:
@@ -310,7 +315,7 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
     valid_ds = None
     if cfg.data.valid and cfg.train.valid_interval:
         valid_ds = VideoDataset.from_config(cfg, cfg.data.valid, train=False, dist=info, class_names=class_names,
-                                            warn_one_frame=False)  # train_ds has said it
+                                            warn_one_frame=False)  # train_ds has said it; video-level, also for segment_bce
         valid_ds.record_counts()
     return train_ds, valid_ds
 

@@ -243,3 +243,32 @@ def user_message(e: BaseException) -> str:
                 last = rest  # another class name, e.g. a subclass raised in the worker
         text = last
     return printable(text)
+
+
+# -- YouTube-8M 2019 segments (predict, eval) -------------------------------------------------------------------------
+
+SEGMENT_SCORINGS = ("frames", "video", "attention", "blend")  # attncluster.segments.SCORINGS (a test checks)
+
+
+def add_segments(p) -> None:
+    p.add_argument("--segments", action="store_true", help="YouTube-8M 2019: score every 5-second segment")
+    p.add_argument("--top-n", type=int, default=None, metavar="N",
+                   help="with --segments: segments kept per class (default 100000, as the 2019 challenge)")
+    p.add_argument("--segment-classes", metavar="CSV", help="with --segments: the classes to score, a CSV with "
+                   "header Index (default: the shipped 2019 list of 1,000 classes for 3,862-class models, else all)")
+    p.add_argument("--segment-scoring", choices=SEGMENT_SCORINGS, default=None,
+                   help="with --segments: how a segment is scored (default frames; see docs/benchmarks.md)")
+
+
+def segment_options(args) -> dict | None:
+    """--segments and its options (predict, eval), or None without --segments."""
+    if not args.segments:
+        for flag, value in (("--top-n", args.top_n), ("--segment-classes", args.segment_classes),
+                            ("--segment-scoring", args.segment_scoring)):
+            if value is not None:
+                raise AttnClusterError(f"{flag} needs --segments")
+        return None
+    from attncluster.segments import DEFAULT_SCORING, DEFAULT_TOP_N
+
+    return {"top_n": DEFAULT_TOP_N if args.top_n is None else args.top_n, "classes_csv": args.segment_classes,
+            "scoring": args.segment_scoring or DEFAULT_SCORING}

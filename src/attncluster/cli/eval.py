@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from attncluster.cli.common import (add_config, add_device, add_weights_or_onnx, check_default_data,
-                                    config_source, model_config)
+from attncluster.cli.common import (add_config, add_device, add_segments, add_weights_or_onnx, check_default_data,
+                                    config_source, model_config, segment_options)
 
 HELP = "evaluate a checkpoint"
 DESCRIPTION = "Evaluate weights: GAP, Hit@1, PERR, mAP and loss (top-1/top-5 for single-label configs)."
@@ -14,6 +14,7 @@ def add_args(p) -> None:
     add_weights_or_onnx(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="data to evaluate (default: data.valid of the config)")
     p.add_argument("--output", metavar="FILE", help="write the metrics as JSON to FILE")
+    add_segments(p)
     add_device(p)
 
 
@@ -23,7 +24,8 @@ def run(args) -> int:
     cfg = model_config(args, required=False)
     if cfg is not None and not args.data:
         check_default_data(cfg, "valid", config_source(args), "--data")
-    evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx)
+    evaluate(cfg, args.weights, data=args.data, device=args.device, output=args.output, onnx=args.onnx,
+             segments=segment_options(args))
     return 0
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from attncluster.cli.common import (add_config, add_device, add_extract_args, add_vocab, add_weights_or_onnx,
-                                    extract_options, model_config, vocab)
+from attncluster.cli.common import (add_config, add_device, add_extract_args, add_segments, add_vocab,
+                                    add_weights_or_onnx, extract_options, model_config, segment_options, vocab)
 from attncluster.errors import AttnClusterError
 
 HELP = "predict top-k classes per video"
@@ -23,6 +23,7 @@ def add_args(p) -> None:
                    help="classes per video (default 20, or every class when the model has fewer)")
     add_vocab(p, "YouTube-8M vocabulary.csv (Index, Name columns) for label names (default: the shipped YouTube-8M "
               "2018 names for a 3,862-class model, else data.class_names of the config)")
+    add_segments(p)
     add_device(p)
     p.add_argument("--videos", nargs="+", metavar="FILE", help="video files (mp4, mkv, ...; globs, directories, "
                    ".list files): extract features in memory and classify them, instead of --data")
@@ -31,6 +32,8 @@ def add_args(p) -> None:
 
 def run(args) -> int:
     if args.videos:
+        if args.segments:
+            raise AttnClusterError("--segments takes feature shards (--data), not --videos")
         if args.data:
             raise AttnClusterError("predict takes --data (feature shards) or --videos (video files), not both")
         return run_videos(args)
@@ -39,6 +42,13 @@ def run(args) -> int:
     from attncluster.predict import predict
 
     cfg = model_config(args, required=False)
+    segments = segment_options(args)
+    if segments is not None:
+        from attncluster.segments import predict_segments
+
+        predict_segments(cfg, args.weights, args.data, args.output, device=args.device, onnx=args.onnx,
+                         top_k=args.top_k, **segments)
+        return 0
     predict(cfg, args.weights, args.data, args.output, top_k=args.top_k, vocab=vocab(args),
             device=args.device, onnx=args.onnx)
     return 0

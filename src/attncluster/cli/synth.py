@@ -22,6 +22,8 @@ def add_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="X", help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--max-frames", type=int, default=300, metavar="T", help="longest video in frames (default 300)")
     p.add_argument("--prefix", default="train", help="shard file name prefix (default train)")
+    p.add_argument("--segments", action="store_true", help="also write YouTube-8M 2019 segment ratings, and each "
+                   "label's seconds in segments_truth.jsonl")
 
 
 def run(args) -> int:
@@ -29,7 +31,8 @@ def run(args) -> int:
     from attncluster.errors import plural
 
     files = write_synthetic(args.out, videos=args.num_videos, classes=args.num_classes, shards=args.shards,
-                            seed=args.seed, max_frames=args.max_frames, prefix=args.prefix)
+                            seed=args.seed, max_frames=args.max_frames, prefix=args.prefix,
+                            segments=args.segments)
     print(f"synth: wrote {plural(args.num_videos, 'video')} in {plural(len(files), 'shard')} to {args.out}")
     return 0
 

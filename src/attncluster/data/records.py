@@ -35,6 +35,21 @@ def dequantize(q):
 
 
 @dataclass
+class SegmentRatings:
+    """YouTube-8M 2019 segment ratings of one video: parallel arrays, one entry per rated (segment, class).
+
+    A segment is the 5 frames ``[start, start + 5)`` (1 frame per second, so ``start`` is also in seconds).
+    """
+
+    classes: np.ndarray  # int64 class ids
+    starts: np.ndarray  # int64 first frame of the segment
+    scores: np.ndarray  # float32, 1.0 positive rating, 0.0 negative
+
+    def __len__(self) -> int:
+        return int(self.classes.size)
+
+
+@dataclass
 class RawVideo:
     """One video as stored, before sampling.
 
@@ -49,6 +64,7 @@ class RawVideo:
     id: str
     features: dict[str, np.ndarray]
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    segments: SegmentRatings | None = None  # YouTube-8M 2019 segment ratings, when the record carries them
 
     @property
     def num_frames(self) -> int:

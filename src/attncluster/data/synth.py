@@ -22,6 +22,7 @@ validation split written with different seeds describe the same classes.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 import zlib
@@ -48,6 +49,7 @@ CONTIGUOUS_SIGNAL = True  # signal frames form one run (an "event") per label / 
 ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ID_LENGTH = 4  # as the anonymised ids of the 2018 release
 VOCABULARY_FILE = "vocabulary.csv"
+SEGMENT_TRUTH_FILE = "segments_truth.jsonl"  # with segments=True: each label's seconds per video
 VOCABULARY_COLUMNS = ("Index", "TrainVideoCount", "KnowledgeGraphId", "Name", "WikiUrl", "Vertical1", "Vertical2",
                       "Vertical3", "WikiDescription")
 
@@ -99,8 +101,10 @@ def _signal_frames(rng: np.random.Generator, t: int) -> int:
 
 
 def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.ndarray]], dims: Mapping[str, int],
-           classes: int, min_frames: int, max_frames: int) -> tuple[list[int], dict[str, np.ndarray]]:
-    """One video: its labels and uint8 (T, F) frames per modality."""
+           classes: int, min_frames: int, max_frames: int, events: list | None = None
+           ) -> tuple[list[int], dict[str, np.ndarray]]:
+    """One video: its labels and uint8 (T, F) frames per modality; ``events`` gets (class, first, last + 1) per
+    label's run."""
     t = int(rng.integers(min_frames, max_frames + 1))
     n_labels = int(rng.integers(LABELS_PER_VIDEO[0], min(LABELS_PER_VIDEO[1], classes - 1) + 1))
     n_decoys = int(rng.integers(DECOYS_PER_VIDEO[0], min(DECOYS_PER_VIDEO[1], classes - n_labels) + 1))
@@ -118,6 +122,8 @@ def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.n
         else:
             frames = rng.choice(t, m, replace=False)
         placements.append((frames, k, "pq"))
+        if events is not None:
+            events.append((k, int(frames.min()), int(frames.max()) + 1))
     for j in decoys:
         m = min(_signal_frames(rng, t), t // 2)  # p-frames and q-frames must be different frames
         if m == 0:
@@ -133,6 +139,9 @@ def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.n
             first, second = frames[:m], frames[m:]
         placements.append((first, j, "p"))
         placements.append((second, j, "q"))
+        if events is not None:  # a decoy's half-prototype runs: hard negatives of class j (marked by -1 - j)
+            for run in (first, second):
+                events.append((-1 - j, int(run.min()), int(run.max()) + 1))
 
     out = {}
     for name, dim in dims.items():
@@ -149,7 +158,7 @@ def _video(rng: np.random.Generator, protos: Mapping[str, tuple[np.ndarray, np.n
 
 def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, shards: int, seed: int,
                     rgb_dim: int = 1024, audio_dim: int = 128, min_frames: int = 5, max_frames: int = 300,
-                    prefix: str = "train", prototype_seed: int = 0) -> list[str]:
+                    prefix: str = "train", prototype_seed: int = 0, segments: bool = False) -> list[str]:
     """Write synthetic frame-level shards ``<prefix>NNNN.tfrecord`` and a ``vocabulary.csv`` to ``out_dir``.
 
     The output is byte-identical for the same arguments.
@@ -164,6 +173,9 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
         min_frames, max_frames: video lengths are uniform in this inclusive range.
         prefix: shard file name prefix, e.g. ``train`` or ``validate``.
         prototype_seed: seed of the class prototypes; keep it equal across the splits of one dataset.
+        segments: also write YouTube-8M 2019 segment ratings (see :func:`segment_ratings`) in every record, and
+            the truth, each label's seconds, to ``segments_truth.jsonl`` (one line per video: id, events of class,
+            start, end in seconds).
 
     Returns:
         The shard paths, in order.
@@ -200,18 +212,66 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
         os.makedirs(out_dir, exist_ok=True)
     counts = np.zeros(classes, dtype=np.int64)
     paths = []
+    truth: list[str] = []  # segments_truth.jsonl lines
     for s in range(shards):
         path = os.path.join(out_dir, f"{prefix}{s:04d}.tfrecord")
         # The one writer (outputs.atomic_output): a hidden temporary file renamed when complete, so an interrupted
         # run never leaves a short shard that reads as valid, and a full disk is one error naming the shard.
         with atomic_output(path, "wb") as f, TFRecordWriter(f) as writer:
             for i in range(s * videos // shards, (s + 1) * videos // shards):
-                labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames)
+                events: list | None = [] if segments else None
+                labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames, events)
                 counts[labels] += 1
-                writer.write(encode_sequence_example(ids[i], labels, frames))
+                if segments:
+                    t = next(iter(frames.values())).shape[0]
+                    ratings = segment_ratings(np.random.default_rng((seed, i, 2019)), events, t)
+                    writer.write(encode_sequence_example(ids[i], labels, frames, segments=ratings))
+                    truth.append(json.dumps({"id": ids[i], "frames": t, "events": [
+                        {"class": k, "start": a, "end": b} for k, a, b in events if k >= 0]}) + "\n")
+                else:
+                    writer.write(encode_sequence_example(ids[i], labels, frames))
         paths.append(path)
+    if segments:
+        with atomic_output(os.path.join(out_dir, SEGMENT_TRUTH_FILE)) as f:
+            f.write("".join(truth))
     write_vocabulary(os.path.join(out_dir, VOCABULARY_FILE), counts)
     return paths
+
+
+def segment_ratings(rng: np.random.Generator, events: list[tuple[int, int, int]], num_frames: int,
+                    negatives: int = 2) -> tuple[list[int], list[int], list[float]]:
+    """2019-style ratings of one video, as the raters did: segments of a video labelled with the class.
+
+    For every label's run ``[first, last)`` of frames: every segment ``[s, s + 5)`` holding at least 3 frames of the
+    run (all of it, for a run of 1 or 2 frames) is rated 1, or, when none does, the segment holding most of it; up to
+    ``negatives`` other segments of the video holding none of it are rated 0. A decoy's run
+    (class ``-1 - j``: half of class j's signal) gives hard negatives: its segments holding at least 3 of its frames
+    are rated 0 for class j.
+    """
+    from attncluster.segments import SEGMENT_SIZE, segment_starts
+
+    classes: list[int] = []
+    starts: list[int] = []
+    scores: list[float] = []
+    all_starts = segment_starts(num_frames)
+    for k, first, last in events:
+        overlap = np.minimum(all_starts + SEGMENT_SIZE, last) - np.maximum(all_starts, first)
+        if k < 0:
+            for s in all_starts[overlap >= 3].tolist():
+                classes.append(-1 - k)
+                starts.append(int(s))
+                scores.append(0.0)
+            continue
+        pos = all_starts[overlap >= min(3, last - first)]
+        if pos.size == 0:  # a short run split by a segment boundary: its best-covered segment
+            pos = all_starts[[int(np.argmax(overlap))]]
+        neg = all_starts[overlap <= 0]
+        neg = rng.choice(neg, min(negatives, neg.size), replace=False) if neg.size else neg
+        for s, r in [(int(s), 1.0) for s in pos] + [(int(s), 0.0) for s in sorted(neg.tolist())]:
+            classes.append(int(k))
+            starts.append(s)
+            scores.append(r)
+    return classes, starts, scores
 
 
 def write_vocabulary(path: str, counts: np.ndarray) -> None:
@@ -226,11 +286,11 @@ def write_vocabulary(path: str, counts: np.ndarray) -> None:
 
 def synth(out: str | os.PathLike, videos: int, classes: int, shards: int, seed: int, *, max_frames: int = 300,
           min_frames: int = 5, rgb_dim: int = 1024, audio_dim: int = 128, prefix: str = "train",
-          prototype_seed: int = 0, stream: TextIO | None = None) -> int:
+          prototype_seed: int = 0, stream: TextIO | None = None, segments: bool = False) -> int:
     """The ``synth`` verb: write a synthetic dataset and print one summary line. Returns the exit status (0)."""
     paths = write_synthetic(out, videos=videos, classes=classes, shards=shards, seed=seed, rgb_dim=rgb_dim,
                             audio_dim=audio_dim, min_frames=min_frames, max_frames=max_frames, prefix=prefix,
-                            prototype_seed=prototype_seed)
+                            prototype_seed=prototype_seed, segments=segments)
     print(f"synth: wrote {videos} videos ({classes} classes) in {len(paths)} shards to {out}, "
           f"vocabulary in {os.path.join(os.fspath(out), VOCABULARY_FILE)}", file=stream or sys.stdout)
     return 0
@@ -244,6 +304,7 @@ __all__ = [
     "PROTOTYPE_DIM_FRACTION",
     "SIGNAL_FRAME_FRACTION",
     "class_prototypes",
+    "segment_ratings",
     "synth",
     "write_synthetic",
     "write_vocabulary",

@@ -8,6 +8,12 @@ Two record types share one parser, :func:`parse_yt8m`:
 * video-level ``tf.train.Example``: ``id``, ``labels``, ``mean_rgb`` (1024 floats), ``mean_audio`` (128 floats),
   returned as float32 (1, F) arrays under the modality names ``rgb`` / ``audio``.
 
+The 2019 (segment) frame-level records add three parallel context lists, one entry per rated (segment, class):
+``segment_labels`` (int64), ``segment_start_times`` (int64, seconds = frame index) and ``segment_scores`` (float,
+1 or 0), returned as :class:`~attncluster.data.records.SegmentRatings` in ``RawVideo.segments``. Lists of different
+lengths, a negative start or one at or past the frames the record stores, a score other than 0/1 and a class out of
+range are damaged records.
+
 The schema, as protobuf field numbers::
 
     Example         { Features features = 1; }
@@ -45,7 +51,7 @@ import numpy as np
 from attncluster.data.protowire import (FIXED32, FIXED64, LEN, VARINT, Buffer, WireError, fields, fields_of, len_field,
                                         only_field, packed_varint_field, packed_varints, read_varint, signed64, tag,
                                         varint_bytes)
-from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, check_finite
+from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, SegmentRatings, check_finite
 from attncluster.data.tfrecord import (EmptyFileError, RecordFramingError, index_records, open_records, read_payload,
                                        record_error, scan_records)
 from attncluster.errors import DataError
@@ -53,6 +59,8 @@ from attncluster.errors import DataError
 ID_KEY = "id"  # 2018 (v3) release and later
 ID_KEY_2017 = "video_id"  # 2017 (v2) release
 LABELS_KEY = "labels"
+# YouTube-8M 2019 segment ratings (context features, parallel lists; see attncluster.segments).
+SEGMENT_LABELS_KEY, SEGMENT_STARTS_KEY, SEGMENT_SCORES_KEY = "segment_labels", "segment_start_times", "segment_scores"
 MEAN_PREFIX = "mean_"  # video-level feature names: mean_rgb, mean_audio
 DEFAULT_MODALITIES: dict[str, int] = {"rgb": 1024, "audio": 128}
 
@@ -329,6 +337,7 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
 
     feature_lists = _map_entries(buf, lists) if lists else {}
     out: dict[str, np.ndarray] = {}
+    stored = 1 << 62  # frames stored in the record (before the max_frames cap), for the segment checks
     if feature_lists:
         for name, dim in modalities.items():
             spans = feature_lists.get(name.encode())
@@ -336,6 +345,7 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
                 have = ", ".join(sorted(k.decode(errors="replace") for k in feature_lists)) or "none"
                 raise WireError(f"missing modality {name!r} in feature_lists (has: {have})")
             out[name] = _frames_of(buf, spans, name, dim, max_frames)
+            stored = min(stored, _stored_frames(spans, dim, out[name]))
         t = min(a.shape[0] for a in out.values())
         if any(a.shape[0] != t for a in out.values()):
             out = {k: a[:t] for k, a in out.items()}
@@ -353,7 +363,51 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
             if values.size != dim:
                 raise WireError(f"{key}: got {values.size} floats, expected {dim}")
             out[name] = values.reshape(1, dim)
-    return RawVideo(id=video_id, features=out, labels=labels)
+    segments = _segments(buf, features, num_classes, stored if feature_lists else None)
+    return RawVideo(id=video_id, features=out, labels=labels, segments=segments)
+
+
+def _stored_frames(spans: Spans, dim: int, frames: np.ndarray) -> int:
+    """Frames a FeatureList stores (``frames`` may be cut to max_frames): exact for the canonical encoding."""
+    stride = len(_frame_layout(dim)[0]) + dim
+    n = sum(e - s for s, e in spans)
+    return n // stride if n % stride == 0 and n // stride >= frames.shape[0] else int(frames.shape[0])
+
+
+def _segments(buf: Buffer, features: dict[bytes, Spans], num_classes: int | None,
+              num_frames: int | None) -> SegmentRatings | None:
+    """The 2019 segment ratings, checked: None when the record has none of the three lists."""
+    keys = (SEGMENT_LABELS_KEY, SEGMENT_STARTS_KEY, SEGMENT_SCORES_KEY)
+    entries = [features.get(k.encode()) for k in keys]
+    if all(e is None for e in entries):
+        return None
+    lists = []
+    for key, entry, want in zip(keys, entries, (_INT64_LIST, _INT64_LIST, _FLOAT_LIST)):
+        if entry is None:
+            lists.append([])
+            continue
+        kind, spans = _feature(buf, entry)
+        _expect_kind(kind, want, key)
+        lists.append(_float_values(buf, spans) if want == _FLOAT_LIST else _int64_values(buf, spans))
+    classes, starts, scores = lists
+    if not len(classes) == len(starts) == len(scores):
+        raise WireError(f"segment lists of different lengths: {len(classes)} {SEGMENT_LABELS_KEY}, "
+                        f"{len(starts)} {SEGMENT_STARTS_KEY}, {len(scores)} {SEGMENT_SCORES_KEY}")
+    classes = np.array(classes, dtype=np.int64)
+    starts = np.array(starts, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    for j in range(classes.size):
+        where = f"segment rating {j}"
+        if starts[j] < 0:
+            raise WireError(f"{where}: start {int(starts[j])} is negative")
+        if num_frames is not None and starts[j] >= num_frames:
+            raise WireError(f"{where}: start {int(starts[j])} is outside the video ({num_frames} frames)")
+        if not (scores[j] == 0.0 or scores[j] == 1.0):
+            raise WireError(f"{where}: score {float(scores[j])!r}, expected 0 or 1")
+        if classes[j] < 0 or (num_classes is not None and classes[j] >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise WireError(f"{where}: class {int(classes[j])} is out of range, expected {bound}")
+    return SegmentRatings(classes=classes, starts=starts, scores=scores)
 
 
 def _video_id(buf: Buffer, features: dict[bytes, Spans]) -> str:
@@ -416,12 +470,18 @@ def _float_feature(values: np.ndarray) -> bytes:
     return len_field(_FLOAT_LIST, len_field(1, packed) if packed else b"")
 
 
-def _context(video_id: str | bytes, labels, id_key: str) -> bytes:
-    """The id and (unless ``labels`` is None) the labels, as Features map entries."""
+def _context(video_id: str | bytes, labels, id_key: str, segments=None) -> bytes:
+    """The id, (unless ``labels`` is None) the labels and (when given) the 2019 segment ratings, as Features map
+    entries."""
     vid = video_id.encode() if isinstance(video_id, str) else bytes(video_id)
     context = _map_entry(id_key, _bytes_feature(vid))
     if labels is not None:
         context += _map_entry(LABELS_KEY, _int64_feature(labels))
+    if segments is not None:  # (classes, starts, scores)
+        classes, starts, scores = segments
+        context += (_map_entry(SEGMENT_LABELS_KEY, _int64_feature(classes))
+                    + _map_entry(SEGMENT_STARTS_KEY, _int64_feature(starts))
+                    + _map_entry(SEGMENT_SCORES_KEY, _float_feature(np.asarray(scores, dtype=np.float32))))
     return context
 
 
@@ -439,7 +499,7 @@ def _feature_list(frames: np.ndarray) -> bytes:
 
 
 def encode_sequence_example(video_id: str | bytes, labels, frames: Mapping[str, np.ndarray], *,
-                            id_key: str = ID_KEY) -> bytes:
+                            id_key: str = ID_KEY, segments=None) -> bytes:
     """Serialise a frame-level ``tf.train.SequenceExample`` in the YouTube-8M schema (the one encoder: synth, tests
     and extract's shard writer all use it).
 
@@ -449,8 +509,9 @@ def encode_sequence_example(video_id: str | bytes, labels, frames: Mapping[str, 
             dataset's test partition.
         frames: modality name -> uint8 (T, F) frames, one bytes feature per frame.
         id_key: ``"id"`` (2018) or :data:`ID_KEY_2017` (``"video_id"``).
+        segments: optional 2019 segment ratings ``(classes, starts, scores)``, parallel lists.
     """
-    context = _context(video_id, labels, id_key)
+    context = _context(video_id, labels, id_key, segments)
     lists = b"".join(_map_entry(name, _feature_list(x)) for name, x in frames.items())
     return len_field(1, context) + len_field(2, lists)
 
