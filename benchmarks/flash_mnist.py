@@ -332,7 +332,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
-    ns = tuple(int(v) for v in args.ns.split(",")) if args.ns else (QUICK_NS if args.quick else FULL_NS)
+    try:
+        ns = tuple(int(v) for v in args.ns.split(",")) if args.ns else (QUICK_NS if args.quick else FULL_NS)
+        hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    except ValueError:
+        sys.exit(f"error: --ns {args.ns!r} / --hidden {args.hidden!r}: expected comma-separated integers")
+    if min(ns) < 1 or min(hidden, default=1) < 1:
+        sys.exit("error: --ns and --hidden take positive integers")
     columns = args.columns.split(",") if args.columns else (
         [*QUICK_COLUMNS, "mean"] if args.quick else [*COLUMNS, "mean"])
     bad = [c for c in columns if c not in COLUMNS and c != "mean"]
@@ -341,7 +347,6 @@ def main(argv=None) -> None:
     train_videos = args.train_videos or (10240 if args.quick else 30720)
     test_videos = args.test_videos or (4096 if args.quick else 10240)
     epochs = args.epochs or (8 if args.quick else 30)
-    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
 
     t0 = time.perf_counter()
     images, labels = load_mnist_5k()
