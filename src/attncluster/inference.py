@@ -44,7 +44,7 @@ def autocast_for(device: torch.device, precision: str):
 
 def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):
     """The config's ``AttentionCluster`` with ``weights`` loaded strictly, on ``device``, in eval mode."""
-    from attncluster.checkpoint import load_weights
+    from attncluster.weights import load_weights
     from attncluster.model import AttentionCluster
 
     model = AttentionCluster(**cfg.model.model_kwargs())

@@ -26,7 +26,7 @@ The reference's dropout is Paddle's ``downgrade_in_infer``: no rescale in traini
 is :class:`~attncluster.model.DowngradeDropout`, so every converted tensor is the reference's own value (only
 transposed or reshaped): inference, training and fine-tuning from converted weights follow the reference exactly, in
 its own parameterisation. Files written here carry the state format :data:`~attncluster.model.STATE_FORMAT`; those
-written before it (with (1 - p) folded into fc1) are recognised and rescaled by :mod:`attncluster.checkpoint`.
+written before it (with (1 - p) folded into fc1) are recognised and rescaled by :mod:`attncluster.weights`.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ import numpy as np
 import torch
 
 from attncluster.data.safe_pickle import safe_load
-from attncluster.checkpoint import FORMAT_KEY
 from attncluster.errors import ConfigError, DataError
-from attncluster.model import STATE_FORMAT, AttentionCluster
+from attncluster.model import FORMAT_KEY, STATE_FORMAT, AttentionCluster
 
 DEFAULT_FEATURE_DIMS: dict[str, int] = {"rgb": 1024, "audio": 128}
 NAME_TABLE_KEY = "StructuredToParameterName@@"  # Paddle 2.x: structured name -> parameter name, not a weight
