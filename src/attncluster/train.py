@@ -26,7 +26,7 @@ from attncluster.config import Config, cores_per_rank
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError, plural
 from attncluster.evaluate import format_metrics, run_evaluation
-from attncluster.inference import autocast_for, compute_loss, load_class_names, predict_scores
+from attncluster.inference import TorchPredictor, autocast_for, compute_loss, load_class_names, predict_scores
 from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
 from attncluster.model import AttentionCluster
 from attncluster.rundir import RunDirectory, RunLogger
@@ -311,7 +311,8 @@ def _loop(state: TrainState, cfg: Config, train_ds, valid_ds, *, run: RunDirecto
         validated = valid_ds is not None and state.epoch % cfg.train.valid_interval == 0
         if validated:
             valid_loader = make_loader(valid_ds, cfg.eval.batch_size, num_workers=workers, pin_memory=pin)
-            metrics = run_evaluation(model, valid_loader, cfg, dev)  # unwrapped: ranks may hold uneven batches
+            # the unwrapped model (ranks may hold uneven batches), in eval mode until the next epoch's net.train()
+            metrics = run_evaluation(TorchPredictor.from_model(model, cfg, dev), valid_loader, cfg)
             say(f"valid epoch {state.epoch}: {format_metrics(metrics)}")
             logger.record("valid", state.step, {"epoch": state.epoch, **metrics})
             is_best = state.record_validation(metrics, best_key, stopping.min_delta)
