@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from attncluster.checkpoint import load_checkpoint, load_for_finetune
+from attncluster.weights import load_checkpoint, load_for_finetune
 from attncluster.config import load_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
