@@ -595,3 +595,201 @@ def test_an_unknown_option_names_the_verb_and_the_closest_option(capsys):
                              "--output", "p.csv", "--topk", "3")
     assert code == 2 and lines == ["error: attncluster predict: unrecognized arguments: --topk 3; did you mean "
                                    "--top-k? (see attncluster predict --help)"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A first day's options (#15 §3): the config a checkpoint stores, shipped class names, default paths, one name per
+# meaning. In-process (main with capsys).
+
+def _ckpt_with_config(root, tiny_data, **extra):
+    """A checkpoint as train writes it (model weights plus the resolved config), of a fresh tiny model."""
+    import torch
+
+    from attncluster.checkpoint import atomic_save
+    from attncluster.config import load_config
+    from attncluster.model import AttentionCluster
+
+    cfg = load_config(None, tiny_overrides(tiny_data, **extra))
+    torch.manual_seed(0)
+    path = root / "best.pt"
+    atomic_save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict(), "config": cfg.to_dict()}, path)
+    (root / "config.yaml").write_text(cfg.to_yaml())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cfg_ckpt(tiny_data, tmp_path_factory):
+    return _ckpt_with_config(tmp_path_factory.mktemp("cfg_ckpt"), tiny_data)
+
+
+@pytest.fixture(scope="module")
+def yt8m_ckpt(tiny_data, tmp_path_factory):
+    """A 3,862-class model (the YouTube-8M 2018 vocabulary's size) on the tiny data."""
+    return _ckpt_with_config(tmp_path_factory.mktemp("yt8m_ckpt"), tiny_data, **{"model.num_classes": 3862})
+
+
+def test_eval_takes_the_config_stored_in_the_checkpoint(cfg_ckpt, tiny_data, tmp_path, capsys):
+    with_cfg, without = tmp_path / "a.json", tmp_path / "b.json"
+    assert main_lines(capsys, "eval", "--config", cfg_ckpt.parent / "config.yaml", "--weights", cfg_ckpt,
+                      "--output", with_cfg, "--device", "cpu")[0] == 0
+    assert main_lines(capsys, "eval", "--weights", cfg_ckpt, "--output", without, "--device", "cpu")[0] == 0
+    a, b = json.loads(with_cfg.read_text()), json.loads(without.read_text())
+    assert a == b and a["num_videos"] == 40 if "num_videos" in a else a == b
+
+
+@pytest.mark.parametrize("verb", ["predict", pytest.param("export", marks=pytest.mark.slow), "explain"])
+def test_other_verbs_need_no_config_with_a_training_checkpoint(verb, cfg_ckpt, tiny_data, tmp_path, capsys):
+    argv = {"predict": ["--data", tiny_data / "valid", "--output", tmp_path / "p.jsonl"],
+            "export": ["--output", tmp_path / "m.onnx"],
+            "explain": ["--data", tiny_data / "valid", "--output", tmp_path / "x", "--no-figures", "--max-videos", 2]}
+    if verb == "export":
+        pytest.importorskip("onnxruntime")
+    code, lines = main_lines(capsys, verb, "--weights", cfg_ckpt, *argv[verb])
+    assert code == 0, lines
+
+
+def test_an_explicit_config_wins_and_a_disagreeing_one_is_one_line(cfg_ckpt, tiny_data, tmp_path, capsys):
+    other = tmp_path / "other.yaml"
+    from attncluster.config import load_config
+
+    other.write_text(load_config(None, tiny_overrides(tiny_data, **{"model.hidden_sizes": "[8]"})).to_yaml())
+    assert_main_error(*main_lines(capsys, "eval", "--config", other, "--weights", cfg_ckpt), "best.pt",
+                      "does not match the config's model", "hidden")
+
+
+def test_a_weights_file_given_as_config_says_where_it_goes(cfg_ckpt, tmp_path, capsys):
+    assert_main_error(*main_lines(capsys, "eval", "--config", cfg_ckpt, "--weights", cfg_ckpt),
+                      "is a weights file", f"--weights {cfg_ckpt}")
+    renamed = tmp_path / "model.safetensors"
+    renamed.write_bytes(b"\x00\xff" * 8)  # unknown bytes, not UTF-8: the name tells what it is
+    assert_main_error(*main_lines(capsys, "eval", "--config", renamed, "--weights", cfg_ckpt),
+                      "is a weights file (.safetensors)", "--weights")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch\xff")
+    assert_main_error(*main_lines(capsys, "eval", "--config", onnx, "--weights", cfg_ckpt), "--onnx")
+
+
+def test_weights_without_a_config_ask_for_one(tiny_ckpt, capsys):
+    assert_main_error(*main_lines(capsys, "eval", "--weights", tiny_ckpt / "model.pt"), "model.pt",
+                      "--config CFG")
+
+
+def test_a_missing_default_data_path_says_it_is_the_default_and_names_data(cfg_ckpt, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shipped config's data/yt8m/... does not exist here
+    code, lines = main_lines(capsys, "eval", "--config", "youtube8m", "--weights", cfg_ckpt)
+    assert_main_error(code, lines, "data/yt8m/", "default data.valid of config youtube8m", "--data")
+    code, lines = main_lines(capsys, "eval", "--weights", cfg_ckpt, "-o", "data.valid=[gone/*.tfrecord]")
+    assert_main_error(code, lines, "gone/*.tfrecord", f"the config stored in {cfg_ckpt}", "--data")
+
+
+def test_shipped_class_names_are_mediapipes_file_unchanged():
+    import hashlib
+    from importlib import resources
+
+    from attncluster.inference import youtube8m_names
+
+    names = youtube8m_names()
+    assert len(names) == 3862
+    assert names[:5] == ["Game", "Video game", "Vehicle", "Concert", "Musician"]  # the dataset's first indices
+    folder = resources.files("attncluster") / "vocab"
+    data = (folder / "youtube8m_2018.txt").read_bytes()
+    # git's blob id of mediapipe/graphs/youtube8m/label_map.txt, as NOTICE records it
+    assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == "a3ed470876fb24851ab35978bff3b69250cb86a4"
+    notice = (folder / "NOTICE").read_text()
+    assert "MediaPipe" in notice and "Apache License, Version 2.0" in notice and "a3ed4708" in notice
+
+
+def test_class_names_preference_order(tmp_path, tiny_data):
+    from attncluster.config import load_config
+    from attncluster.inference import class_names_for, youtube8m_names
+
+    csv_path = tmp_path / "vocabulary.csv"
+    csv_path.write_text("Index,Name\n" + "".join(f"{i},n{i}\n" for i in range(3862)))
+    assert class_names_for(3862) == youtube8m_names()
+    assert class_names_for(3862, vocab=str(csv_path))[:2] == ["n0", "n1"]
+    assert class_names_for(3862, vocab=False) is None
+    assert class_names_for(3862, stored=["s"] * 3862)[0] == "s"
+    assert class_names_for(5) is None  # other models have no default names
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"c{i}\n" for i in range(5)))
+    cfg = load_config(None, tiny_overrides(tiny_data, **{"data.class_names": str(names)}))
+    assert class_names_for(5, cfg) == [f"c{i}" for i in range(5)]
+
+
+def test_predict_and_explain_name_a_3862_class_models_classes_by_default(yt8m_ckpt, tiny_data, tmp_path, capsys):
+    from attncluster.inference import youtube8m_names
+
+    shipped = youtube8m_names()
+    out = tmp_path / "p.jsonl"
+    assert main_lines(capsys, "predict", "--weights", yt8m_ckpt, "--data", tiny_data / "valid", "--output", out,
+                      "--top-k", 3)[0] == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 40 and all(r["names"] == [shipped[c] for c in r["classes"]] for r in recs)
+    assert main_lines(capsys, "predict", "--weights", yt8m_ckpt, "--data", tiny_data / "valid", "--output", out,
+                      "--top-k", 3, "--no-vocab")[0] == 0
+    assert all("names" not in json.loads(line) for line in out.read_text().splitlines())
+    vocab = tmp_path / "vocabulary.csv"
+    vocab.write_text("Index,Name\n" + "".join(f"{i},mine {i}\n" for i in range(3862)))
+    assert main_lines(capsys, "predict", "--weights", yt8m_ckpt, "--data", tiny_data / "valid", "--output", out,
+                      "--top-k", 3, "--vocab", vocab)[0] == 0
+    assert all(r["names"] == [f"mine {c}" for c in r["classes"]]
+               for r in map(json.loads, out.read_text().splitlines()))
+    code, lines = main_lines(capsys, "explain", "--weights", yt8m_ckpt, "--data", tiny_data / "valid", "--output",
+                             tmp_path / "x", "--no-figures", "--max-videos", 1)
+    assert code == 0, lines
+    top = json.loads(next((tmp_path / "x").glob("*.json")).read_text())["top_classes"]
+    assert top and all(t["name"] == shipped[t["class"]] for t in top)
+
+
+def test_renamed_options_keep_their_old_spelling_with_one_warning(tmp_path, capsys):
+    from attncluster.cli import build_parser, main
+
+    assert main(["synth", "--out", str(tmp_path / "a"), "--num-videos", "3", "--num-classes", "4", "--shards", "1",
+                 "--max-frames", "5"]) == 0
+    capsys.readouterr()
+    assert main(["synth", "--out", str(tmp_path / "b"), "--videos", "3", "--classes", "4", "--shards", "1",
+                 "--max-frames", "5"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["warning: synth --videos is deprecated, use --num-videos",
+                   "warning: synth --classes is deprecated, use --num-classes"]
+    assert [f.read_bytes() for f in sorted((tmp_path / "a").iterdir())] == \
+        [f.read_bytes() for f in sorted((tmp_path / "b").iterdir())]
+    args = build_parser().parse_args(["extract", "v.mp4", "--output", "o", "--weights", "w.pth"])
+    assert args.backbone_weights == "w.pth"
+    assert "extract --weights is deprecated, use --backbone-weights" in capsys.readouterr().err
+
+
+def test_no_option_name_means_two_things_across_verbs():
+    """An option string is declared alike in every verb that has it: the same destination, type, arity and action
+    (old code: synth --videos N was a count where predict --videos FILE... are files; extract --weights was a
+    backbone's weights where every other verb's is the classifier's)."""
+    from attncluster.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if a.dest == "command").choices
+    kinds: dict[str, set] = {}
+    for verb, sub in verbs.items():
+        for action in sub._actions:
+            if (action.help or "").startswith("deprecated spelling"):
+                continue
+            for opt in action.option_strings:
+                kinds.setdefault(opt, set()).add((action.dest, action.type, action.nargs, type(action).__name__))
+    assert {opt: k for opt, k in kinds.items() if len(k) > 1} == {}
+    # --weights is the classifier's checkpoint (or its initialisation in train); extract's backbone weights are
+    # --backbone-weights (its old --weights spelling is deprecated)
+    assert "--weights" not in {o for a in verbs["extract"]._actions if a.dest != "backbone_weights"
+                               for o in a.option_strings}
+    # serve's video options are extract's declaration
+    serve_help = {o: a.help for a in verbs["serve"]._actions for o in a.option_strings}
+    extract_help = {o: a.help for a in verbs["extract"]._actions for o in a.option_strings}
+    for opt in ("--inception", "--pca", "--vggish", "--vggish-pca", "--random-weights", "--fps"):
+        assert serve_help[opt] == extract_help[opt], opt
+
+
+def test_the_cli_copies_of_exports_constants_agree():
+    pytest.importorskip("onnx")
+    from attncluster import export
+    from attncluster.cli import export as cli_export
+
+    assert (cli_export.DEFAULT_OPSET, cli_export.SUPPORTED_OPSETS, cli_export.INPUT_DTYPE_CHOICES) == \
+        (export.DEFAULT_OPSET, export.SUPPORTED_OPSETS, export.INPUT_DTYPE_CHOICES)

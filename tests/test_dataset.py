@@ -9,6 +9,7 @@ import torch
 from attncluster.data import RawVideo, VideoDataset, dequantize, make_loader, open_shard, resolve_shards, sample_indices
 from attncluster.data.features import FeatureShard, write_feature_dataset
 from attncluster.data.pickles import PickleShard
+from attncluster.data.records import ReadStats
 from attncluster.errors import ConfigError, DataError
 
 MODS = {"rgb": 8, "audio": 4}
@@ -436,6 +437,9 @@ def batches_of(ds, batch_size, workers, start=0):
     return [(b["id"], b["rgb"], b["audio"]) for b in make_loader(ds, batch_size, num_workers=workers)]
 
 
+# More workers than this machine's cores is what the test asks for (the batches must not depend on the number of
+# workers); torch's DataLoader says so on a small machine, an expected warning, not a fault.
+@pytest.mark.filterwarnings("ignore:This DataLoader will create .* worker processes:UserWarning")
 def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
     paths, truth = make_pickles(tmp_path, shards=3, per_shard=7)  # 21 videos
     names = {(s, j): f"s{s}_{j}" for s in range(3) for j in range(7)}
@@ -454,6 +458,9 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
                 assert torch.equal(r0, r1) and torch.equal(a0, a1)  # the same jittered frames too
 
 
+# More workers than this machine's cores is what the test asks for (the batches must not depend on the number of
+# workers); torch's DataLoader says so on a small machine, an expected warning, not a fault.
+@pytest.mark.filterwarnings("ignore:This DataLoader will create .* worker processes:UserWarning")
 def test_a_small_dataset_is_one_partial_batch_per_rank(tmp_path):
     """Fewer videos than one batch, more workers than batches: one batch with every video (not one per worker)."""
     paths, truth = make_pickles(tmp_path, shards=2, per_shard=5)
@@ -545,3 +552,226 @@ def test_a_features_layout_read_as_tfrecords_says_what_it_is(tmp_path):
                                  train=False, fmt="yt8m"), 2)
     ds = VideoDataset(str(tmp_path / "f"), modalities={"rgb": 4, "audio": 3}, num_classes=3, seg_num=2, train=False)
     assert [b["id"] for b in make_loader(ds, 2)] == [["v0"]]
+
+
+# --- the dataset from a config ----------------------------------------------------------------------------------------
+
+
+def test_from_config_carries_skip_corrupt_class_names_and_the_rank_of_distributed(tmp_path, monkeypatch):
+    from attncluster.config import load_config
+    from attncluster.distributed import DistInfo
+
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(C)))
+    paths, _ = make_pickles(tmp_path, 2, 3)
+    cfg = load_config(None, ["model.feature_dims={rgb: 8, audio: 4}", f"model.num_classes={C}", "model.seg_num=5",
+                             "data.skip_corrupt=true", f"data.class_names={names}", "train.seed=7",
+                             "data.format=pickle"])
+    monkeypatch.setenv("RANK", "1")  # what the dataset read by itself before: not the rank it was given
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = VideoDataset.from_config(cfg, paths, train=False, dist=DistInfo(rank=0, local_rank=0, world_size=1))
+    assert (ds.rank, ds.world_size) == (0, 1)
+    assert ds.skip_corrupt is True and ds.class_names == [f"class {i}" for i in range(C)]
+    assert (ds.modalities, ds.num_classes, ds.seg_num, ds.fmt, ds.seed) == (MODS, C, 5, "pickle", 7)
+    assert (ds.train, ds.shuffle, ds.dequantize) == (False, False, False)
+    ds = VideoDataset.from_config(cfg, paths, train=True, dist=DistInfo(rank=1, local_rank=1, world_size=3))
+    assert (ds.rank, ds.world_size, ds.train, ds.shuffle, ds.equal_ranks) == (1, 3, True, True, True)
+    ds = VideoDataset.from_config(cfg, paths, train=False)  # default: distributed.env_info()
+    assert (ds.rank, ds.world_size) == (1, 2)
+
+
+# --- non-finite features and damaged-only data, through every reader and verb ------------------------------------------
+
+
+def _video_level_shard(path, bad_index=None, bad_value=np.nan, n=4):
+    """Video-level records (1024 rgb + 128 audio means) written with the project's encoder and TFRecord writer."""
+    from attncluster.data.tfrecord import write_records
+    from attncluster.data.yt8m import encode_example
+
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(n):
+        mean = {"rgb": rng.uniform(-1, 1, 1024).astype(np.float32), "audio": rng.uniform(-1, 1, 128).astype(np.float32)}
+        if i == bad_index:
+            mean["rgb"][17] = bad_value
+        records.append(encode_example(f"v{i:03d}", [i % 5], mean))
+    write_records(path, records)
+    return path
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_feature_is_a_data_error_on_every_reader_path(tmp_path, bad):
+    from attncluster.data.yt8m import YT8MShard
+
+    path = str(_video_level_shard(tmp_path / "v.tfrecord", bad_index=2, bad_value=bad))
+    pattern = r"v.tfrecord: record 2 at byte offset \d+ \(id 'v002'\): 'rgb' features hold 1 non-finite value"
+    with pytest.raises(DataError, match=pattern):
+        list(YT8MShard(path))  # streaming (eval, predict)
+    with pytest.raises(DataError, match=pattern):
+        YT8MShard(path).read(2)  # random access (training)
+    ds = VideoDataset(path, modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=1, skip_corrupt=True)
+    ids = [s["id"] for s in ds]
+    assert ids == ["v000", "v001", "v003"] and ds.stats.corrupt == 1
+    # npz / npy features and pickles: the same check.
+    mean = np.zeros((1, 8), np.float64)
+    mean[0, 3] = bad
+    write_feature_dataset(str(tmp_path / "f"), [("a", [1], {"rgb": np.zeros((2, 8)), "audio": np.zeros((2, 4))}),
+                                           ("b", [2], {"rgb": np.vstack([mean, mean]), "audio": np.zeros((2, 4))})])
+    shard = FeatureShard(str(tmp_path / "f" / "labels.csv"), modalities=MODS)
+    with pytest.raises(DataError, match=r"labels.csv: line 3 \(id 'b'\): 'rgb' features hold 2 non-finite values"):
+        shard.read(1)
+    pkl = tmp_path / "p.pkl"
+    pkl.write_bytes(pickle.dumps([{"video": "p0", "feature": np.vstack([mean, mean]).astype(np.float32),
+                                   "audio": np.zeros((2, 4), np.float32), "label": [1], "nframes": 2}]))
+    with pytest.raises(DataError, match=r"p.pkl: record 0 \(id 'p0'\): 'rgb' features hold 2 non-finite"):
+        PickleShard(str(pkl), modalities=MODS).read(0)
+    shard = PickleShard(str(pkl), modalities=MODS, skip_corrupt=True, stats=(stats := ReadStats()))
+    assert list(shard) == [] and stats.corrupt == 1
+
+
+def test_a_float64_too_large_for_float32_is_refused_as_the_inf_it_becomes(tmp_path):
+    big = np.full((2, 8), 1e300)
+    write_feature_dataset(str(tmp_path / "f"), [("b", [2], {"rgb": big, "audio": np.zeros((2, 4))})])
+    with pytest.raises(DataError, match="non-finite"):
+        FeatureShard(str(tmp_path / "f" / "labels.csv"), modalities=MODS).read(0)
+
+
+@pytest.fixture(scope="module")
+def video_level_ckpt(tmp_path_factory):
+    import torch
+
+    from attncluster.checkpoint import atomic_save
+    from attncluster.config import load_config
+    from attncluster.model import AttentionCluster
+
+    root = tmp_path_factory.mktemp("vl_ckpt")
+    cfg = load_config(None, ["model.num_classes=5", "model.seg_num=1", "model.cluster_nums=1",
+                             "model.hidden_sizes=[16]", "data.num_workers=0", "data.format=yt8m", "train.epochs=1",
+                             "train.batch_size=2", "eval.batch_size=2", "eval.top_k=3"])
+    (root / "config.yaml").write_text(cfg.to_yaml())
+    torch.manual_seed(0)
+    atomic_save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict()}, root / "model.pt")
+    return root
+
+
+def _main(capsys, *argv):
+    from attncluster.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def _verb_args(verb, ckpt, data, tmp_path, run="run"):
+    cfg = ["--config", ckpt / "config.yaml"]
+    if verb == "train":
+        return ["train", *cfg, "-o", f"data.train={data}", "-o", f"data.valid={data}", "--run-dir", tmp_path / run,
+                "--device", "cpu"]
+    if verb == "eval":
+        return ["eval", *cfg, "--weights", ckpt / "model.pt", "--data", data, "--device", "cpu"]
+    return ["predict", *cfg, "--weights", ckpt / "model.pt", "--data", data, "--output", tmp_path / "p.jsonl",
+            "--device", "cpu"]
+
+
+# train: ~7 s (two runs), so slow; the training reader's path (random access read(i), skipped and counted) is
+# covered fast by test_a_non_finite_feature_is_a_data_error_on_every_reader_path.
+@pytest.mark.parametrize("verb", ["eval", "predict", pytest.param("train", marks=pytest.mark.slow)])
+def test_a_nan_record_through_each_verb_is_one_error_line_or_skipped_and_counted(verb, video_level_ckpt, tmp_path,
+                                                                                 capsys):
+    data = _video_level_shard(tmp_path / "v.tfrecord", bad_index=1)
+    code, lines = _main(capsys, *_verb_args(verb, video_level_ckpt, data, tmp_path))
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "v.tfrecord: record 1 at byte offset" in lines[0] and "(id 'v001')" in lines[0] and "non-finite" in lines[0]
+    code, lines = _main(capsys, *_verb_args(verb, video_level_ckpt, data, tmp_path, "run2"), "-o",
+                        "data.skip_corrupt=true")
+    assert code == 0, lines
+    warned = [line for line in lines if "non-finite" in line]
+    assert warned and all(line.startswith("warning: ") and "(id 'v001')" in line for line in warned), lines
+    if verb == "predict":
+        import json
+
+        rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in rows] == ["v000", "v002", "v003"]
+
+
+def test_eval_when_every_record_is_skipped_is_one_error_line(video_level_ckpt, tmp_path, capsys):
+    from attncluster.data.tfrecord import write_records
+    from attncluster.data.yt8m import encode_example
+
+    nan = {"rgb": np.full(1024, np.nan, np.float32), "audio": np.zeros(128, np.float32)}
+    write_records(tmp_path / "bad.tfrecord", [encode_example(f"b{i}", [1], nan) for i in range(3)])
+    argv = _verb_args("eval", video_level_ckpt, tmp_path / "bad.tfrecord", tmp_path)
+    code, lines = _main(capsys, *argv, "-o", "data.skip_corrupt=true")
+    assert code == 2 and lines[-1].startswith("error: "), lines
+    assert "every record was skipped as damaged (3 skipped" in lines[-1]
+    assert all(line.startswith("warning: ") for line in lines[:-1]) and len(lines) == 4, lines
+    # Damage found while counting records (an empty file) counts too: still one error line, not a traceback.
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    code, lines = _main(capsys, *_verb_args("eval", video_level_ckpt, tmp_path / "empty.tfrecord", tmp_path),
+                        "-o", "data.skip_corrupt=true")
+    assert code == 2 and lines[-1].startswith("error: ") and "every record was skipped" in lines[-1], lines
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zlib"])
+def test_compressed_shards_train_eval_and_predict_as_the_plain_ones(video_level_ckpt, tmp_path, capsys, kind):
+    import gzip
+    import zlib
+
+    plain = _video_level_shard(tmp_path / "v.tfrecord")
+    packed = tmp_path / f"v.tfrecord.{kind}"
+    packed.write_bytes((gzip.compress if kind == "gzip" else zlib.compress)(plain.read_bytes()))
+    a = VideoDataset(str(plain), modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=1, train=True)
+    b = VideoDataset(str(packed), modalities={"rgb": 1024, "audio": 128}, num_classes=5, seg_num=1, train=True)
+    for x, y in zip(make_loader(a, 3), make_loader(b, 3)):  # random access (training's shuffled reads)
+        assert x["id"] == y["id"] and torch.equal(x["rgb"], y["rgb"]) and torch.equal(x["labels"], y["labels"])
+    outs = []
+    for data in (plain, packed):
+        code, lines = _main(capsys, *_verb_args("predict", video_level_ckpt, data, tmp_path))
+        assert code == 0, lines
+        outs.append((tmp_path / "p.jsonl").read_text())
+        code, lines = _main(capsys, *_verb_args("eval", video_level_ckpt, data, tmp_path))
+        assert code == 0, lines
+    assert outs[0] == outs[1] and outs[0].count("\n") == 4
+
+
+def test_one_frame_data_under_a_frame_level_config_warns_once_naming_the_config(tmp_path, capsys):
+    data = str(_video_level_shard(tmp_path / "v.tfrecord"))
+    mods = {"rgb": 1024, "audio": 128}
+    ds = VideoDataset([data, data], modalities=mods, num_classes=5, seg_num=100, train=True)
+    batches = list(make_loader(ds, 2))
+    assert sum(len(b["id"]) for b in batches) == 8
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 1, err
+    assert "v.tfrecord: record 0 (id 'v000') holds 1 frame, but model.seg_num is 100" in err
+    assert "--config youtube8m_video_level" in err
+    ds.set_epoch(1)
+    list(make_loader(ds, 2))
+    assert capsys.readouterr().err == ""  # once, not per epoch
+    # The right config (seg_num 1), or frame-level data, says nothing.
+    list(make_loader(VideoDataset(data, modalities=mods, num_classes=5, seg_num=1), 2))
+    paths, _ = make_pickles(tmp_path, 1, 3)
+    list(make_loader(VideoDataset(paths, modalities=MODS, num_classes=C, seg_num=SEG), 2))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow  # ~6 s; the dataset-level test above is the fast one
+def test_train_on_video_level_shards_with_the_frame_level_config_warns(video_level_ckpt, tmp_path, capsys):
+    data = _video_level_shard(tmp_path / "v.tfrecord")
+    code, lines = _main(capsys, *_verb_args("train", video_level_ckpt, data, tmp_path), "-o", "model.seg_num=100")
+    assert code == 0, lines
+    warned = [line for line in lines if "holds 1 frame" in line]
+    assert len(warned) == 1 and "--config youtube8m_video_level" in warned[0], lines
+
+
+def test_the_one_frame_check_reads_record_0_without_counting_or_raising_its_damage_early(tmp_path, capsys):
+    """A damaged first record is reported where the epoch reads it (once), not by the one-frame check."""
+    data = _video_level_shard(tmp_path / "v.tfrecord", bad_index=0)
+    mods = {"rgb": 1024, "audio": 128}
+    ds = VideoDataset(str(data), modalities=mods, num_classes=5, seg_num=4, skip_corrupt=True)
+    assert [v for b in make_loader(ds, 2) for v in b["id"]] == ["v001", "v002", "v003"]
+    err = capsys.readouterr().err
+    assert err.count("non-finite") == 1 and "damaged stretch" not in err and ds.stats.corrupt == 1, err
+    ds = VideoDataset(str(data), modalities=mods, num_classes=5, seg_num=4)
+    assert ds.num_videos == 4  # counting the records does not raise
+    with pytest.raises(DataError, match="record 0 at byte offset 0 .*non-finite"):
+        list(make_loader(ds, 2))

@@ -173,6 +173,93 @@ def test_float_input_export_takes_float_features(small, tmp_path):
         OnnxPredictor(str(small["root"] / "m.onnx")).scores(f)
 
 
+# ---------------------------------------------------------------------------------------------- input dtype
+
+
+@pytest.fixture(scope="module")
+def video_level(tmp_path_factory):
+    """A video-level model (seg_num 1) and a video-level shard (float mean_rgb / mean_audio), as the shipped
+    youtube8m_video_level config reads: its checkpoint and config."""
+    from attncluster.data.tfrecord import TFRecordWriter
+    from attncluster.data.yt8m import encode_example
+
+    root = tmp_path_factory.mktemp("video_level")
+    rng = np.random.default_rng(0)
+    with TFRecordWriter(str(root / "validate0000.tfrecord")) as w:
+        for i in range(6):
+            feats = {m: rng.standard_normal(f).astype(np.float32) for m, f in DIMS.items()}
+            w.write(encode_example(f"v{i}", [i % TINY_CLASSES], feats))
+    cfg = load_config(None, [f"data.valid={root / 'validate0000.tfrecord'}", "data.format=yt8m",
+                             f"model.num_classes={TINY_CLASSES}", "model.seg_num=1", "model.cluster_nums=1",
+                             "model.hidden_sizes=[16]", "data.num_workers=0"])
+    torch.manual_seed(1)
+    model = AttentionCluster(**cfg.model.model_kwargs()).eval()
+    torch.save({"model": model.state_dict()}, root / "w.pt")
+    return root, cfg, model
+
+
+@pytest.mark.slow  # an export, ~9 s; test_export_refuses_uint8_for_float_data_and_auto_without_data is the fast one
+def test_export_takes_the_input_dtype_from_float_video_level_data(video_level, tmp_path):
+    """Before, the video-level config silently gave a uint8 graph that refused its own data at predict --onnx."""
+    root, cfg, model = video_level
+    lines: list[str] = []
+    export_onnx(cfg, str(root / "w.pt"), str(tmp_path / "v.onnx"), log=lines.append)
+    g = onnx.load(str(tmp_path / "v.onnx"))
+    assert {i.type.tensor_type.elem_type for i in g.graph.input} == {onnx.TensorProto.FLOAT}
+    assert any(line.startswith("export: float32 inputs (from the data: float32 features in ") for line in lines)
+    from attncluster.data.yt8m import YT8MShard
+
+    videos = list(YT8MShard(str(root / "validate0000.tfrecord"), modalities=DIMS, num_classes=TINY_CLASSES))
+    feats = {m: np.stack([v.features[m] for v in videos]) for m in DIMS}  # (6, 1, F) float32, as the data holds
+    with torch.no_grad():
+        ref = torch.sigmoid(model({m: torch.from_numpy(x) for m, x in feats.items()})).numpy()
+    assert np.abs(OnnxPredictor(str(tmp_path / "v.onnx")).scores(feats) - ref).max() <= 1e-5
+
+
+def test_export_refuses_uint8_for_float_data_and_auto_without_data(video_level, small, tmp_path):
+    import dataclasses
+
+    root, cfg, _ = video_level
+    with pytest.raises(ConfigError) as e:
+        export_onnx(cfg, str(root / "w.pt"), str(tmp_path / "u.onnx"), input_dtype="uint8", log=quiet)
+    assert "--input-dtype uint8: the config's data holds float features" in str(e.value) and "\n" not in str(e.value)
+    gone = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, valid=[str(tmp_path / "missing.tfrecord")],
+                                                             train=[]))
+    with pytest.raises(ConfigError, match=r"cannot choose the graph's input dtype from the data \(data.valid: .*"
+                                          r"missing.tfrecord.*pass --input-dtype uint8 .* or float32"):
+        export_onnx(gone, str(root / "w.pt"), str(tmp_path / "u.onnx"), log=quiet)
+    assert list(tmp_path.iterdir()) == []
+    # Frame-level (uint8) data: auto keeps uint8 inputs (the small fixture's graphs were exported with auto).
+    assert small["lines"][0].startswith("export: uint8 inputs (from the data: uint8 features in ")
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+
+@pytest.mark.slow  # an export, ~8 s; test_a_full_disk_names_the_triton_files is the fast one of the same writer
+def test_a_full_disk_during_export_is_one_line_naming_the_output(small, tmp_path, capsys):
+    from test_outputs import file_size_limit
+
+    root = small["root"]
+    out = tmp_path / "m.onnx"
+    with file_size_limit(20_000):  # the graph is about 90 kB
+        code, _, err = cli(capsys, "export", "--config", root / "config.yaml", "--weights", root / "w.pt",
+                           "--output", out)
+    assert code == 2 and err.startswith(f"error: {out}: cannot write: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_names_the_triton_files(small, tmp_path):
+    from attncluster.errors import FileError
+    from attncluster.export import write_triton_repository
+    from test_outputs import file_size_limit
+
+    with file_size_limit(20_000), pytest.raises(FileError) as e:
+        write_triton_repository(str(small["root"] / "m.onnx"), str(tmp_path / "triton"), name="clf")
+    assert str(e.value).startswith(f"{tmp_path / 'triton' / 'clf' / '1' / 'model.onnx'}: cannot write: ")
+    assert [p.name for p in (tmp_path / "triton" / "clf" / "1").iterdir()] == []
+
+
 def test_bad_inputs_are_one_line_errors(small, tmp_path):
     with pytest.raises(DataError, match="not an ONNX model"):
         OnnxPredictor(str(small["root"] / "w.pt"))

@@ -3,6 +3,7 @@ and predict --videos against extract-then-predict."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,7 +20,8 @@ from extract_videos import TinyPipeline, make_video  # noqa: E402
 from attncluster.config import load_config  # noqa: E402
 from attncluster.errors import ConfigError, DataError  # noqa: E402
 from attncluster.extract.decode import decode_video  # noqa: E402
-from attncluster.extract.pipeline import Extractor, classify_videos, run_extract, video_id  # noqa: E402
+from attncluster.extract.pipeline import Extractor, run_extract, video_id  # noqa: E402
+from attncluster.predict import classify_videos  # noqa: E402
 from attncluster.extract.writer import read_manifests  # noqa: E402
 
 
@@ -389,3 +391,127 @@ def test_a_folder_contributes_its_video_files_and_says_what_it_left_out(tmp_path
     (tmp_path / "only" / "x.doc").write_bytes(b"x")
     with pytest.raises(ConfigError, match="a folder with no video files"):
         expand_videos([str(tmp_path / "only")])
+
+
+# --- decode workers die with their parent ---------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pids, seconds: float) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+PARENT = """
+import os, sys, time
+from attncluster.extract.pipeline import Extractor
+
+class Frames:
+    modalities = {"rgb": 4}
+
+def slow_decode(path, *args):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(60)  # busy, as a worker decoding a long video
+
+if __name__ == "__main__":
+    ex = Extractor(Frames(), num_workers=1)
+    ex.decode_fn = slow_decode
+    next(ex.iter_extract([sys.argv[1]]))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_decode_worker_dies_with_its_killed_parent(tmp_path):
+    """kill -9 of the process that owns the decode pool: its busy worker is gone within seconds (it used to live
+    on until its work was done, and the multiprocessing resource tracker with it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "parent.py", tmp_path / "worker.pid"
+    script.write_text(PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    helpers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        helpers = _children(parent.pid)  # the worker and the resource tracker
+        assert worker in helpers and _alive(worker)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert _wait_gone(helpers, 3.0) == []
+    finally:
+        parent.kill()
+        for p in helpers:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_kill_9_of_a_real_extract_leaves_no_worker_and_no_resource_tracker(tmp_path):
+    """The real verb, YouTube-8M preset with random weights, 2 decode workers: kill -9 mid-run, and within a few
+    seconds none of its helper processes is left."""
+    pytest.importorskip("attncluster.extract.features")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(6):
+        make_video(clips / f"v{i}.mp4", 200, Fraction(10))  # 20 s each: 20 frames through Inception each
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    p = subprocess.Popen([sys.executable, "-m", "attncluster", "extract", str(clips), "--output", str(tmp_path / "o"),
+                          "--random-weights", "0", "--num-workers", "2", "--device", "cpu"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        helpers: list[int] = []
+        while time.monotonic() < deadline and len(helpers) < 3 and p.poll() is None:  # 2 workers + tracker
+            time.sleep(0.2)
+            helpers = _children(p.pid)
+        assert len(helpers) >= 3, f"extract ended or never started its workers ({p.poll()})"
+        time.sleep(1.0)  # mid-run: the workers are decoding
+        helpers = _children(p.pid)
+        assert p.poll() is None and len(helpers) >= 3, "extract ended before it could be killed mid-run"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        assert _wait_gone(helpers, 5.0) == []
+    finally:
+        p.kill()

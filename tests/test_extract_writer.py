@@ -251,3 +251,31 @@ def test_features_format_reads_back(tmp_path):
     with pytest.raises(ConfigError, match="--format yt8m stores quantized uint8"):
         ShardWriter(str(tmp_path / "y")).add({"id": "a", "source": "a"}, {"rgb": arrays["v0"]["rgb"]}, None)
     assert json.loads(open(os.path.join(out, "manifest.rank0.jsonl")).readline())["labels"] == [0]
+
+
+def test_a_full_disk_names_the_shard_and_leaves_no_temporary_file(tmp_path):
+    """Before, a full disk left extract-000-00000.tfrecord.tmp and said only 'No space left on device'."""
+    from attncluster.errors import FileError
+    from test_outputs import file_size_limit
+
+    out = str(tmp_path / "out")
+    w = ShardWriter(out, shard_size=2)
+    frames = {"rgb": np.zeros((50, 1024), np.uint8), "audio": np.zeros((50, 128), np.uint8)}
+    w.add({"id": "a", "source": "a.mp4"}, frames, [1])
+    with file_size_limit(10_000), pytest.raises(FileError) as e:
+        w.add({"id": "b", "source": "b.mp4"}, frames, [2])  # the second video fills the shard: it is written
+    assert str(e.value).startswith(f"{os.path.join(out, 'extract-000-00000.tfrecord')}: cannot write: ")
+    assert os.listdir(out) == []
+
+
+def test_a_killed_runs_temporary_files_are_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    debris = [".extract-000-00003.tfrecord.ab12cd.tmp", ".extract-001-00000.tfrecord.zz.tmp", ".v1.npz.q1w2.tmp",
+              ".labels.csv.xx.tmp", "extract-000-00004.tfrecord.tmp"]
+    mine = ["notes.tmp", ".my.config.tmp", "clip.mp4"]
+    for name in debris + mine:
+        (out / name).write_bytes(b"x")
+    w = ShardWriter(str(out))
+    assert sorted(w.removed) == sorted(debris)
+    assert sorted(os.listdir(out)) == sorted(mine)

@@ -124,3 +124,31 @@ def test_real_shard(tmp_path):
     assert all(len(line["id"]) == 4 and line["num_frames"] == 1 and line["labels"] for line in lines)
     assert all(-2 < line["mean"]["rgb"] < 2 and -2 < line["mean"]["audio"] < 2 for line in lines)
     assert err.strip() == f"inspect: 1 file, {records} videos, {records} frames, 0 corrupt records skipped"
+
+
+def test_compressed_shards_are_inspected(tmp_path, frame_shard):
+    import gzip
+    import zlib
+
+    path, videos = frame_shard
+    gz, zl = tmp_path / "train0000.tfrecord.gz", tmp_path / "train0000.tfrecord.zz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    zl.write_bytes(zlib.compress(path.read_bytes()))
+    code, lines, err = run([gz, zl])
+    assert code == 0 and [line["id"] for line in lines] == ["vd00", "vd01", "vd02"] * 2
+    assert err.strip() == "inspect: 2 files, 6 videos, 44 frames, 0 corrupt records skipped"
+
+
+def test_non_finite_means_are_an_error_or_skipped_never_printed(tmp_path, capsys):
+    good = {"rgb": np.zeros(1024, np.float32), "audio": np.zeros(128, np.float32)}
+    bad = {"rgb": np.zeros(1024, np.float32), "audio": np.full(128, np.inf, np.float32)}
+    path = tmp_path / "v.tfrecord"
+    write_records(path, [encode_example("ok00", [1], good), encode_example("inf1", [2], bad)])
+    code = main(["inspect", str(path)])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "v.tfrecord: record 1 at byte offset" in lines[0] and "(id 'inf1')" in lines[0]
+    assert "NaN" not in out and "Infinity" not in out
+    code, lines, err = run([path], skip_corrupt=True)
+    assert [line["id"] for line in lines] == ["ok00"] and "1 corrupt record skipped" in err

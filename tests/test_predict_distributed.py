@@ -1,10 +1,11 @@
-"""predict.py at corpus scale: ranks each predict a share and rank 0 merges; the file equals a single process's."""
+"""predict.py at corpus scale: ranks each predict a share and rank 0 merges; the rows equal a single process's."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,9 +39,18 @@ def test_two_ranks_write_exactly_the_rows_of_one_process(model_files, tiny_data,
     p = torchrun("predict", "--config", root / "config.yaml", "--weights", root / "w.pt", "--data", *data,
                  "--output", two, "--top-k", 3, "--device", "cpu")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert two.read_bytes() == one.read_bytes()
     rows = [json.loads(line) for line in one.read_text().splitlines()]
+    rows2 = [json.loads(line) for line in two.read_text().splitlines()]
     assert len(rows) == 136 and len({r["id"] for r in rows}) == 136  # every video once
+    # The same videos in the same (--data) order. Scores are not bit-equal: torchrun sets OMP_NUM_THREADS=1 and each
+    # rank batches other videos together, so the GEMMs round in another order (float32: ~1e-7 relative). Printed
+    # with 6 decimals, a score may differ in its last digit: |diff| <= 1e-6 plus the rounding of two prints.
+    assert [r["id"] for r in rows2] == [r["id"] for r in rows]
+    for a, b in zip(rows, rows2):
+        assert np.allclose(a["scores"], b["scores"], rtol=0, atol=1.5e-6), (a, b)
+        # classes agree, except that two classes whose scores are within that tolerance may swap places
+        swapped = [i for i, (x, y) in enumerate(zip(a["classes"], b["classes"])) if x != y]
+        assert all(abs(a["scores"][i] - a["scores"][j]) <= 1.5e-6 for i in swapped for j in swapped), (a, b)
     assert any("predict: 136 videos" in line and "2 ranks" in line for line in rank_lines(p.stdout, 0))
     assert rank_lines(p.stdout, 1) == []  # only rank 0 reports
     assert sorted(x.name for x in two.parent.iterdir()) == ["two.jsonl"]  # no part file left behind

@@ -2,11 +2,8 @@
 
 import base64
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-httpx = pytest.importorskip("httpx")  # with fastapi, uvicorn, python-multipart: the serve extra (CI installs it)
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("python_multipart")
+# The test extra installs httpx and the serve extra (fastapi, uvicorn, python-multipart, fastapi-offline): a missing
+# one is a failure of the install, so these imports are not skips.
+import fastapi  # noqa: F401
+import fastapi_offline  # noqa: F401
+import httpx
+import python_multipart  # noqa: F401
+import uvicorn  # noqa: F401
+from serve_helpers import Server
 
 from attncluster.config import load_config, save_config
 from attncluster.data.records import dequantize
@@ -28,43 +29,6 @@ from attncluster.model import AttentionCluster
 
 TOKEN = "s3cret-Token_0123456789"
 CLASSES = 5
-
-
-def _read_stderr(proc, lines):
-    for line in proc.stderr:
-        lines.append(line)
-
-
-class Server:
-    """``python -m attncluster serve ... --port 0`` in a subprocess; the port is read from its first line."""
-
-    def __init__(self, *args):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "attncluster", "serve", *map(str, args), "--port", "0"],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-        self.lines = []
-        first = ""
-        while not first.startswith("serve: http://") and (first or not self.lines):  # warnings may come first
-            first = self.proc.stderr.readline()
-            self.lines.append(first)
-        threading.Thread(target=_read_stderr, args=(self.proc, self.lines), daemon=True).start()
-        assert first.startswith("serve: http://127.0.0.1:"), "".join(self.lines)
-        self.url = first.split()[1]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and self.proc.poll() is None, "".join(self.lines)
-            time.sleep(0.1)
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +113,35 @@ def test_health_readiness_metrics_and_docs(server):
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
     assert "# TYPE attncluster_batch_size histogram" in text and "attncluster_ready 1" in text
     assert 'attncluster_requests_total{endpoint="/healthz",status="200"}' in text
+
+
+def test_docs_work_offline_every_asset_from_this_server(server):
+    from html.parser import HTMLParser
+    from urllib.parse import urljoin, urlsplit
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls = []
+
+        def handle_starttag(self, tag, attrs):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    links = Links()
+    links.feed(page.text)
+    assert len(links.urls) >= 3, links.urls  # the script, the stylesheet, the icon
+    here = urlsplit(server.url).netloc
+    for url in links.urls + ["/openapi.json"]:
+        full = urljoin(server.url + "/docs", url)
+        assert urlsplit(full).netloc == here, url  # nothing from a CDN
+        r = httpx.get(full)
+        assert r.status_code == 200 and len(r.content) > 0, (url, r.status_code)
+    assert "SwaggerUIBundle" in httpx.get(urljoin(server.url, next(u for u in links.urls if u.endswith(".js")))).text
+    # No absolute URL anywhere in the page's own text (inline script included); the validator badge is off.
+    assert "http://" not in page.text and "https://" not in page.text, page.text
+    assert '"validatorUrl": null' in page.text
 
 
 def test_concurrent_requests_answer_as_predict_does(setup, server):

@@ -1,11 +1,11 @@
-"""serve_batching.DynamicBatcher: batches form under concurrency, a bad item fails alone, max_wait holds, drains."""
+"""serve.batching.DynamicBatcher: batches form under concurrency, a bad item fails alone, max_wait holds, drains."""
 
 import threading
 import time
 
 import pytest
 
-from attncluster.serve_batching import BatcherClosed, DynamicBatcher
+from attncluster.serve.batching import BatcherClosed, DynamicBatcher
 
 
 class Gate:

@@ -157,3 +157,25 @@ def test_an_interrupted_synth_leaves_no_shard_that_reads_as_valid(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         write_synthetic(tmp_path / "d", videos=8, classes=3, shards=2, seed=0, **SMALL)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train0000.tfrecord"]
+
+
+def test_a_full_disk_is_one_error_naming_the_shard_and_leaves_no_temporary(tmp_path):
+    from attncluster.errors import FileError
+    from test_outputs import file_size_limit
+
+    out = tmp_path / "d"
+    with file_size_limit(2000), pytest.raises(FileError) as e:  # a shard of 8 videos of 1024 + 128 dims is larger
+        write_synthetic(out, videos=8, classes=3, shards=1, seed=0, max_frames=10)
+    assert str(e.value).startswith(f"{out / 'train0000.tfrecord'}: cannot write: ") and "\n" not in str(e.value)
+    assert list(out.iterdir()) == []
+
+
+def test_a_killed_synths_temporary_file_does_not_block_the_next_run(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".train0000.tfrecord.a1b2c3.tmp").write_bytes(b"half a shard")  # what kill -9 leaves
+    write_synthetic(out, videos=4, classes=3, shards=1, seed=0, **SMALL)
+    assert sorted(p.name for p in out.iterdir()) == ["train0000.tfrecord", "vocabulary.csv"]
+    (out / ".mine.tmp").write_bytes(b"a user's file")
+    with pytest.raises(ConfigError, match="not empty"):
+        write_synthetic(out, videos=4, classes=3, shards=1, seed=0, **SMALL)

@@ -323,10 +323,84 @@ def test_not_a_tfrecord_file(tmp_path):
 
 @needs_real
 def test_index_of_every_real_shard_matches_a_struct_walk():
-    shards = sorted(REAL_DIR.glob("*.tfrecord"))
+    shards = sorted(REAL_DIR.glob("validate00[01][0-9].tfrecord"))  # the 20 shards tests may use
     assert len(shards) == 20
     for path in shards:
         with open_records(str(path)) as f:
             index = index_records(f, str(path))
         assert [tuple(r) for r in index.tolist()] == walk(path.read_bytes())
         assert 250 < len(index) < 350  # about 290-307 videos per shard
+
+
+# --- compressed files (TFRecordOptions compression_type GZIP / ZLIB) -------------------------------------------------
+
+
+def _compressed(kind: str, data: bytes) -> bytes:
+    """The whole record stream compressed, as TensorFlow's writer does: GZIP = one gzip stream (zlib with the gzip
+    wrapper), ZLIB = one zlib stream (RFC 1950)."""
+    import gzip
+    import zlib
+
+    return gzip.compress(data) if kind == "GZIP" else zlib.compress(data)
+
+
+@pytest.mark.parametrize("kind", ["GZIP", "ZLIB"])
+def test_gzip_and_zlib_files_read_with_crcs_checked(tmp_path, kind):
+    from attncluster.data.tfrecord import compression_of
+    from attncluster.data.yt8m import YT8MShard, encode_example
+
+    rng = np.random.default_rng(0)
+    videos = [(f"z{i}", [i], {"rgb": rng.normal(size=1024).astype(np.float32),
+                              "audio": rng.normal(size=128).astype(np.float32)}) for i in range(5)]
+    buf = io.BytesIO()
+    write_records(buf, [encode_example(*v) for v in videos])
+    path = tmp_path / f"v.tfrecord.{kind.lower()}"
+    path.write_bytes(_compressed(kind, buf.getvalue()))
+    assert compression_of(path.read_bytes()[:12]) == kind
+    assert compression_of(buf.getvalue()[:12]) is None
+    read = list(YT8MShard(str(path)))
+    assert [v.id for v in read] == [v[0] for v in videos]
+    assert all(np.array_equal(r.features["rgb"][0], v[2]["rgb"]) for r, v in zip(read, videos))
+    shard = YT8MShard(str(path))
+    assert len(shard) == 5 and shard.read(3).id == "z3" and shard.read(0).id == "z0"  # random access
+    assert [bytes(p) for _, _, p in iter_records(str(path))] == [encode_example(*v) for v in videos]
+    # A damaged payload inside the compressed stream is caught by its CRC, as in a plain file.
+    data = bytearray(buf.getvalue())
+    data[walk(bytes(data))[2][0] + 12 + 40] ^= 1
+    path.write_bytes(_compressed(kind, bytes(data)))
+    with pytest.raises(DataError, match=r"record 2 at byte offset \d+: .*CRC"):
+        list(YT8MShard(str(path)))
+    stats = ReadStats()
+    assert [v.id for v in YT8MShard(str(path), skip_corrupt=True, stats=stats)] == ["z0", "z1", "z3", "z4"]
+    assert stats.corrupt == 1
+    # A truncated compressed stream is named, not read as fewer records.
+    whole = _compressed(kind, buf.getvalue())
+    path.write_bytes(whole[:-9])
+    with pytest.raises(DataError, match=f"{kind}-compressed TFRecord file is truncated|damaged {kind}"):
+        list(YT8MShard(str(path)))
+
+
+def test_a_plain_file_whose_first_bytes_look_like_zlib_is_read_plain(tmp_path):
+    # A first record of 0x9c78 = 40056 bytes starts the file with 78 9c, zlib's most common header.
+    payload = bytes(40056)
+    path = tmp_path / "plain.tfrecord"
+    write_records(path, [payload, b"second"])
+    assert path.read_bytes()[:2] == b"\x78\x9c"
+    assert [bytes(p) for _, _, p in iter_records(str(path))] == [payload, b"second"]
+
+
+def test_multi_member_gzip_and_a_decompression_bomb(tmp_path, monkeypatch):
+    import gzip
+
+    from attncluster.data import tfrecord
+
+    a, b = io.BytesIO(), io.BytesIO()
+    write_records(a, [b"one", b"two"])
+    write_records(b, [b"three"])
+    path = tmp_path / "cat.tfrecord.gz"
+    path.write_bytes(gzip.compress(a.getvalue()) + gzip.compress(b.getvalue()))  # cat a.gz b.gz
+    assert [bytes(p) for _, _, p in iter_records(str(path))] == [b"one", b"two", b"three"]
+    monkeypatch.setattr(tfrecord, "MIN_EXPANSION_BYTES", 1000)
+    path.write_bytes(gzip.compress(bytes(1 << 20)))
+    with pytest.raises(DataError, match="expands to more than"):
+        list(iter_records(str(path)))

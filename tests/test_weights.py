@@ -1,5 +1,4 @@
-"""weights.py: --weights accepting every supported weights file, the safe unpickler, the legacy upgrade; and the
-direction of imports in the package (no cycles)."""
+"""weights.py: --weights accepting every supported weights file, the safe unpickler, the legacy upgrade."""
 
 import pickle
 
@@ -257,71 +256,12 @@ def test_resuming_a_pre_format_checkpoint_rescales_adams_moments(tmp_path):
     build_optimizer(new, cfg).load_state_dict(ckpt["optimizer"])
 
 
-# ---- the direction of imports ----------------------------------------------------------------------------------------
+def test_weights_and_paddle_do_not_reach_up_to_the_training_state():
+    """The split (the whole package's acyclic import graph is tests/test_imports.py): checkpoint reads through
+    weights, and neither weights nor paddle imports checkpoint, rundir or train."""
+    from test_imports import import_graph
 
-
-def _import_graph() -> dict[str, set[str]]:
-    """attncluster's modules -> the attncluster modules each imports anywhere in its source (lazy imports too)."""
-    import ast
-    from pathlib import Path
-
-    import attncluster
-
-    root = Path(attncluster.__file__).parent
-    names = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root.parent).with_suffix("").parts
-        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    graph = {}
-    for name, path in names.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([node.module] if node.module else []))
-                for a in node.names:  # "from attncluster import distributed" names a module, too
-                    deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in names else base)
-        graph[name] = {d for d in deps if d in names and d != name}
-    return graph
-
-
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle of ``graph`` (as a path that returns to its start), or None."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(v: str) -> list[str] | None:
-        state[v] = 1
-        path.append(v)
-        for w in sorted(graph[v]):
-            if state.get(w) == 1:
-                return path[path.index(w):] + [w]
-            if w not in state and (found := visit(w)):
-                return found
-        state[v] = 2
-        path.pop()
-        return None
-
-    for v in sorted(graph):
-        if v not in state and (found := visit(v)):
-            return found
-    return None
-
-
-def test_the_cycle_finder_finds_a_cycle():
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
-    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
-
-
-def test_no_module_of_the_package_imports_itself_back():
-    graph = _import_graph()
-    assert {"attncluster.checkpoint", "attncluster.weights", "attncluster.paddle"} <= set(graph)
-    assert "attncluster.weights" in graph["attncluster.checkpoint"]  # checkpoint reads through weights ...
-    assert not graph["attncluster.weights"] & {"attncluster.checkpoint", "attncluster.train", "attncluster.rundir"}
-    assert "attncluster.checkpoint" not in graph["attncluster.paddle"]  # ... and paddle no longer imports checkpoint
-    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    graph = import_graph()
+    assert "attncluster.weights" in graph["attncluster.checkpoint"]
+    up = {"attncluster.checkpoint", "attncluster.rundir", "attncluster.train"}
+    assert not graph["attncluster.weights"] & up and not graph["attncluster.paddle"] & up

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AttentionCluster": "attncluster.model",
     "Extractor": "attncluster.extract.pipeline",
-    "classify_videos": "attncluster.extract.pipeline",
+    "classify_videos": "attncluster.predict",
 }
 
 

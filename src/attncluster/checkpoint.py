@@ -18,41 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from attncluster.errors import writing
 from attncluster.model import FORMAT_KEY, STATE_FORMAT
 # Loading lives in weights.py; these names stay importable from here for callers of the old home.
 from attncluster.weights import load_checkpoint, load_for_finetune, load_weights, shape_mismatches  # noqa: F401
 
 
-def _atomic_write(write, path: str | Path) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, rename it to ``path``, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+def _atomic_write(write, path: str | Path, what: str = "write") -> None:
+    """Call ``write(f)`` on a temporary file next to ``path`` and rename it over ``path`` (``outputs.atomic_output``:
+    fsync of the file and of the folder; one FileError naming ``path`` on failure)."""
+    from attncluster.outputs import atomic_output
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:  # the rename itself is durable only once the folder is synced (POSIX; not possible on every system)
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_output(path, "wb", what=what) as f:
+        write(f)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -62,14 +39,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """
     if isinstance(obj, dict) and "model" in obj and FORMAT_KEY not in obj:
         obj = {**obj, FORMAT_KEY: STATE_FORMAT}
-    with writing(path, "write checkpoint"):  # disk full, read-only folder: one FileError naming the path
-        _atomic_write(lambda f: torch.save(obj, f), path)
+    _atomic_write(lambda f: torch.save(obj, f), path, "write checkpoint")  # one FileError naming the path
 
 
 def atomic_write_bytes(data: bytes, path: str | Path, what: str = "write") -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename): readers see the old or the new file."""
-    with writing(path, what):
-        _atomic_write(lambda f: f.write(data), path)
+    _atomic_write(lambda f: f.write(data), path, what)
 
 
 def atomic_link(src: str | Path, dst: str | Path) -> None:

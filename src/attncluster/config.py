@@ -624,11 +624,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = p.read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); save the config "
-                              "as UTF-8") from None
+        kind, text = weights_file_kind(p, data[:16]), ""
+        if not kind:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                kind = weights_file_kind(p, data[:16], by_suffix=True)
+                if not kind:
+                    raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); save the "
+                                      "config as UTF-8") from None
+        if kind == "an ONNX graph":
+            raise ConfigError(f"{path}: is {kind}, not a YAML config; a graph goes to --onnx {path}")
+        if kind:
+            raise ConfigError(f"{path}: is {kind}, not a YAML config; weights go to --weights {path} (a training "
+                              "checkpoint stores its config, so --config can then be left out)")
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
@@ -642,6 +651,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     overridden: dict[str, str] = {}
     raw = apply_overrides(raw, overrides or [], overridden)
     return from_dict(raw, source, overridden)
+
+
+def weights_file_kind(path: Path, head: bytes, by_suffix: bool = False) -> str | None:
+    """What weights file ``path`` is, from its first bytes (and, with ``by_suffix``, its name), or None."""
+    if head[:4] == b"PK\x03\x04":
+        return "a weights file (a torch.save zip archive, e.g. a checkpoint)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a weights file (a pickle, e.g. Paddle .pdparams)"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a weights file (safetensors)"
+    suffix = path.suffix.lower() if by_suffix else ""
+    if suffix == ".onnx":
+        return "an ONNX graph"
+    if suffix in (".pt", ".pth", ".ckpt", ".safetensors", ".pdparams"):
+        return f"a weights file ({suffix})"
+    return None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -27,6 +27,14 @@ class DistInfo:
         return self.world_size > 1
 
 
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of ``precision`` (``fp32``: none) on ``device``: the model's and the backbones'."""
+    from contextlib import nullcontext
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else default

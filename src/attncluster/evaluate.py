@@ -80,9 +80,7 @@ def evaluate(
     try:
         if predictor is None:
             predictor = TorchPredictor(cfg, weights, dev)
-        ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                          seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                          dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg))
+        ds = VideoDataset.from_config(cfg, specs, train=False, dist=info)
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                              pin_memory=dev.type == "cuda")
         metrics = run_evaluation(predictor, loader, cfg)

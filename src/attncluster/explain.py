@@ -8,7 +8,11 @@ For every video it writes
   diverse the units are (:func:`diversity`);
 * ``ID.png``: per modality the summed attention over time above a unit x time heatmap, the top classes in the
   title and, for decoded videos, a strip of thumbnails of the most-attended frames (:func:`explain_figure`);
-* ``index.html`` (once): a static page listing every video, its top classes and its figure.
+* ``index.html`` (once): a static page listing every video, its top classes, its true labels (when the data has
+  them; with names when known, each marked when it is among the top classes) and its figure.
+
+Every file is written through the one writer (:func:`attncluster.outputs.atomic_output`): whole or not at all, and
+a full disk is one error naming the file.
 
 Frames are sampled as ``eval`` samples them (stratum centres, :func:`attncluster.data.sampling.sample_indices`).
 Videos are streamed: memory and time per video do not grow with the number of videos.
@@ -26,7 +30,6 @@ import hashlib
 import html
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,6 +42,7 @@ import torch
 
 from attncluster.config import Config
 from attncluster.errors import ConfigError, DataError
+from attncluster.outputs import atomic_output, atomic_write_text, remove_stale, target_of_temporary
 
 THUMBNAILS = 6  # most-attended frames shown with --videos
 CMAP = "viridis"  # perceptually uniform, readable in grey and with colour-blindness
@@ -328,8 +332,8 @@ class HtmlIndex:
 
     def __init__(self, path: Path, title: str) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.f = open(self.tmp, "w", encoding="utf-8")
+        self._output = atomic_output(path)
+        self.f = self._output.__enter__()
         self.count = 0
         e = html.escape
         self.f.write(
@@ -337,45 +341,51 @@ class HtmlIndex:
             f"<title>{e(title)}</title>\n<style>body{{font-family:sans-serif;margin:1.5em}}"
             "table{border-collapse:collapse}td,th{border-bottom:1px solid #ccc;padding:.4em;vertical-align:top;"
             "text-align:left}img{max-width:720px}</style></head><body>\n"
-            f"<h1>{e(title)}</h1>\n<table>\n<tr><th>video</th><th>top classes</th><th>attention</th></tr>\n")
+            f"<h1>{e(title)}</h1>\n<table>\n<tr><th>video</th><th>top classes</th><th>true labels</th>"
+            "<th>attention</th></tr>\n")
 
     def add(self, record: Mapping[str, Any], name: str, figure: bool = True) -> None:
         e = html.escape
-        classes = "<br>".join(f"{e(c['name'] if c['name'] is not None else 'class ' + str(c['class']))} "
-                              f"({c['score']:.3f})" for c in record["top_classes"])
+
+        def label(c: Mapping[str, Any]) -> str:
+            return e(c["name"] if c.get("name") is not None else f"class {c['class']}")
+
+        classes = "<br>".join(f"{label(c)} ({c['score']:.3f})" for c in record["top_classes"])
+        if "labels" not in record:  # decoded videos: no ground truth
+            truth = "<i>not known</i>"
+        elif not record["labels"]:
+            truth = "<i>none</i>"
+        else:  # a true label among the top classes is marked with a check
+            top = {c["class"] for c in record["top_classes"]}
+            truth = "<br>".join(label(c) + (" &#10003;" if c["class"] in top else "") for c in record["labels"])
         link = quote(name)
         img = f"<a href=\"{link}.png\"><img src=\"{link}.png\" alt=\"attention of {e(record['id'])}\"></a>" \
             if figure else ""
         self.f.write(f"<tr><td><a href=\"{link}.json\">{e(record['id'])}</a></td><td>{classes}</td>"
-                     f"<td>{img}</td></tr>\n")
+                     f"<td>{truth}</td><td>{img}</td></tr>\n")
         self.count += 1
 
     def close(self) -> None:
         self.f.write(f"</table>\n<p>{self.count} videos. Per video: NAME.json (weights, timestamps, diversity) and "
                      f"NAME.png. {SIGNATURE}.</p>\n</body></html>\n")
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        self._output.__exit__(None, None, None)
 
     def abort(self) -> None:
         """A failed run: the page being written is dropped and a previous ``index.html`` stays as it was."""
-        self.f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+        with contextlib.suppress(Exception):
+            self._output.__exit__(RuntimeError, RuntimeError("explain stopped"), None)
 
 
 SIGNATURE = "Made by <code>attncluster explain</code>"
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,12 +402,10 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
     from attncluster.data.dataset import VideoDataset, make_loader
     from attncluster.data.records import dequantize
     from attncluster.data.sampling import sample_indices
-    from attncluster.inference import load_class_names
+    from attncluster import distributed
 
     wanted = None if ids is None else set(ids)
-    ds = VideoDataset(specs, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                      seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt, dequantize=False,
-                      fmt=cfg.data.format, class_names=load_class_names(cfg), rank=0, world_size=1)
+    ds = VideoDataset.from_config(cfg, specs, train=False, dist=distributed.DistInfo())  # one process
     found: set[str] = set()
     for batch in make_loader(ds, batch_size, num_workers=cfg.data.num_workers):
         keep = [i for i, v in enumerate(batch["id"]) if wanted is None or (v in wanted and v not in found)]
@@ -430,7 +438,7 @@ def iter_data(cfg: Config, specs: list[str], ids: Iterable[str] | None, fps: flo
 
 
 def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | None = None,
-            ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | None = None,
+            ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | bool | None = None,
             fps: float | None = None, device: str | None = None, figures: bool = True, log=print,
             extractor=None, max_videos: int | None = None, mark=None, skip_bad: bool = False,
             **pipeline_options) -> int:
@@ -463,7 +471,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         The number of videos explained.
     """
     from attncluster import distributed
-    from attncluster.inference import load_class_names, load_model, load_vocabulary
+    from attncluster.inference import class_names_for, load_model
 
     if (data is None) == (videos is None):
         raise ConfigError("explain: give either --data PATHS or --videos FILES")
@@ -477,7 +485,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         raise ConfigError(f"--max-videos {max_videos}: must be >= 1")
     if figures:
         _require_matplotlib()
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab)
     dev = distributed.device_for(device, distributed.DistInfo())
     model = load_model(cfg, weights, dev)
     out = Path(output)
@@ -487,6 +495,8 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
     if page.is_file() and SIGNATURE not in page.read_text(encoding="utf-8", errors="replace"):
         raise ConfigError(f"--output {out}: holds an index.html that attncluster explain did not write; choose "
                           "another --output (explain replaces only its own page)")
+    # A killed explain's temporary files in this (its own) folder; those a live explain is writing stay.
+    remove_stale(page, matches=lambda n: (target_of_temporary(n) or "").endswith((".json", ".png", ".html")))
     if data is not None:
         source = iter_data(cfg, data, ids, fps or 1.0)
     else:
@@ -618,97 +628,5 @@ def _thumbnail_frames(decode_video, path: str, extractor, frame_indices, idx) ->
     return d.frames[idx]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Evidence on the synthetic data
-
-
-def synthetic_signal_frames(rgb: np.ndarray, labels: Iterable[int], classes: int,
-                            prototype_seed: int = 0) -> np.ndarray:
-    """Which frames of a synthetic video (:mod:`attncluster.data.synth`) carry one of its labels' signal.
-
-    A label k's event frames hold both prototypes p_k and q_k; decoy frames hold only one. A frame counts when its
-    projection on p_k and on q_k both reach half the prototype's squared norm (the signal gives the full norm, the
-    background noise about ±6 % of it on 1024 dims).
-
-    Args:
-        rgb: (T, F) dequantized rgb frames.
-        labels: the video's labels.
-        classes: number of classes of the synthetic dataset.
-        prototype_seed: the dataset's prototype seed.
-
-    Returns:
-        (T,) bool.
-    """
-    from attncluster.data.synth import class_prototypes
-
-    p, q = class_prototypes(classes, {"rgb": rgb.shape[1]}, prototype_seed=prototype_seed)["rgb"]
-    mask = np.zeros(rgb.shape[0], dtype=bool)
-    for k in labels:
-        hit_p = rgb @ p[k] >= 0.5 * float(p[k] @ p[k])
-        hit_q = rgb @ q[k] >= 0.5 * float(q[k] @ q[k])
-        mask |= hit_p & hit_q
-    return mask
-
-
-def signal_attention(cfg: Config, weights: str, data: list[str], device: str | None = None,
-                     prototype_seed: int = 0) -> dict[str, float]:
-    """On synthetic data: the share of attention mass on the labels' signal frames against their share of frames.
-
-    Over every video of ``data`` (sampled as eval does) and every modality and unit: ``mass`` is the mean over videos
-    of the attention mass (summed over units, divided by their number) on sampled frames that carry a label's
-    signal; ``share`` is the mean fraction of sampled frames that carry it. Mass well above share means the
-    units look at the frames that decide the class.
-
-    Returns:
-        ``{"signal_mass": ..., "signal_share": ..., "ratio": mass / share, "videos": n}``.
-    """
-    from attncluster import distributed
-    from attncluster.data.dataset import VideoDataset, make_loader
-    from attncluster.data.records import dequantize
-    from attncluster.inference import load_model
-
-    dev = distributed.device_for(device, distributed.DistInfo())
-    model = load_model(cfg, weights, dev)
-    ds = VideoDataset(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                      seg_num=cfg.model.seg_num, train=False, dequantize=False, fmt=cfg.data.format, rank=0,
-                      world_size=1)
-    mass, share, n = 0.0, 0.0, 0
-    for batch in make_loader(ds, 256):
-        feats = {m: dequantize(batch[m]).to(dev) for m in cfg.model.feature_dims}
-        attention, _ = attention_batch(model, feats, cfg.train.loss, cfg.train.precision)
-        rgb = feats["rgb"].cpu().numpy()
-        for i in range(len(batch["id"])):
-            labels = np.flatnonzero(batch["labels"][i].numpy())
-            signal = synthetic_signal_frames(rgb[i], labels, cfg.model.num_classes, prototype_seed)  # (L,)
-            per_modality = [a[i][signal].sum() / a[i].shape[1] for a in attention.values()]
-            mass += float(np.mean(per_modality))
-            share += float(signal.mean())
-            n += 1
-    if n == 0:
-        raise DataError(f"{' '.join(data)}: no videos")
-    return {"signal_mass": mass / n, "signal_share": share / n, "ratio": (mass / n) / max(share / n, 1e-12),
-            "videos": n}
-
-
-def quickstart_explain(cfg: Config, weights: str, valid: str | Path, output: str | Path, videos: int = 3,
-                       device: str | None = None, log=print) -> dict[str, Any]:
-    """The quickstart's explain step: signal-frame attention over the validation set and figures of a few videos
-    (the planted signal shaded). Returns the summary entries."""
-    stats = signal_attention(cfg, weights, [str(valid)], device=device)
-
-    def planted(info, frames):
-        return "planted signal", synthetic_signal_frames(frames["rgb"], info["labels"], cfg.model.num_classes)
-
-    explain(cfg, weights, output, data=[str(valid)], vocab=str(Path(valid) / "vocabulary.csv"), top_k=5,
-            device=device, max_videos=videos, mark=planted, log=lambda m: None)
-    log("")
-    log(f"Where the attention looks (attncluster explain, {stats['videos']} validation videos):")
-    log(f"  the frames that carry a video's labels are {stats['signal_share']:.0%} of the sampled frames and get "
-        f"{stats['signal_mass']:.0%} of the attention ({stats['ratio']:.1f}x their share)")
-    log(f"  figures      {Path(output) / 'index.html'} ({videos} videos: ID.png, ID.json)")
-    return {"signal_attention_mass": stats["signal_mass"], "signal_frame_share": stats["signal_share"],
-            "signal_attention_ratio": stats["ratio"], "explain_dir": str(output)}
-
-
 __all__ = ["attention_batch", "diversity", "explain", "explain_figure", "figure_arrays", "merge_repeats",
-           "quickstart_explain", "signal_attention", "synthetic_signal_frames", "video_record"]
+           "video_record"]

@@ -2,9 +2,12 @@
 
 The graph (``export_onnx``):
 
-* one input per modality, named after it: ``(batch, frames, F)`` **uint8** (YouTube-8M-quantized, 4x fewer bytes
-  than float32), dequantized inside the graph exactly as the readers do (``q * 4/255 + 4/512 - 2`` in float32);
-  ``input_dtype="float32"`` exports float inputs instead, for float feature datasets;
+* one input per modality, named after it, of the dtype the config's data has (``input_dtype="auto"``, the default:
+  the first record of ``data.valid``, else ``data.train``, is read): ``(batch, frames, F)`` **uint8** for
+  YouTube-8M-quantized features (frame-level shards; 4x fewer bytes than float32), dequantized inside the graph
+  exactly as the readers do (``q * 4/255 + 4/512 - 2`` in float32), or **float32** for float features (video-level
+  ``mean_rgb`` / ``mean_audio``, float npz or pickles). When the config's data cannot be read, export refuses with
+  one line asking for ``--input-dtype uint8`` or ``float32``; an explicit ``uint8`` for float data is refused too;
 * both the batch and the frames axes are dynamic (attention pools over any number of frames);
 * outputs ``probabilities`` (sigmoid for bce models, softmax for ce) and ``logits``, both ``(batch, num_classes)``;
 * metadata (``metadata_props``, keys ``attncluster.*``): num_classes, modalities with their dims, seg_num, loss,
@@ -30,7 +33,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from attncluster.data.records import DEQUANT_BIAS, DEQUANT_SCALE, dequantize
-from attncluster.errors import ConfigError, DataError
+from attncluster.errors import AttnClusterError, ConfigError, DataError, printable
 from attncluster.inference import Predictor
+from attncluster.outputs import atomic_copy, atomic_path, atomic_write_text, check_output, scratch_file
 
 META_PREFIX = "attncluster."
 REQUIRED_META = ("num_classes", "modalities", "seg_num", "loss")
@@ -51,6 +54,7 @@ PARITY_ATOL = 1e-5
 PARITY_TOP_K = 20
 OUTPUTS = ("probabilities", "logits")
 INPUT_DTYPES = ("uint8", "float32")
+INPUT_DTYPE_CHOICES = ("auto", *INPUT_DTYPES)
 
 
 def _require(module: str):
@@ -206,9 +210,61 @@ def quantize_head(src: str, dst: str, nodes: list[str]) -> None:
         root.setLevel(level)
 
 
+def data_input_dtype(cfg) -> tuple[str | None, str]:
+    """The dtype the config's data holds: ``("uint8" | "float32", where)`` from the first record of ``data.valid``
+    (else ``data.train``), or ``(None, why not)`` when neither can be read here."""
+    from attncluster.data.dataset import _close, open_shard, resolve_shards
+
+    reasons = []
+    for key in ("valid", "train"):
+        specs = list(getattr(cfg.data, key) or [])
+        if not specs:
+            reasons.append(f"data.{key} is not set")
+            continue
+        try:
+            shards = resolve_shards(specs, cfg.data.format)
+            for path in shards[:8]:
+                shard = open_shard(path, fmt=cfg.data.format, modalities=dict(cfg.model.feature_dims),
+                                   num_classes=cfg.model.num_classes, skip_corrupt=True)
+                try:
+                    for video in shard:
+                        arrays = [video.features[m] for m in cfg.model.feature_dims if m in video.features]
+                        if arrays:
+                            dtype = "uint8" if all(a.dtype == np.uint8 for a in arrays) else "float32"
+                            return dtype, f"{arrays[0].dtype} features in {path}"
+                finally:
+                    _close(shard)
+            reasons.append(f"data.{key} ({' '.join(specs)}) holds no readable video")
+        except (AttnClusterError, OSError) as e:
+            reasons.append(f"data.{key}: {printable(str(e), 200)}")
+    return None, "; ".join(reasons)
+
+
+def resolve_input_dtype(cfg, input_dtype: str = "auto") -> tuple[str, str]:
+    """``--input-dtype``: ``auto`` -> the data's dtype (:func:`data_input_dtype`); returns ``(dtype, why)``.
+
+    Raises:
+        ConfigError: ``auto`` and the config's data cannot be read, or ``uint8`` for float data (a uint8 graph
+            would refuse every float feature at ``predict --onnx``).
+    """
+    if input_dtype not in INPUT_DTYPE_CHOICES:
+        raise ConfigError(f"--input-dtype {input_dtype}: use one of {', '.join(INPUT_DTYPE_CHOICES)}")
+    found, where = data_input_dtype(cfg)
+    if input_dtype == "auto":
+        if found is None:
+            raise ConfigError(f"export: cannot choose the graph's input dtype from the data ({where}); pass "
+                              "--input-dtype uint8 (quantized frame-level YouTube-8M features) or float32 (float "
+                              "features: video-level mean_rgb / mean_audio, float npz or pickles)")
+        return found, f"from the data: {where}"
+    if input_dtype == "uint8" and found == "float32":
+        raise ConfigError(f"--input-dtype uint8: the config's data holds float features ({where}); a uint8 graph "
+                          "could not take them; use --input-dtype float32 (or auto)")
+    return input_dtype, "as asked"
+
+
 def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, int8: bool = False,
                 triton: str | None = None, triton_name: str = "attncluster", max_batch_size: int = 256,
-                vocab: str | None = None, input_dtype: str = "uint8", log=print) -> dict[str, Any]:
+                vocab: str | None = None, input_dtype: str = "auto", log=print) -> dict[str, Any]:
     """The ``export`` verb: config + weights -> ``output`` (.onnx); with ``int8`` the head is int8.
 
     The fp32 graph always passes the parity check against PyTorch before anything is written; the int8 graph's
@@ -224,16 +280,19 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
 
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"--opset {opset}: unsupported; use one of {', '.join(map(str, SUPPORTED_OPSETS))}")
-    if input_dtype not in INPUT_DTYPES:
-        raise ConfigError(f"--input-dtype {input_dtype}: use one of {', '.join(INPUT_DTYPES)}")
+    if input_dtype not in INPUT_DTYPE_CHOICES:
+        raise ConfigError(f"--input-dtype {input_dtype}: use one of {', '.join(INPUT_DTYPE_CHOICES)}")
     if Path(output).suffix.lower() != ".onnx":
         raise ConfigError(f"--output {output}: expected a .onnx file name")
     if max_batch_size < 1:
         raise ConfigError(f"--max-batch-size {max_batch_size}: must be >= 1")
     if triton:
         check_triton_name(triton_name)
+    check_output(output)  # a directory or an unwritable folder fails now; a killed export's temporary files go
     onnx = _require("onnx")
     _require("onnxruntime")
+    input_dtype, why = resolve_input_dtype(cfg, input_dtype)
+    log(f"export: {input_dtype} inputs ({why})")
     model = load_model(cfg, weights, "cpu")  # strict: a checkpoint that disagrees with the config is one error line
     names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else None
     modalities = dict(cfg.model.feature_dims)
@@ -252,9 +311,10 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
     _set_metadata(proto, meta)
 
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        fp32 = os.path.join(tmp, "fp32.onnx")
+    # The one writer: the graph is written to a temporary file next to the output and renamed over it only after
+    # the parity check (and, with int8, the quantization) passed; a full disk is one error naming the output.
+    with atomic_path(out) as target, scratch_file(out, "fp32.") as scratch:
+        fp32 = str(scratch if int8 else target)
         onnx.save(proto, fp32)
         parity = compare(reference, [OnnxPredictor(fp32).scores(b) for b in batches], PARITY_TOP_K)
         log(f"export: {parity.line()}")
@@ -263,7 +323,7 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
         result: dict[str, Any] = {"parity": parity, "fp32_size_bytes": os.path.getsize(fp32)}
         final = fp32
         if int8:
-            q = os.path.join(tmp, "int8.onnx")
+            q = str(target)
             quantize_head(fp32, q, head_nodes(proto, head_weight_names(model)))
             qproto = onnx.load(q)
             _set_metadata(qproto, {**meta, "precision": "int8"})
@@ -274,7 +334,6 @@ def export_onnx(cfg, weights: str, output: str, *, opset: int = DEFAULT_OPSET, i
             result["int8_parity"] = p8
             final = q
         result["size_bytes"] = os.path.getsize(final)
-        os.replace(final, out)
     log(f"export: {output} ({'int8 head' if int8 else 'fp32'}, {result['size_bytes'] / 2**20:.1f} MiB"
         + (f"; fp32 {result['fp32_size_bytes'] / 2**20:.1f} MiB" if int8 else "") + ")")
     if triton:
@@ -319,15 +378,15 @@ def check_triton_name(name: str) -> None:
 
 def write_triton_repository(model_path: str, repo: str, name: str = "attncluster", max_batch_size: int = 256) -> str:
     """``repo/name/1/model.onnx`` (a copy of ``model_path``) and ``repo/name/config.pbtxt``; returns the config path."""
-    import shutil
-
     check_triton_name(name)
     pred = OnnxPredictor(model_path)
-    version_dir = Path(repo) / name / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_path, version_dir / "model.onnx")
+    model = Path(repo) / name / "1" / "model.onnx"
     config = Path(repo) / name / "config.pbtxt"
-    config.write_text(triton_config(name, pred.modalities, pred.num_classes, pred.input_dtype, max_batch_size))
+    for path in (model, config):
+        check_output(path, "--triton")
+    atomic_copy(model_path, model)  # each file through the one writer: whole or not at all, errors name the file
+    atomic_write_text(config, triton_config(name, pred.modalities, pred.num_classes, pred.input_dtype,
+                                            max_batch_size))
     return str(config)
 
 

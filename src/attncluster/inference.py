@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attncluster.config import Config
+from attncluster.distributed import autocast_for  # noqa: F401  (inference's name for it, used by the verbs)
 from attncluster.errors import ConfigError
 
 
@@ -37,11 +37,6 @@ def compute_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
 def predict_scores(logits: Tensor, loss: str) -> Tensor:
     """Per-class scores: sigmoid for multi-label (BCE) models, softmax for single-label (CE) models."""
     return torch.sigmoid(logits.float()) if loss == "bce" else torch.softmax(logits.float(), dim=1)
-
-
-def autocast_for(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):
@@ -90,6 +85,62 @@ def load_vocabulary(path: str, num_classes: int) -> list[str]:
         raise ConfigError(f"{path}: vocabulary covers {num_classes - len(missing)} of {num_classes} classes; "
                           f"missing indices {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     return [names[i] for i in range(num_classes)]
+
+
+YOUTUBE8M_2018_CLASSES = 3862  # the 2018 vocabulary; a model with this many classes gets its names by default
+
+
+def youtube8m_names() -> list[str]:
+    """The 3,862 YouTube-8M 2018 class names shipped in the package (``attncluster/vocab``; see its NOTICE)."""
+    from importlib import resources
+
+    text = (resources.files("attncluster") / "vocab" / "youtube8m_2018.txt").read_text(encoding="utf-8")
+    names = text.splitlines()
+    if len(names) != YOUTUBE8M_2018_CLASSES:  # a damaged installation, never a user error
+        raise RuntimeError(f"attncluster/vocab/youtube8m_2018.txt holds {len(names)} names, expected 3862")
+    return names
+
+
+def class_names_for(num_classes: int, cfg: Config | None = None, vocab: str | bool | None = None,
+                    stored: list[str] | None = None) -> list[str] | None:
+    """The class names predict, explain and serve print, in this order of preference:
+
+    ``vocab`` False (``--no-vocab``): none; ``vocab`` a path: that ``vocabulary.csv``; the config's
+    ``data.class_names``; ``stored`` (the names an ONNX graph was exported with); the shipped YouTube-8M 2018 names
+    when the model has 3,862 classes; else none.
+    """
+    if vocab is False:
+        return None
+    if vocab:
+        return load_vocabulary(str(vocab), num_classes)
+    if cfg is not None and cfg.data.class_names:
+        return load_class_names(cfg)
+    if stored:
+        return list(stored)
+    return youtube8m_names() if num_classes == YOUTUBE8M_2018_CLASSES else None
+
+
+def config_from_weights(path: str, overrides: list[str] | None = None) -> Config:
+    """The resolved config a training checkpoint stores (``train`` saves it in every checkpoint), with ``-o``
+    overrides applied, so eval, predict, explain, export and serve need no ``--config`` for it.
+
+    Loading is safe (``torch.load(weights_only=True)``, through :func:`attncluster.checkpoint.load_state_dict_any`).
+
+    Raises:
+        ConfigError: the file carries no config (safetensors, converted Paddle weights, ``.pdparams``).
+    """
+    from attncluster.checkpoint import load_state_dict_any
+    from attncluster.config import apply_overrides, from_dict
+
+    _, info = load_state_dict_any(path)
+    raw = info.get("config")
+    if not isinstance(raw, dict):
+        kind = "converted Paddle weights" if info.get("source") == "paddle" else "a weights file without a config"
+        raise ConfigError(f"{path}: is {kind} (it stores the model's shape but not the data settings); pass the "
+                          "model's config with --config CFG")
+    overridden: dict[str, str] = {}
+    raw = apply_overrides(raw, overrides or [], overridden)
+    return from_dict(raw, f"{path} (the config stored in the checkpoint)", overridden)
 
 
 DEFAULT_TOP_K = 20  # the Kaggle 2018 submission's 20 classes per video

@@ -24,7 +24,7 @@ L2_EPS = 1e-12  # Paddle l2_normalize epsilon, inside the square root
 # the reference's own weights. Files without it (1) come from the inverted-dropout model, whose fc1 weight was (1 - p)
 # times this one's for the same function; attncluster.weights rescales them on load.
 STATE_FORMAT = 2
-FORMAT_KEY = "weights_format"  # the checkpoint dict entry and safetensors metadata key that holds STATE_FORMAT
+FORMAT_KEY = "weights_format"  # checkpoint dict entry and safetensors metadata key holding STATE_FORMAT
 
 
 class ShiftingAttention(nn.Module):

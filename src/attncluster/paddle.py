@@ -42,6 +42,7 @@ import torch
 
 from attncluster.data.safe_pickle import safe_load
 from attncluster.errors import ConfigError, DataError
+from attncluster.outputs import atomic_output, atomic_write_bytes
 from attncluster.model import FORMAT_KEY, STATE_FORMAT, AttentionCluster
 
 DEFAULT_FEATURE_DIMS: dict[str, int] = {"rgb": 1024, "audio": 128}
@@ -245,17 +246,16 @@ def convert_paddle(
     """
     state, kwargs = convert_paddle_state(load_paddle_state(path), feature_dims, drop_rate)
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(tmp), metadata={SAFETENSORS_METADATA_KEY: json.dumps(kwargs), "source": "paddle",
-                                             FORMAT_KEY: str(STATE_FORMAT)})
+        data = save(state, metadata={SAFETENSORS_METADATA_KEY: json.dumps(kwargs), "source": "paddle",
+                                     FORMAT_KEY: str(STATE_FORMAT)})
+        atomic_write_bytes(out, data, "write weights")
     else:
-        torch.save({"model": state, "model_config": kwargs, "source": "paddle", "source_file": str(path),
-                    FORMAT_KEY: STATE_FORMAT}, tmp)
-    os.replace(tmp, out)  # never leave a half-written file under the final name
+        with atomic_output(out, "wb", what="write weights") as f:  # the one writer: never a half-written file
+            torch.save({"model": state, "model_config": kwargs, "source": "paddle", "source_file": str(path),
+                        FORMAT_KEY: STATE_FORMAT}, f)
     return kwargs
 
 

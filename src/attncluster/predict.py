@@ -10,16 +10,24 @@ over ranks: each video exactly once) and streams its rows to a part file next to
 the parts into the one output file. Rows are always written in ``--data`` order, shard by shard and record by
 record within a shard, whatever the number of ranks and DataLoader workers, so 1 and N processes write the same
 file. The merge holds 40 bytes per video in memory on rank 0 (its sort keys and file offsets), not the rows.
+
+Leftovers. A part file is created exclusively and locked while its rank writes it; a run killed with ``kill -9``
+can leave its part or temporary file (``.OUTPUT.*.partRofW``, ``.OUTPUT.*.tmp``) next to the output, and the next
+``predict`` to the same output deletes those that no live process holds (:func:`attncluster.outputs.remove_stale`).
+
+``predict --videos`` (:func:`predict_videos`, :func:`classify_videos`) classifies video files directly: features
+are extracted in memory (``extract/pipeline.py``) and the rows go through the same writer and Kaggle formatter.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
+import re
+import sys
 import uuid
 from array import array
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +36,15 @@ import torch
 from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
-from attncluster.errors import ConfigError, plural
-from attncluster.inference import default_top_k, load_class_names, load_vocabulary, prediction_record
-from attncluster.outputs import atomic_output, check_output
+from attncluster.errors import ConfigError, plural, writing
+from attncluster.inference import class_names_for, default_top_k, prediction_record
+from attncluster.outputs import (atomic_output, check_output, kaggle_header, kaggle_row, lock_fd, remove_stale,
+                                 write_kaggle_csv)
 
 FORMATS = (".csv", ".jsonl")
-# RFC 4180 CSV: CRLF line ends, so that the csv module quotes an id holding a lone CR as well as one with a comma, a
-# quote or a LF (it quotes a field that holds any character of the line terminator).
-CSV_HEADER = "VideoId,LabelConfidencePairs\r\n"
+CSV_HEADER = kaggle_header()  # RFC 4180, CRLF line ends (outputs.kaggle_row)
+PART_SUFFIX = r"\.part\d+of\d+"  # a rank's part file: .OUTPUT.TOKEN.partRofW
+_PART_NAME = re.compile(r"^\.(?P<output>.+)\.[0-9a-f]{12}" + PART_SUFFIX + "$")
 
 
 class OrderedVideos(VideoDataset):
@@ -57,10 +66,7 @@ class OrderedVideos(VideoDataset):
 def format_row(vid: str, classes: np.ndarray, scores: np.ndarray, suffix: str, names: list[str] | None) -> str:
     """One output line (with its newline): a Kaggle CSV row or a JSON object."""
     if suffix == ".csv":
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\r\n").writerow(
-            [vid, " ".join(f"{int(k)} {float(p):.6f}" for k, p in zip(classes, scores))])
-        return buf.getvalue()
+        return kaggle_row(vid, classes, scores)
     return json.dumps(prediction_record(vid, classes, scores, names)) + "\n"
 
 
@@ -72,6 +78,40 @@ def format_row(vid: str, classes: np.ndarray, scores: np.ndarray, suffix: str, n
 def part_paths(output: str, token: str, world_size: int) -> list[str]:
     out = Path(output)
     return [str(out.with_name(f".{out.name}.{token}.part{r}of{world_size}")) for r in range(world_size)]
+
+
+class PartFile:
+    """A rank's part file for writing: created exclusively (never through a planted link) and locked while it is
+    written (so :func:`~attncluster.outputs.remove_stale` keeps it); a failed write (disk full) is one FileError
+    naming the output file the part is for."""
+
+    def __init__(self, part: str) -> None:
+        m = _PART_NAME.match(Path(part).name)
+        self.output = str(Path(part).with_name(m.group("output"))) if m else part
+        with writing(self.output):
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        lock_fd(fd)
+        self.f = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def write(self, data: bytes) -> None:
+        with writing(self.output):
+            self.f.write(data)
+
+    def close(self) -> None:
+        with writing(self.output):
+            self.f.close()
+
+    def __enter__(self) -> PartFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:  # the error being raised is the one to report, not a second one from flushing the rest
+            try:
+                self.f.close()
+            except OSError:
+                pass
 
 
 def write_part_row(f, shard: int, record: int, row: str) -> None:
@@ -110,7 +150,7 @@ def predict(
     data: list[str],
     output: str,
     top_k: int | None = None,
-    vocab: str | None = None,
+    vocab: str | bool | None = None,
     device: str | None = None,
     log=print,
     onnx: str | None = None,
@@ -127,6 +167,7 @@ def predict(
 
     if distributed.env_info().rank == 0:
         check_output(output)  # before any model or data is loaded: a directory or an unwritable folder fails now
+        remove_stale(output, extra=PART_SUFFIX)  # parts a killed run left (those of a live run are locked: kept)
     predictor = None
     if onnx is not None:
         from attncluster.export import OnnxPredictor, model_config
@@ -140,7 +181,7 @@ def predict(
         top_k = default_top_k(cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else getattr(predictor, "vocabulary", None)
+    names = class_names_for(cfg.model.num_classes, cfg, vocab, getattr(predictor, "vocabulary", None))
     info = distributed.env_info()
     dev = distributed.device_for(device if predictor is None else "cpu", info)
     distributed.setup(dev.type)
@@ -148,12 +189,10 @@ def predict(
     try:
         if predictor is None:
             predictor = TorchPredictor(cfg, weights, dev)
-        ds = OrderedVideos(data, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                           seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                           dequantize=False, fmt=cfg.data.format, class_names=load_class_names(cfg),
-                           rank=info.rank, world_size=info.world_size)
+        ds = OrderedVideos.from_config(cfg, data, train=False, dist=info)
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with writing(output):
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
         token = distributed.gather_objects(uuid.uuid4().hex[:12])[0]  # rank 0's: one name set for the whole job
         parts = part_paths(output, token, info.world_size)
         count = _predict_part(predictor, loader, list(cfg.model.feature_dims), parts[info.rank], top_k, suffix, names)
@@ -176,7 +215,7 @@ def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: in
     from attncluster.inference import score_batches, top_classes
 
     count = 0
-    with open(part, "wb") as f:
+    with PartFile(part) as f:
         for batch, scores, _ in score_batches(predictor, loader):
             classes, top = top_classes(scores, top_k)  # (N, k), highest first; ties by lower class index
             for j, vid in enumerate(batch["id"]):
@@ -186,37 +225,107 @@ def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: in
     return count
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# predict --videos: video files in, the same records and the same writer out
+
+
+def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | bool | None = None, top_k: int | None = None,
+                    extractor=None, device: str | None = None, skip_bad: bool = False,
+                    on_bad: Callable[[str, str], None] | None = None, fps: float | None = None,
+                    max_frames: int | None = None, num_workers: int | str = "auto",
+                    **pipeline_options) -> list[dict]:
+    """Classify video files with a trained model: extract in memory, sample ``seg_num`` frames as eval does, score.
+
+    Args:
+        paths: video files, globs, directories, .list files or URLs.
+        config: a :class:`~attncluster.config.Config` or a config path.
+        weights: the model checkpoint.
+        vocab: YouTube-8M ``vocabulary.csv`` for names, False for none (default: ``data.class_names`` of the
+            config, else the shipped YouTube-8M names for a 3,862-class model; see ``inference.class_names_for``).
+        top_k: classes per video (default :func:`~attncluster.inference.default_top_k`: 20, or every class when the
+            model has fewer, as ``predict``).
+        extractor: an ``attncluster.extract.pipeline.Extractor``; by default one is made from ``fps`` (1),
+            ``max_frames`` (300), ``num_workers`` and ``pipeline_options`` (as ``run_extract``).
+        skip_bad: skip bad files (reported to ``on_bad``) instead of raising.
+
+    Returns:
+        One record per video, as ``predict``'s JSONL: ``{"id", "classes", "scores"[, "names"]}``, highest first
+        (:func:`~attncluster.inference.top_classes`: among equal scores the lower class first).
+    """
+    from attncluster.config import load_config
+    from attncluster.data.sampling import sample_indices
+    from attncluster.inference import TorchPredictor, default_top_k, top_classes
+
+    try:
+        from attncluster.extract.decode import DEFAULT_FPS, DEFAULT_MAX_FRAMES
+        from attncluster.extract.pipeline import default_extractor, expand_videos
+    except ImportError as e:
+        raise ConfigError(f"predict --videos needs attncluster.extract and PyAV ({e}); install the video extra: "
+                          "pip install 'attncluster[video]'") from None
+
+    cfg = config if isinstance(config, Config) else load_config(config)
+    k = default_top_k(cfg.model.num_classes) if top_k is None else top_k
+    if not 0 < k <= cfg.model.num_classes:
+        raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
+    names = class_names_for(cfg.model.num_classes, cfg, vocab)
+    if extractor is None:
+        extractor = default_extractor(DEFAULT_FPS if fps is None else fps,
+                                      DEFAULT_MAX_FRAMES if max_frames is None else max_frames, num_workers,
+                                      pipeline_options.pop("device", None) or device, **pipeline_options)
+    for m, dim in cfg.model.feature_dims.items():
+        if extractor.modalities.get(m) != dim:
+            raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives "
+                              f"{extractor.modalities}; use the preset the model was trained on")
+    predictor = TorchPredictor(cfg, weights, device)
+    records: list[dict] = []
+    batch: list[dict] = []
+
+    def flush() -> None:
+        feats = {m: np.stack([v[m] for v in batch]) for m in cfg.model.feature_dims}  # (N, seg_num, F)
+        classes, top = top_classes(predictor.scores(feats), k)  # (N, k) each
+        for v, cls, sc in zip(batch, classes, top):
+            records.append(prediction_record(v["id"], cls, sc, names))
+        batch.clear()
+
+    def warn(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    for rec in extractor.iter_extract(expand_videos(paths, log=warn), skip_bad=skip_bad, on_bad=on_bad):
+        n = min(len(rec[m]) for m in cfg.model.feature_dims)
+        idx = sample_indices(n, cfg.model.seg_num, None)  # the same frames eval would see in the shards
+        batch.append({"id": rec["id"], **{m: rec[m][idx] for m in cfg.model.feature_dims}})
+        if len(batch) >= cfg.eval.batch_size:
+            flush()
+    if batch:
+        flush()
+    return records
+
 
 def predict_videos(cfg: Config, weights: str, videos: list[str], output: str | None = None, top_k: int | None = None,
-                   vocab: str | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
-    """``predict --videos``: classify video files, their features extracted in memory (``extract/pipeline.py``).
+                   vocab: str | bool | None = None, skip_bad: bool = False, **extract_options) -> list[dict]:
+    """``predict --videos``: classify video files, their features extracted in memory (:func:`classify_videos`).
 
     Records are predict's JSONL records (id, classes, scores[, names]): printed one JSON line each to stdout, or
-    written to ``output`` (.jsonl, or .csv in the Kaggle format). ``extract_options``: fps, max_frames,
-    num_workers and the FeaturePipeline options (preset, inception, pca, vggish, vggish_pca, random_weights, ...).
+    written to ``output`` (.jsonl, or .csv in the Kaggle format, :func:`attncluster.outputs.write_kaggle_csv`)
+    through the one atomic writer. ``extract_options``: fps, max_frames, num_workers, extractor and the
+    FeaturePipeline options (preset, inception, pca, vggish, vggish_pca, random_weights, ...).
     """
-    import sys
-
-    from attncluster.extract.pipeline import classify_videos
-
     suffix = Path(output).suffix.lower() if output is not None else ".jsonl"
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
+    if output is not None:
+        check_output(output)  # before any backbone is built or video decoded
     records = classify_videos(videos, cfg, weights, vocab=vocab, top_k=top_k, skip_bad=skip_bad,
                               on_bad=lambda path, message: print(f"skipped: {message}", file=sys.stderr),
                               **extract_options)
-    if suffix == ".csv":
-        text = "VideoId,LabelConfidencePairs\n" + "".join(
-            f"{r['id']}," + " ".join(f"{c} {p:.6f}" for c, p in zip(r["classes"], r["scores"])) + "\n" for r in records)
-    else:
-        text = "".join(json.dumps(r) + "\n" for r in records)
     if output is None:
-        sys.stdout.write(text)
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in records))
         sys.stdout.flush()
-    else:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(output).with_name(Path(output).name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(output)
-        print(f"predict: {len(records)} videos -> {output}", file=sys.stderr)
+        return records
+    with atomic_output(output) as f:
+        if suffix == ".csv":
+            write_kaggle_csv(f, records)
+        else:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    print(f"predict: {plural(len(records), 'video')} -> {output}", file=sys.stderr)
     return records

@@ -183,10 +183,7 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
     from attncluster.data.dataset import VideoDataset
 
     class_names = load_class_names(cfg)
-    train_ds = VideoDataset(cfg.data.train, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                            seg_num=cfg.model.seg_num, train=True, seed=cfg.train.seed,
-                            skip_corrupt=cfg.data.skip_corrupt, dequantize=False, fmt=cfg.data.format,
-                            class_names=class_names, rank=info.rank, world_size=info.world_size)
+    train_ds = VideoDataset.from_config(cfg, cfg.data.train, train=True, dist=info, class_names=class_names)
     total_videos = train_ds.num_videos  # reads every shard's record headers once (each rank)
     lo, hi = train_ds.rank_range()
     if hi <= lo:
@@ -196,10 +193,8 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
                              if total_videos else "; nothing to train on"))
     valid_ds = None
     if cfg.data.valid and cfg.train.valid_interval:
-        valid_ds = VideoDataset(cfg.data.valid, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
-                                seg_num=cfg.model.seg_num, train=False, skip_corrupt=cfg.data.skip_corrupt,
-                                dequantize=False, fmt=cfg.data.format, class_names=class_names,
-                                rank=info.rank, world_size=info.world_size)
+        valid_ds = VideoDataset.from_config(cfg, cfg.data.valid, train=False, dist=info, class_names=class_names,
+                                            warn_one_frame=False)  # train_ds has said it
         valid_ds.record_counts()
     return train_ds, valid_ds
 

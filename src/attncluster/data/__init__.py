@@ -4,7 +4,7 @@
 """
 
 from attncluster.data.dataset import VideoDataset, make_loader, open_shard, resolve_shards
-from attncluster.data.records import RawVideo, ReadStats, dequantize
+from attncluster.data.records import RawVideo, ReadStats, check_finite, dequantize
 from attncluster.data.sampling import sample_indices
 
 
@@ -17,4 +17,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["VideoDataset", "make_loader", "open_shard", "resolve_shards", "sample_indices", "dequantize",
-           "RawVideo", "ReadStats", "YT8MShard"]
+           "RawVideo", "ReadStats", "YT8MShard", "check_finite"]

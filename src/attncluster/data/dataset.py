@@ -160,13 +160,16 @@ class VideoDataset(IterableDataset):
         equal_ranks: give every rank the same number of videos by leaving out the last ``N mod world_size``
             of the epoch order (defaults to ``train``: DDP ranks then run the same number of steps). Otherwise
             ranks differ by at most one video and every video is read (evaluation).
+        warn_one_frame: warn (once, rank 0, when the records are first counted) if the first record holds one
+            frame while ``seg_num`` > 1: video-level data under a frame-level config. False for a second dataset
+            of the same run (train's validation set), so a run says it once.
     """
 
     def __init__(self, specs: str | Iterable[str], *, modalities: dict[str, int], num_classes: int,
                  seg_num: int = 100, train: bool = False, shuffle: bool | None = None, seed: int = 0,
                  skip_corrupt: bool = False, dequantize: bool = True, fmt: str = "auto",
                  class_names: list[str] | None = None, rank: int | None = None, world_size: int | None = None,
-                 max_frames: int = MAX_FRAMES, equal_ranks: bool | None = None):
+                 max_frames: int = MAX_FRAMES, equal_ranks: bool | None = None, warn_one_frame: bool = True):
         super().__init__()
         if not modalities or any(int(w) < 1 for w in modalities.values()):
             raise ConfigError(f"modalities must map names to positive feature widths, got {modalities!r}")
@@ -193,8 +196,10 @@ class VideoDataset(IterableDataset):
         self.fmt = fmt
         self.class_names = list(class_names) if class_names is not None else None
         self.max_frames = int(max_frames)
+        self.warn_one_frame = bool(warn_one_frame)
         self.shards = resolve_shards(specs, fmt)
         self._counts: list[int] | None = None
+        self._index_damage = 0  # damaged stretches and empty files skipped while counting records (skip_corrupt)
         self._indices: dict[str, tuple[np.ndarray, int]] = {}  # remote shard -> (record index, corrupt tail count)
         # Moved to shared memory (share_memory()) before DataLoader workers start, so workers (also persistent ones,
         # also under spawn) see set_epoch and the main process sees the workers' counters. Each process writes only
@@ -202,6 +207,39 @@ class VideoDataset(IterableDataset):
         # _epoch holds (epoch, first batch): the batch to start the epoch at when resuming mid-epoch.
         self._epoch = torch.zeros(2, dtype=torch.int64)
         self._counters = torch.zeros((_STAT_ROWS, 4), dtype=torch.int64)
+
+    @classmethod
+    def from_config(cls, cfg, paths: str | Iterable[str], *, train: bool, dist=None, dequantize: bool = False,
+                    class_names: list[str] | None | object = ..., **overrides) -> VideoDataset:
+        """The dataset a verb reads, built from its config: the one place the config's model and data sections
+        become :class:`VideoDataset` arguments (train, validation, eval, predict, explain and quickstart use it).
+
+        Args:
+            cfg: a :class:`attncluster.config.Config`: model.feature_dims / num_classes / seg_num, data.format /
+                skip_corrupt / class_names, train.seed.
+            paths: shard specs (``cfg.data.train``, ``cfg.data.valid`` or ``--data``).
+            train: training sampling (jittered frames, shuffled, equal ranks) or evaluation (stratum centres,
+                file order, every video read).
+            dist: this process's :class:`attncluster.distributed.DistInfo` (rank, world_size); default
+                :func:`attncluster.distributed.env_info`. Pass ``DistInfo()`` for a single process.
+            dequantize: dequantize uint8 frames in the reader (False: the caller dequantizes on its device).
+            class_names: the names of a features-format CSV's labels; default ``cfg.data.class_names`` read
+                (:func:`attncluster.inference.load_class_names`). Pass it when already loaded.
+            overrides: any other :class:`VideoDataset` keyword (e.g. ``shuffle``).
+        """
+        from attncluster import distributed
+
+        if dist is None:
+            dist = distributed.env_info()
+        if class_names is ...:
+            from attncluster.inference import load_class_names  # it reads the names; the dataset only uses them
+
+            class_names = load_class_names(cfg)
+        kwargs = dict(modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes, seg_num=cfg.model.seg_num,
+                      train=train, seed=cfg.train.seed, skip_corrupt=cfg.data.skip_corrupt, dequantize=dequantize,
+                      fmt=cfg.data.format, class_names=class_names, rank=dist.rank, world_size=dist.world_size)
+        kwargs.update(overrides)
+        return cls(paths, **kwargs)
 
     def share_memory(self) -> None:
         """Put the epoch and counters in shared memory (in place). :func:`make_loader` calls it; a DataLoader with
@@ -249,11 +287,15 @@ class VideoDataset(IterableDataset):
         headers again."""
         if self._counts is None:
             counts = []
+            damage = 0
+            checked = False
             for path in self.shards:
                 shard = self._open(path, None)
                 try:
                     counts.append(len(shard))
                     found = getattr(shard, "stats", None)
+                    if found is not None:
+                        damage += found.corrupt + found.empty_files
                     if self.rank == 0 and found is not None and (found.corrupt or found.empty_files):
                         # Damage the record index met (skip_corrupt): said once here, not silently absorbed.
                         lost = f"; {found.bytes_lost} bytes unreadable" if found.bytes_lost else ""
@@ -263,10 +305,32 @@ class VideoDataset(IterableDataset):
                     index = getattr(shard, "_index", None)
                     if is_url(path) and isinstance(index, np.ndarray):
                         self._indices[path] = (index, int(getattr(shard, "stats", ReadStats()).corrupt))
+                    if not checked and counts[-1]:
+                        checked = True
+                        self._check_frames(shard, path)  # last: it reads a record, after the index's damage is counted
                 finally:
                     _close(shard)
             self._counts = counts
+            self._index_damage = damage
         return self._counts
+
+    def _check_frames(self, shard: Shard, path: str) -> None:
+        """Warn once (rank 0) when the data's first record holds one frame but seg_num asks for more: video-level
+        features under a frame-level config, where every sampled frame is a copy of the one and the attention
+        (and explain's figures) mean nothing."""
+        if self.seg_num <= 1 or self.rank != 0 or not self.warn_one_frame:
+            return
+        try:
+            video = shard.read(0)
+        except DataError:  # reported where the epoch reads it, as any damaged record
+            return
+        if video is None or video.num_frames != 1:
+            return
+        video_level = all(a.dtype != np.uint8 for a in video.features.values())
+        hint = ("for video-level YouTube-8M data use --config youtube8m_video_level (model.seg_num 1)" if video_level
+                else "use a config with model.seg_num 1 (e.g. --config youtube8m_video_level) for one-frame data")
+        _warn(f"{path}: record 0 (id {video.id!r}) holds 1 frame, but model.seg_num is {self.seg_num}: each video "
+              f"would be {self.seg_num} copies of one frame, and the attention over them means nothing; {hint}")
 
     @property
     def num_videos(self) -> int:
@@ -563,6 +627,8 @@ class BatchLoader:
         total = self.dataset.num_batches(self.batch_size)
         skip_last = self.drop_last and self._partial()
         self.position = expected = self.dataset.start_batch
+        skipped_before = self.dataset.stats.corrupt
+        read = 0
         pending: dict[int, dict | None] = {}  # out-of-order arrivals (none with in-order DataLoaders)
         for j, batch in self.loader:
             pending[j] = batch
@@ -570,9 +636,26 @@ class BatchLoader:
                 batch = pending.pop(expected)
                 expected += 1
                 self.position = expected
-                if batch is None or (skip_last and expected == total):
+                if batch is None:
+                    continue
+                read += len(batch["id"])
+                if skip_last and expected == total:
                     continue
                 yield batch
+        # A whole epoch (not the tail of a resumed one) in which every record was skipped:
+        if not read and self.dataset.skip_corrupt and self.dataset.start_batch == 0:
+            self._check_not_all_skipped(self.dataset.stats.corrupt - skipped_before)
+
+    def _check_not_all_skipped(self, skipped: int) -> None:
+        """With skip_corrupt, an epoch in which every record was skipped is an error, not an empty result (an
+        evaluation of nothing, a model trained on nothing)."""
+        ds = self.dataset
+        skipped += ds._index_damage
+        if skipped:
+            where = ds.shards[0] if len(ds.shards) == 1 else f"{len(ds.shards)} files ({ds.shards[0]}, ...)"
+            rank = f" (rank {ds.rank} of {ds.world_size})" if ds.world_size > 1 else ""
+            raise DataError(f"{where}: every record{rank} was skipped as damaged ({skipped} skipped with "
+                            "skip_corrupt, none left to read); see the warnings above for why")
 
 
 def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int | str = 0, pin_memory: bool = False,

@@ -73,7 +73,8 @@ def _check_array(a: np.ndarray, path: str, name: str, width: int, where: str) ->
     if a.dtype.kind != "f":
         raise DataError(f"{path}: modality '{name}' has dtype {a.dtype}, expected uint8 (quantized) or float "
                         f"{where}")
-    return a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which check_finite then refuses
+        return a.astype(np.float32, copy=False)
 
 
 def _reason(e: BaseException) -> str:
@@ -211,6 +212,9 @@ class FeatureShard(IndexedShard):
         if row.error is not None:
             raise DataError(row.error)
         return RawVideo(id=row.video_id, features=self._load(row), labels=row.labels)
+
+    def _where(self, i: int) -> str:
+        return f"{self.path}: line {self._rows[i].line}"
 
     def _load(self, row: _Row) -> dict[str, np.ndarray]:
         where = f"(video {row.video_id!r}, {self.path} line {row.line})"

@@ -55,6 +55,41 @@ class RawVideo:
         return min(int(a.shape[0]) for a in self.features.values())
 
 
+def check_finite(video: RawVideo, where: str) -> RawVideo:
+    """Refuse a video whose float features hold NaN or +-inf: the one check every reader applies to what it yields.
+
+    A non-finite input would turn every score of the video into NaN (predict would write invalid JSON, eval and
+    train would stop on a NaN metric or loss), so it is a data error, which ``skip_corrupt`` skips and counts as
+    any other damaged record. uint8 (quantized) features cannot hold such values and are not scanned.
+
+    Args:
+        video: the video as read (float features already in the dtype they are used in, e.g. cast to float32,
+            so a float64 value too large for float32 is caught as the inf it becomes).
+        where: the file and record, e.g. ``"shard.tfrecord: record 3 at byte offset 1234"``.
+
+    Returns:
+        ``video``, unchanged.
+
+    Raises:
+        DataError: naming ``where``, the video id, the modality and the first bad value's frame and feature.
+    """
+    for name, a in video.features.items():
+        if a.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(a)
+        if not finite.all():
+            from attncluster.errors import DataError
+
+            bad = np.argwhere(~finite)
+            first = tuple(int(x) for x in bad[0])
+            at = f"frame {first[0]}, feature {first[1]}" if len(first) == 2 else f"index {first}"
+            value = a[tuple(bad[0])]
+            raise DataError(f"{where} (id {video.id!r}): '{name}' features hold {len(bad)} non-finite "
+                            f"value{'s' if len(bad) != 1 else ''} (NaN or inf; the first, {value}, at {at}); "
+                            f"features must be finite numbers")
+    return video
+
+
 @dataclass
 class ReadStats:
     """Counts kept by a reader.
@@ -92,6 +127,10 @@ class IndexedShard:
     def _video(self, i: int) -> RawVideo:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _where(self, i: int) -> str:
+        """Record ``i``'s place, for errors."""
+        return f"{self.path}: record {i}"
+
     def read(self, i: int) -> RawVideo | None:
         """Record ``i``; None only when it is damaged and ``skip_corrupt`` is set (counted in ``stats.corrupt``)."""
         if not 0 <= i < len(self):
@@ -99,7 +138,7 @@ class IndexedShard:
         from attncluster.errors import DataError
 
         try:
-            video = self._video(i)
+            video = check_finite(self._video(i), self._where(i))
         except DataError as e:
             if not self.skip_corrupt:
                 raise

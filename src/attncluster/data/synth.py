@@ -32,7 +32,8 @@ import numpy as np
 
 from attncluster.data.tfrecord import TFRecordWriter
 from attncluster.data.yt8m import encode_sequence_example, quantize
-from attncluster.errors import ConfigError
+from attncluster.errors import ConfigError, writing
+from attncluster.outputs import atomic_output, remove_stale, target_of_temporary
 
 # Tunable signal: amplitude ~1 on a few dims against small noise, in dequantized units (the range is [-2, 2]).
 NOISE_STD = 0.5  # background: N(0, NOISE_STD) on every dim of every frame
@@ -188,29 +189,26 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"synth: {out_dir} exists and is not a folder")
+    if os.path.isdir(out_dir):  # a killed synth's temporary files (not a user's, nor a live writer's) go first
+        remove_stale(os.path.join(out_dir, VOCABULARY_FILE), matches=lambda n: (target_of_temporary(n) or "").endswith(
+            (".tfrecord", VOCABULARY_FILE)))
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         # Old shards beside new ones would silently become one larger, mixed dataset.
         raise ConfigError(f"synth: {out_dir} is not empty ({len(os.listdir(out_dir))} entries); choose a new or "
                           "empty folder")
-    os.makedirs(out_dir, exist_ok=True)
+    with writing(out_dir, "create the folder"):
+        os.makedirs(out_dir, exist_ok=True)
     counts = np.zeros(classes, dtype=np.int64)
     paths = []
     for s in range(shards):
         path = os.path.join(out_dir, f"{prefix}{s:04d}.tfrecord")
-        # Each shard is written under a hidden temporary name (directory listings skip it) and renamed when
-        # complete, so an interrupted run never leaves a short shard that reads as valid.
-        tmp = os.path.join(out_dir, f".{prefix}{s:04d}.tfrecord.tmp")
-        try:
-            with TFRecordWriter(tmp) as writer:
-                for i in range(s * videos // shards, (s + 1) * videos // shards):
-                    labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames)
-                    counts[labels] += 1
-                    writer.write(encode_sequence_example(ids[i], labels, frames))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # The one writer (outputs.atomic_output): a hidden temporary file renamed when complete, so an interrupted
+        # run never leaves a short shard that reads as valid, and a full disk is one error naming the shard.
+        with atomic_output(path, "wb") as f, TFRecordWriter(f) as writer:
+            for i in range(s * videos // shards, (s + 1) * videos // shards):
+                labels, frames = _video(rng, protos, dims, classes, min_frames, max_frames)
+                counts[labels] += 1
+                writer.write(encode_sequence_example(ids[i], labels, frames))
         paths.append(path)
     write_vocabulary(os.path.join(out_dir, VOCABULARY_FILE), counts)
     return paths
@@ -218,7 +216,7 @@ def write_synthetic(out_dir: str | os.PathLike, *, videos: int, classes: int, sh
 
 def write_vocabulary(path: str, counts: np.ndarray) -> None:
     """A ``vocabulary.csv`` in the official column layout, with made-up names ``Synthetic class <k>``."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(VOCABULARY_COLUMNS)
         for k, count in enumerate(counts.tolist()):

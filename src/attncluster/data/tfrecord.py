@@ -137,8 +137,72 @@ def _positional_reader(f: BinaryIO):
     return read_at
 
 
+# Compressed TFRecord files, as TensorFlow's writer makes them (TFRecordOptions compression_type GZIP / ZLIB): the
+# whole record stream compressed, records and CRCs unchanged inside.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+# Largest decompressed size accepted, as a multiple of the compressed size (a decompression bomb is refused; TFRecord
+# data compresses 1-5x) with a floor for small files.
+MAX_EXPANSION = 64
+MIN_EXPANSION_BYTES = 256 << 20
+
+
+def compression_of(head: bytes) -> str | None:
+    """``"GZIP"``, ``"ZLIB"`` or None (a plain TFRecord file), from a file's first 12 bytes.
+
+    A plain file starts with a record header whose length CRC matches; only a start that is not one is taken for a
+    compressed stream, so a plain file whose first length happens to begin with a magic byte is still read plain.
+    """
+    if len(head) >= HEADER_BYTES and masked_crc32c(head[:8]) == _CRC.unpack_from(head, 8)[0]:
+        return None
+    if head.startswith(GZIP_MAGIC):
+        return "GZIP"
+    # RFC 1950: CMF (deflate, window <= 32 KiB) and FLG with (CMF * 256 + FLG) % 31 == 0, no preset dictionary.
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] * 256 + head[1]) % 31 == 0 \
+            and not head[1] & 0x20:
+        return "ZLIB"
+    return None
+
+
+def _decompress(f: BinaryIO, path: str, kind: str) -> io.BytesIO:
+    """The whole decompressed record stream of a GZIP (possibly multi-member, as ``cat a.gz b.gz``) or ZLIB file."""
+    import zlib
+
+    data = f.read()
+    limit = max(MIN_EXPANSION_BYTES, MAX_EXPANSION * len(data))
+    wbits = 31 if kind == "GZIP" else 15
+    out: list[bytes] = []
+    total = 0
+    rest = data
+    try:
+        while True:
+            d = zlib.decompressobj(wbits)
+            while rest and not d.eof:
+                chunk = d.decompress(rest, limit + 1 - total)
+                total += len(chunk)
+                out.append(chunk)
+                if total > limit:
+                    raise DataError(f"{path}: {kind}-compressed TFRecord file expands to more than {limit} bytes "
+                                    f"({MAX_EXPANSION}x its size); refused as a likely decompression bomb")
+                rest = d.unconsumed_tail
+            if not d.eof:
+                raise DataError(f"{path}: {kind}-compressed TFRecord file is truncated (the compressed stream ends "
+                                f"after {total} decompressed bytes, before its end marker)")
+            rest = d.unused_data
+            if kind != "GZIP" or not rest:
+                break
+            if not rest.startswith(GZIP_MAGIC[:2]):
+                raise DataError(f"{path}: {len(rest)} bytes of trailing garbage after the GZIP stream")
+    except zlib.error as e:
+        raise DataError(f"{path}: damaged {kind}-compressed TFRecord file ({e}, after {total} decompressed "
+                        "bytes)") from None
+    if kind == "ZLIB" and rest:
+        raise DataError(f"{path}: {len(rest)} bytes of trailing garbage after the ZLIB stream")
+    return io.BytesIO(b"".join(out))
+
+
 def open_records(path: str, *, sequential: bool = False) -> BinaryIO:
-    """Open a TFRecord file for record reads.
+    """Open a TFRecord file for record reads; a GZIP or ZLIB-compressed one (detected by its first bytes, see
+    :func:`compression_of`) is decompressed into memory and read with its CRCs checked as any other.
 
     Args:
         path: local path or fsspec URL.
@@ -149,6 +213,16 @@ def open_records(path: str, *, sequential: bool = False) -> BinaryIO:
             fsspec, whose block cache does the buffering.
     """
     f = open_binary(path)
+    try:
+        head = f.read(HEADER_BYTES)
+        f.seek(0)
+        kind = compression_of(head)
+        if kind is not None:
+            with f:
+                return _decompress(f, path, kind)
+    except BaseException:
+        f.close()
+        raise
     if not sequential and (not is_url(path) or path.startswith("file://")) and isinstance(f, io.BufferedReader):
         return f.detach()  # the raw FileIO underneath
     return f
@@ -484,6 +558,7 @@ def write_records(path_or_file: str | os.PathLike | BinaryIO,
 
 __all__ = [
     "EmptyFileError",
+    "compression_of",
     "HEADER_BYTES",
     "FOOTER_BYTES",
     "RecordFramingError",

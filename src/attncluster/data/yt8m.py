@@ -19,6 +19,14 @@ The schema, as protobuf field numbers::
     BytesList { repeated bytes value = 1; }   FloatList { repeated float value = 1; }
     Int64List { repeated int64 value = 1; }
 
+Merging: the wire format is :mod:`attncluster.data.protowire`. A field that protobuf lets occur several times is read
+as protobuf merges it (TensorFlow's own parser refuses some of these records; reading them differently would be a
+silent misread): a message given twice (a map entry's ``value``, ``features``, ``context``, ``feature_lists``) is the
+merge of its occurrences, so repeated lists inside concatenate (labels split over two ``value`` fields are all read,
+a FeatureList split in two holds all its frames); a map entry's last ``key`` wins; of two map entries with one key the
+later replaces the earlier; and of a Feature's oneof the last member given wins. A result that breaks the schema (two
+ids, a frame of two byte strings, the wrong number of floats) is refused.
+
 Speed: a frame-level video is ~300 identical nested messages per modality. Every frame of a modality is encoded with
 the same 9-byte header (``Feature{bytes_list{value: <F bytes>}}`` tags and lengths), so the frames sit at a fixed
 stride: the parser views the FeatureList as a (T, stride) array, checks every header at once, and slices the payload
@@ -34,7 +42,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats
+from attncluster.data.protowire import (FIXED32, FIXED64, LEN, VARINT, Buffer, WireError, fields, fields_of, len_field,
+                                        only_field, packed_varint_field, packed_varints, read_varint, signed64, tag,
+                                        varint_bytes)
+from attncluster.data.records import MAX_FRAMES, RawVideo, ReadStats, check_finite
 from attncluster.data.tfrecord import (EmptyFileError, RecordFramingError, index_records, open_records, read_payload,
                                        record_error, scan_records)
 from attncluster.errors import DataError
@@ -45,233 +56,135 @@ LABELS_KEY = "labels"
 MEAN_PREFIX = "mean_"  # video-level feature names: mean_rgb, mean_audio
 DEFAULT_MODALITIES: dict[str, int] = {"rgb": 1024, "audio": 128}
 
-# Wire types.
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 # Feature oneof field numbers.
 _BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3
 _KIND_NAMES = {_BYTES_LIST: "bytes_list", _FLOAT_LIST: "float_list", _INT64_LIST: "int64_list"}
 _F32 = np.dtype("<f4")
 _FLOAT = struct.Struct("<f")
-_U64 = (1 << 64) - 1
-_SIGN = 1 << 63
 
-Buffer = bytes | bytearray | memoryview
-
-
-class _Malformed(Exception):
-    """A parse problem, without the file/record context that :func:`parse_yt8m` adds."""
-
+Span = tuple[int, int]
+# A message field that occurs several times is the merge of its occurrences (protobuf): the spans of all of them,
+# walked in order (see protowire). Map values, Features and FeatureLists are handled this way.
+Spans = list[Span]
 
 # --------------------------------------------------------------------------------------------------------------------
-# Wire-format reading
+# Reading the tf.train messages (merged exactly as protobuf merges them)
 
 
-def _varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
-    """Decode one varint at ``pos``; return (value, next position)."""
-    if pos >= end:
-        raise _Malformed(f"truncated varint at payload byte {pos}")
-    b = buf[pos]
-    if b < 0x80:
-        return b, pos + 1
-    value = b & 0x7F
-    shift = 7
-    pos += 1
-    while True:
-        if pos >= end:
-            raise _Malformed(f"truncated varint at payload byte {pos}")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-        if shift >= 70:
-            raise _Malformed(f"varint longer than 10 bytes at payload byte {pos}")
+def _map_entries(buf: Buffer, spans: Spans) -> dict[bytes, Spans]:
+    """Features / FeatureLists (``map<string, message> = 1``): key -> the spans of its value message.
 
-
-def _fields(buf: Buffer, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """The fields of the message in ``buf[pos:end]``.
-
-    Returns:
-        ``(field number, wire type, a, b)`` per field: for length-delimited fields the span ``buf[a:b]``; for
-        varints the value in ``a``; for fixed32/fixed64 the span of their bytes.
+    As protobuf parses a map: within one entry the last ``key`` wins and repeated ``value`` fields merge (their
+    spans are all kept, in order); of two entries with the same key, the later one replaces the earlier.
     """
-    # A list, not a generator, and one-byte varints decoded inline: this runs ~30 times per record.
-    out: list[tuple[int, int, int, int]] = []
-    append = out.append
-    while pos < end:
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos, end)
-        field = key >> 3
-        wire = key & 7
-        if field == 0:
-            raise _Malformed(f"field number 0 at payload byte {pos}")
-        if wire == _LEN:
-            if pos < end and buf[pos] < 0x80:
-                n = buf[pos]
-                pos += 1
-            else:
-                n, pos = _varint(buf, pos, end)
-            stop = pos + n
-            if stop > end:
-                raise _Malformed(f"field {field} says {n} bytes, only {end - pos} left at payload byte {pos}")
-            append((field, wire, pos, stop))
-            pos = stop
-        elif wire == _VARINT:
-            value, pos = _varint(buf, pos, end)
-            append((field, wire, value, 0))
-        elif wire == _FIXED32 or wire == _FIXED64:
-            stop = pos + (4 if wire == _FIXED32 else 8)
-            if stop > end:
-                raise _Malformed(f"truncated fixed-size field {field} at payload byte {pos}")
-            append((field, wire, pos, stop))
-            pos = stop
-        else:  # 3/4 are deprecated groups, 6/7 do not exist: nothing a tf.train message contains
-            raise _Malformed(f"unsupported wire type {wire} for field {field} at payload byte {pos}")
-    return out
-
-
-def _only_field(buf: Buffer, start: int, end: int, tag: int) -> int:
-    """Fast path: if ``buf[start:end]`` is exactly one length-delimited field with one-byte ``tag``, where its value
-    starts (the value ends at ``end``); else -1, and the caller walks the fields generically.
-
-    The tf.train messages are written this way by TensorFlow, so the generic walk is rarely needed.
-    """
-    if end - start < 2 or buf[start] != tag:
-        return -1
-    n = buf[start + 1]
-    pos = start + 2
-    if n >= 0x80:
-        n, pos = _varint(buf, start + 1, end)
-    return pos if pos + n == end else -1
-
-
-def _map_entries(buf: Buffer, spans: list[tuple[int, int]]) -> dict[bytes, tuple[int, int]]:
-    """Features / FeatureLists (``map<string, message> = 1``): key -> span of the value message."""
-    out: dict[bytes, tuple[int, int]] = {}
-    for start, end in spans:
-        for field, wire, a, b in _fields(buf, start, end):
-            if field != 1:
+    out: dict[bytes, Spans] = {}
+    for field, wire, a, b in fields_of(buf, spans):
+        if field != 1:
+            continue
+        if wire != LEN:
+            raise WireError(f"map at payload byte {a}: entry has wire type {wire}, expected length-delimited")
+        # Fast path: key (tag 0x0A, short length) then one value (tag 0x12) running to the end of the entry.
+        if b - a >= 2 and buf[a] == 0x0A and buf[a + 1] < 0x80:
+            key_end = a + 2 + buf[a + 1]
+            if key_end == b:
+                out[bytes(buf[a + 2:key_end])] = []  # no value: the empty (default) message
                 continue
-            if wire != _LEN:
-                raise _Malformed(f"map at payload byte {start}: entry has wire type {wire}, expected length-delimited")
-            # Fast path: key (tag 0x0A, short length) then value (tag 0x12) running to the end of the entry.
-            if b - a >= 2 and buf[a] == 0x0A and buf[a + 1] < 0x80:
-                key_end = a + 2 + buf[a + 1]
-                if key_end == b:
-                    out[bytes(buf[a + 2:key_end])] = (b, b)
-                    continue
-                value = _only_field(buf, key_end, b, 0x12)
-                if value >= 0:
-                    out[bytes(buf[a + 2:key_end])] = (value, b)
-                    continue
-            key = None
-            span = (a, a)  # an absent value is the empty (default) message
-            for f2, w2, c, d in _fields(buf, a, b):
-                if f2 in (1, 2) and w2 != _LEN:
-                    # TensorFlow's parser rejects this; skipping it would drop the entry (e.g. the labels) silently.
-                    raise _Malformed(f"map entry at payload byte {a}: field {f2} ({'key' if f2 == 1 else 'value'}) "
-                                     f"has wire type {w2}, expected length-delimited")
-                if f2 == 1:
-                    key = bytes(buf[c:d])
-                elif f2 == 2:
-                    span = (c, d)
-            if key is None:
-                raise _Malformed(f"map entry at payload byte {a} has no key")
-            out[key] = span  # the last entry wins, as in protobuf map parsing
+            value = only_field(buf, key_end, b, 0x12)
+            if value >= 0:
+                out[bytes(buf[a + 2:key_end])] = [(value, b)]
+                continue
+        key = None
+        values: Spans = []
+        for f2, w2, c, d in fields(buf, a, b):
+            if f2 in (1, 2) and w2 != LEN:
+                # TensorFlow's parser rejects this; skipping it would drop the entry (e.g. the labels) silently.
+                raise WireError(f"map entry at payload byte {a}: field {f2} ({'key' if f2 == 1 else 'value'}) "
+                                f"has wire type {w2}, expected length-delimited")
+            if f2 == 1:
+                key = bytes(buf[c:d])  # a string: the last one wins
+            elif f2 == 2:
+                values.append((c, d))  # a message: occurrences merge
+        if key is None:
+            raise WireError(f"map entry at payload byte {a} has no key")
+        out[key] = values  # the last entry with a key wins, as in protobuf map parsing
     return out
 
 
-def _feature(buf: Buffer, start: int, end: int) -> tuple[int, list[tuple[int, int]]]:
-    """A Feature's kind (1 bytes, 2 float, 3 int64; 0 if unset) and the spans of its list message(s)."""
-    if start < end:
-        tag = buf[start]
-        if tag == 0x0A or tag == 0x12 or tag == 0x1A:
-            value = _only_field(buf, start, end, tag)
-            if value >= 0:
-                return tag >> 3, [(value, end)]
+def _feature(buf: Buffer, spans: Spans) -> tuple[int, Spans]:
+    """A Feature's kind (1 bytes, 2 float, 3 int64; 0 if unset) and the spans of its (merged) list message."""
+    if len(spans) == 1:
+        start, end = spans[0]
+        if start < end:
+            t = buf[start]
+            if t == 0x0A or t == 0x12 or t == 0x1A:
+                value = only_field(buf, start, end, t)
+                if value >= 0:
+                    return t >> 3, [(value, end)]
     kind = 0
-    spans: list[tuple[int, int]] = []
-    for field, wire, a, b in _fields(buf, start, end):
+    lists: Spans = []
+    for field, wire, a, b in fields_of(buf, spans):
         if field not in _KIND_NAMES:
             continue
-        if wire != _LEN:
-            raise _Malformed(f"Feature at payload byte {start}: {_KIND_NAMES[field]} has wire type {wire}, "
-                             f"expected length-delimited")
-        if field != kind:  # a oneof: a later member replaces an earlier one
-            kind, spans = field, []
-        spans.append((a, b))
-    return kind, spans
+        if wire != LEN:
+            raise WireError(f"Feature at payload byte {a}: {_KIND_NAMES[field]} has wire type {wire}, "
+                            f"expected length-delimited")
+        if field != kind:  # a oneof: a different member replaces the earlier one; the same member merges
+            kind, lists = field, []
+        lists.append((a, b))
+    return kind, lists
 
 
 def _expect_kind(kind: int, want: int, name: str) -> None:
     if kind != want and kind != 0:
-        raise _Malformed(f"feature {name!r} is a {_KIND_NAMES[kind]}, expected a {_KIND_NAMES[want]}")
+        raise WireError(f"feature {name!r} is a {_KIND_NAMES[kind]}, expected a {_KIND_NAMES[want]}")
 
 
-def _bytes_values(buf: Buffer, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _bytes_values(buf: Buffer, spans: Spans) -> Spans:
     if len(spans) == 1:
         s, e = spans[0]
-        value = _only_field(buf, s, e, 0x0A)
+        value = only_field(buf, s, e, 0x0A)
         if value >= 0:
             return [(value, e)]
-    return [(a, b) for s, e in spans for field, wire, a, b in _fields(buf, s, e) if field == 1 and wire == _LEN]
+    return [(a, b) for field, wire, a, b in fields_of(buf, spans) if field == 1 and wire == LEN]
 
 
-def _packed_varints(buf: Buffer, pos: int, end: int, values: list[int]) -> None:
-    while pos < end:
-        v = buf[pos]
-        if v < 0x80:
-            pos += 1
-        else:
-            v, pos = _varint(buf, pos, end)
-        values.append(v)
-
-
-def _int64_values(buf: Buffer, spans: list[tuple[int, int]]) -> list[int]:
+def _int64_values(buf: Buffer, spans: Spans) -> list[int]:
     """Int64List values, packed (wire type 2) and unpacked (wire type 0) alike, as signed Python ints."""
     values: list[int] = []
     for s, e in spans:
-        value = _only_field(buf, s, e, 0x0A)
+        value = only_field(buf, s, e, 0x0A)
         if value >= 0:
-            _packed_varints(buf, value, e, values)
+            packed_varints(buf, value, e, values)
             continue
-        for field, wire, a, b in _fields(buf, s, e):
+        for field, wire, a, b in fields(buf, s, e):
             if field != 1:
                 continue
-            if wire == _LEN:
-                _packed_varints(buf, a, b, values)
-            elif wire == _VARINT:
+            if wire == LEN:
+                packed_varints(buf, a, b, values)
+            elif wire == VARINT:
                 values.append(a)
             else:
-                raise _Malformed(f"Int64List at payload byte {s}: value has wire type {wire}, expected varint")
-    if any(v >= _SIGN for v in values):
-        # Protobuf keeps the low 64 bits of a varint and reads them as two's complement.
-        values = [(v & _U64) - (1 << 64) if v & _SIGN else v & _U64 for v in values]
-    return values
+                raise WireError(f"Int64List at payload byte {s}: value has wire type {wire}, expected varint")
+    return signed64(values)
 
 
-def _float_values(buf: Buffer, spans: list[tuple[int, int]]) -> np.ndarray:
+def _float_values(buf: Buffer, spans: Spans) -> np.ndarray:
     """FloatList values, packed (wire type 2) and unpacked (wire type 5) alike, as a new float32 array."""
     if len(spans) == 1:
         s, e = spans[0]
-        value = _only_field(buf, s, e, 0x0A)
+        value = only_field(buf, s, e, 0x0A)
         if value >= 0 and (e - value) % 4 == 0:
             return np.frombuffer(buf, _F32, count=(e - value) // 4, offset=value).astype(np.float32)
     chunks: list[np.ndarray] = []
-    for s, e in spans:
-        for field, wire, a, b in _fields(buf, s, e):
-            if field != 1:
-                continue
-            if wire == _LEN:
-                if (b - a) % 4:
-                    raise _Malformed(f"packed float list of {b - a} bytes, not a multiple of 4")
-                chunks.append(np.frombuffer(buf, _F32, count=(b - a) // 4, offset=a))
-            elif wire == _FIXED32:
-                chunks.append(np.array(_FLOAT.unpack_from(buf, a), dtype=np.float32))
+    for field, wire, a, b in fields_of(buf, spans):
+        if field != 1:
+            continue
+        if wire == LEN:
+            if (b - a) % 4:
+                raise WireError(f"packed float list of {b - a} bytes, not a multiple of 4")
+            chunks.append(np.frombuffer(buf, _F32, count=(b - a) // 4, offset=a))
+        elif wire == FIXED32:
+            chunks.append(np.array(_FLOAT.unpack_from(buf, a), dtype=np.float32))
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     # A copy: aligned, native float32, independent of the record buffer (a float vector is only a few KiB).
@@ -282,18 +195,6 @@ def _float_values(buf: Buffer, spans: list[tuple[int, int]]) -> np.ndarray:
 # Frames
 
 
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 @lru_cache(maxsize=64)
 def _frame_layout(dim: int) -> tuple[bytes, np.dtype]:
     """The canonical header of one frame of ``dim`` bytes inside a FeatureList, and a dtype for one whole frame.
@@ -301,9 +202,9 @@ def _frame_layout(dim: int) -> tuple[bytes, np.dtype]:
     ``FeatureList.feature`` (tag 0x0A, length) -> ``Feature.bytes_list`` (tag 0x0A, length) -> ``BytesList.value``
     (tag 0x0A, length = dim). For dim = 1024 that is ``0a 86 08 0a 83 08 0a 80 08``: 9 bytes, stride 1033.
     """
-    value = b"\x0a" + _varint_bytes(dim)
-    bytes_list = b"\x0a" + _varint_bytes(len(value) + dim)
-    feature = b"\x0a" + _varint_bytes(len(bytes_list) + len(value) + dim)
+    value = b"\x0a" + varint_bytes(dim)
+    bytes_list = b"\x0a" + varint_bytes(len(value) + dim)
+    feature = b"\x0a" + varint_bytes(len(bytes_list) + len(value) + dim)
     header = feature + bytes_list + value
     stride = len(header) + dim
     # One frame as a record: "h" the header bytes, "x" the frame's dim uint8 values.
@@ -331,28 +232,38 @@ def _frames(buf: Buffer, start: int, end: int, name: str, dim: int, max_frames: 
 def _frames_slow(buf: Buffer, start: int, end: int, name: str, dim: int, max_frames: int | None) -> np.ndarray:
     """Per-frame walk: accepts any valid encoding and names the first bad frame precisely."""
     rows: list[int] = []
-    for i, (field, wire, a, b) in enumerate((x for x in _fields(buf, start, end) if x[0] == 1)):
-        if wire != _LEN:
-            raise _Malformed(f"{name} frame {i}: wire type {wire}, expected a Feature message")
-        kind, spans = _feature(buf, a, b)
+    for i, (field, wire, a, b) in enumerate((x for x in fields(buf, start, end) if x[0] == 1)):
+        if wire != LEN:
+            raise WireError(f"{name} frame {i}: wire type {wire}, expected a Feature message")
+        kind, spans = _feature(buf, [(a, b)])
         if kind != _BYTES_LIST:
             got = _KIND_NAMES.get(kind, "empty feature")
-            raise _Malformed(f"{name} frame {i}: {got}, expected a bytes_list of {dim} bytes")
+            raise WireError(f"{name} frame {i}: {got}, expected a bytes_list of {dim} bytes")
         values = _bytes_values(buf, spans)
         if len(values) != 1:
-            raise _Malformed(f"{name} frame {i}: {len(values)} byte strings, expected 1 of {dim} bytes")
+            raise WireError(f"{name} frame {i}: {len(values)} byte strings, expected 1 of {dim} bytes")
         c, d = values[0]
         if d - c != dim:
-            raise _Malformed(f"{name} frame {i}: got {d - c} bytes, expected {dim}")
+            raise WireError(f"{name} frame {i}: got {d - c} bytes, expected {dim}")
         rows.append(c)
     if not rows:
-        raise _Malformed(f"{name} has no frames")
+        raise WireError(f"{name} has no frames")
     kept = rows[:max_frames]
     out = np.empty((len(kept), dim), dtype=np.uint8)
     whole = np.frombuffer(buf, dtype=np.uint8)
     for i, c in enumerate(kept):
         out[i] = whole[c:c + dim]
     return out
+
+
+def _frames_of(buf: Buffer, spans: Spans, name: str, dim: int, max_frames: int | None) -> np.ndarray:
+    """The frames of a FeatureList given as the spans of its (merged) occurrences: their frames in order."""
+    if len(spans) == 1:
+        return _frames(buf, spans[0][0], spans[0][1], name, dim, max_frames)
+    for s, e in spans:
+        fields(buf, s, e)  # each occurrence must be a whole message on its own, as protobuf parses it
+    joined = b"".join(bytes(buf[s:e]) for s, e in spans)  # rare (a split value): the merged message, one copy
+    return _frames(joined, 0, len(joined), name, dim, max_frames)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -382,28 +293,30 @@ def parse_yt8m(payload: Buffer, *, modalities: Mapping[str, int] | None = None, 
 
     Raises:
         DataError: the payload does not parse, the id is missing, a modality is missing, has no frames or frames
-            of the wrong size, or a label is negative or not below ``num_classes``.
+            of the wrong size, a label is negative or not below ``num_classes``, or a float feature is NaN or
+            infinite (:func:`~attncluster.data.records.check_finite`).
     """
     modalities = DEFAULT_MODALITIES if modalities is None else modalities
     if not modalities:
         raise ValueError("parse_yt8m: modalities must name at least one modality")
     try:
-        return _parse(payload, modalities, num_classes, max_frames)
-    except _Malformed as e:
+        video = _parse(payload, modalities, num_classes, max_frames)
+    except WireError as e:
         raise record_error(path, index, offset, str(e)) from None
     except (ValueError, IndexError, struct.error) as e:  # defensive: any other decode failure is damaged data
         raise record_error(path, index, offset, f"payload does not parse as a YouTube-8M record ({e})") from None
+    return check_finite(video, f"{path}: record {index} at byte offset {offset}")
 
 
 def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
            max_frames: int | None) -> RawVideo:
-    context: list[tuple[int, int]] = []
-    lists: list[tuple[int, int]] = []
-    for field, wire, a, b in _fields(buf, 0, len(buf)):
-        if wire != _LEN:
+    context: Spans = []  # a top-level message field given more than once merges: every occurrence, in order
+    lists: Spans = []
+    for field, wire, a, b in fields(buf, 0, len(buf)):
+        if wire != LEN:
             if field in (1, 2):
                 name = "context/features" if field == 1 else "feature_lists"
-                raise _Malformed(f"top-level field {field} ({name}) has wire type {wire}, expected length-delimited")
+                raise WireError(f"top-level field {field} ({name}) has wire type {wire}, expected length-delimited")
             continue
         if field == 1:
             context.append((a, b))
@@ -418,66 +331,66 @@ def _parse(buf: Buffer, modalities: Mapping[str, int], num_classes: int | None,
     out: dict[str, np.ndarray] = {}
     if feature_lists:
         for name, dim in modalities.items():
-            span = feature_lists.get(name.encode())
-            if span is None:
+            spans = feature_lists.get(name.encode())
+            if spans is None:
                 have = ", ".join(sorted(k.decode(errors="replace") for k in feature_lists)) or "none"
-                raise _Malformed(f"missing modality {name!r} in feature_lists (has: {have})")
-            out[name] = _frames(buf, span[0], span[1], name, dim, max_frames)
+                raise WireError(f"missing modality {name!r} in feature_lists (has: {have})")
+            out[name] = _frames_of(buf, spans, name, dim, max_frames)
         t = min(a.shape[0] for a in out.values())
         if any(a.shape[0] != t for a in out.values()):
             out = {k: a[:t] for k, a in out.items()}
     else:
         for name, dim in modalities.items():
             key = MEAN_PREFIX + name
-            span = features.get(key.encode())
-            if span is None:
+            entry = features.get(key.encode())
+            if entry is None:
                 have = ", ".join(sorted(k.decode(errors="replace") for k in features)) or "none"
-                raise _Malformed(f"missing modality {name!r}: no feature_lists entry and no {key!r} feature "
-                                 f"(features: {have})")
-            kind, spans = _feature(buf, span[0], span[1])
+                raise WireError(f"missing modality {name!r}: no feature_lists entry and no {key!r} feature "
+                                f"(features: {have})")
+            kind, spans = _feature(buf, entry)
             _expect_kind(kind, _FLOAT_LIST, key)
             values = _float_values(buf, spans)
             if values.size != dim:
-                raise _Malformed(f"{key}: got {values.size} floats, expected {dim}")
+                raise WireError(f"{key}: got {values.size} floats, expected {dim}")
             out[name] = values.reshape(1, dim)
     return RawVideo(id=video_id, features=out, labels=labels)
 
 
-def _video_id(buf: Buffer, features: dict[bytes, tuple[int, int]]) -> str:
+def _video_id(buf: Buffer, features: dict[bytes, Spans]) -> str:
     for key in (ID_KEY, ID_KEY_2017):
-        span = features.get(key.encode())
-        if span is not None:
-            kind, spans = _feature(buf, span[0], span[1])
+        entry = features.get(key.encode())
+        if entry is not None:
+            kind, spans = _feature(buf, entry)
             _expect_kind(kind, _BYTES_LIST, key)
             values = _bytes_values(buf, spans)
             if len(values) != 1:
-                raise _Malformed(f"{key!r} holds {len(values)} byte strings, expected 1")
+                raise WireError(f"{key!r} holds {len(values)} byte strings, expected 1")
             a, b = values[0]
             try:
                 return bytes(buf[a:b]).decode("utf-8")
             except UnicodeDecodeError:
-                raise _Malformed(f"{key!r} is not UTF-8: {bytes(buf[a:b])!r}") from None
-    raise _Malformed(f"no video id (neither {ID_KEY!r} nor {ID_KEY_2017!r} in the context features)")
+                raise WireError(f"{key!r} is not UTF-8: {bytes(buf[a:b])!r}") from None
+    raise WireError(f"no video id (neither {ID_KEY!r} nor {ID_KEY_2017!r} in the context features)")
 
 
-def _labels(buf: Buffer, features: dict[bytes, tuple[int, int]], num_classes: int | None) -> np.ndarray:
-    span = features.get(LABELS_KEY.encode())
-    if span is None:  # test-partition records may carry no labels
+def _labels(buf: Buffer, features: dict[bytes, Spans], num_classes: int | None) -> np.ndarray:
+    entry = features.get(LABELS_KEY.encode())
+    if entry is None:  # test-partition records may carry no labels
         return np.zeros(0, dtype=np.int64)
-    kind, spans = _feature(buf, span[0], span[1])
+    kind, spans = _feature(buf, entry)
     if kind == 0:
         # A labels entry with no value list is damage, not "no labels": training on it would teach an all-zero
         # target. (A record without a labels entry at all is a test-partition video.)
-        raise _Malformed(f"feature {LABELS_KEY!r} holds no value list, expected an int64_list")
+        raise WireError(f"feature {LABELS_KEY!r} holds no value list, expected an int64_list")
     _expect_kind(kind, _INT64_LIST, LABELS_KEY)
     labels = _int64_values(buf, spans)
     if labels:
         low = min(labels)
         if low < 0:
-            raise _Malformed(f"label {low} is negative")
+            raise WireError(f"label {low} is negative")
         high = max(labels)
         if num_classes is not None and high >= num_classes:
-            raise _Malformed(f"label {high} is out of range, expected < num_classes = {num_classes}")
+            raise WireError(f"label {high} is out of range, expected < num_classes = {num_classes}")
     return np.array(labels, dtype=np.int64)
 
 
@@ -485,36 +398,31 @@ def _labels(buf: Buffer, features: dict[bytes, tuple[int, int]], num_classes: in
 # Encoding (synthetic data, tests)
 
 
-def _tag(field: int, wire: int) -> bytes:
-    return _varint_bytes((field << 3) | wire)
-
-
-def _len_field(field: int, body: bytes) -> bytes:
-    return _tag(field, _LEN) + _varint_bytes(len(body)) + body
-
-
 def _map_entry(key: str, value: bytes) -> bytes:
     """One ``map<string, message>`` entry inside Features / FeatureLists (field 1)."""
-    return _len_field(1, _len_field(1, key.encode()) + _len_field(2, value))
+    return len_field(1, len_field(1, key.encode()) + len_field(2, value))
 
 
 def _bytes_feature(value: bytes) -> bytes:
-    return _len_field(_BYTES_LIST, _len_field(1, value))
+    return len_field(_BYTES_LIST, len_field(1, value))
 
 
 def _int64_feature(values) -> bytes:
-    packed = b"".join(_varint_bytes(int(v) & 0xFFFFFFFFFFFFFFFF) for v in values)
-    return _len_field(_INT64_LIST, _len_field(1, packed) if packed else b"")
+    return len_field(_INT64_LIST, packed_varint_field(1, values))
 
 
 def _float_feature(values: np.ndarray) -> bytes:
     packed = np.ascontiguousarray(values, dtype=_F32).tobytes()
-    return _len_field(_FLOAT_LIST, _len_field(1, packed) if packed else b"")
+    return len_field(_FLOAT_LIST, len_field(1, packed) if packed else b"")
 
 
 def _context(video_id: str | bytes, labels, id_key: str) -> bytes:
+    """The id and (unless ``labels`` is None) the labels, as Features map entries."""
     vid = video_id.encode() if isinstance(video_id, str) else bytes(video_id)
-    return _map_entry(id_key, _bytes_feature(vid)) + _map_entry(LABELS_KEY, _int64_feature(labels))
+    context = _map_entry(id_key, _bytes_feature(vid))
+    if labels is not None:
+        context += _map_entry(LABELS_KEY, _int64_feature(labels))
+    return context
 
 
 def _feature_list(frames: np.ndarray) -> bytes:
@@ -532,17 +440,19 @@ def _feature_list(frames: np.ndarray) -> bytes:
 
 def encode_sequence_example(video_id: str | bytes, labels, frames: Mapping[str, np.ndarray], *,
                             id_key: str = ID_KEY) -> bytes:
-    """Serialise a frame-level ``tf.train.SequenceExample`` in the YouTube-8M schema.
+    """Serialise a frame-level ``tf.train.SequenceExample`` in the YouTube-8M schema (the one encoder: synth, tests
+    and extract's shard writer all use it).
 
     Args:
         video_id: the context ``id``.
-        labels: class ids (int64 list).
+        labels: class ids (int64 list, written in the order given), or None: no ``labels`` feature, as in the
+            dataset's test partition.
         frames: modality name -> uint8 (T, F) frames, one bytes feature per frame.
         id_key: ``"id"`` (2018) or :data:`ID_KEY_2017` (``"video_id"``).
     """
     context = _context(video_id, labels, id_key)
     lists = b"".join(_map_entry(name, _feature_list(x)) for name, x in frames.items())
-    return _len_field(1, context) + _len_field(2, lists)
+    return len_field(1, context) + len_field(2, lists)
 
 
 def encode_example(video_id: str | bytes, labels, features: Mapping[str, np.ndarray], *,
@@ -557,7 +467,7 @@ def encode_example(video_id: str | bytes, labels, features: Mapping[str, np.ndar
     """
     body = _context(video_id, labels, id_key)
     body += b"".join(_map_entry(MEAN_PREFIX + name, _float_feature(np.ravel(x))) for name, x in features.items())
-    return _len_field(1, body)
+    return len_field(1, body)
 
 
 def quantize(x) -> np.ndarray:

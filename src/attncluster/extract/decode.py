@@ -53,6 +53,11 @@ DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 300
 
 
+class Cancelled(BaseException):
+    """Raised inside decoding or featurising when the caller's ``should_stop()`` turns true (a request that timed
+    out). A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way reports it as a bad file."""
+
+
 @dataclass
 class DecodedVideo:
     """A decoded video.
@@ -129,7 +134,7 @@ def _frame_time(frame, stream, index: int) -> Fraction | None:
 
 
 def decode_video(path: str, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES, audio: bool = True,
-                 size: tuple[int, int] | None = None) -> DecodedVideo:
+                 size: tuple[int, int] | None = None, should_stop=None) -> DecodedVideo:
     """Decode ``path``: the frames sampled by the official extractor's rule (see the module doc) and the audio.
 
     Args:
@@ -138,6 +143,7 @@ def decode_video(path: str, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_
         max_frames: at most this many frames (300: YouTube-8M).
         audio: decode the first audio stream to 16 kHz mono float32.
         size: (H, W) to scale the sampled frames to (FFmpeg's bilinear scaler), or None for the stream's size.
+        should_stop: called before each demuxed packet; when it returns True, decoding ends with :class:`Cancelled`.
 
     Returns:
         A :class:`DecodedVideo`.
@@ -157,7 +163,7 @@ def decode_video(path: str, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path}: not a readable video file ({_reason(e)})") from None
     try:
-        return _decode(container, path, fps, max_frames, audio, size, av)
+        return _decode(container, path, fps, max_frames, audio, size, av, should_stop)
     except av.error.FFmpegError as e:
         raise DataError(f"{path}: decoding failed ({_reason(e)}); the file is damaged or truncated") from None
     finally:
@@ -169,7 +175,8 @@ def _reason(e: BaseException) -> str:
     return text[:200] if text else type(e).__name__
 
 
-def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool, size, av) -> DecodedVideo:
+def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool, size, av,
+            should_stop=None) -> DecodedVideo:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise DataError(f"{path}: has no video stream (found: {', '.join(kinds)}); expected a video file")
@@ -212,6 +219,8 @@ def _decode(container, path: str, fps: float, max_frames: int, want_audio: bool,
 
     streams = [vstream] + ([astream] if astream is not None else [])
     for packet in container.demux(*streams):
+        if should_stop is not None and should_stop():
+            raise Cancelled(path)
         if packet.stream is vstream:
             if video_done:
                 continue
@@ -325,4 +334,4 @@ def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=int(w), height=int(h), interpolation="BILINEAR")
 
 
-__all__ = ["DecodedVideo", "decode_video", "sample_frame_indices", "MIN_DURATION", "SAMPLE_RATE"]
+__all__ = ["Cancelled", "DecodedVideo", "decode_video", "sample_frame_indices", "MIN_DURATION", "SAMPLE_RATE"]

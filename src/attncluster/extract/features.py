@@ -157,8 +157,8 @@ class FeaturePipeline:
             if given:
                 raise ConfigError(f"--random-weights replaces every weight file; drop {', '.join(given)}")
             _warn_random(random_weights)
-            rgb = inc.InceptionV3(generator=_seeded(random_weights, 1))
-            audio = vgg.VGGish(generator=_seeded(random_weights, 2))
+            rgb = _inference_ready(inc.InceptionV3(generator=_seeded(random_weights, 1)), dev)
+            audio = vgg.VGGish(generator=_seeded(random_weights, 2)).to(dev).eval()
             rgb_pca, audio_pca = _random_pcas(rgb, audio, int(random_weights))
             variant = "graph2015"
             sources = {k: f"random:{random_weights}" for k in ("inception", "pca", "vggish", "vggish_pca")}
@@ -171,13 +171,14 @@ class FeaturePipeline:
             vggish_pca = _need(vggish_pca, "--vggish-pca", "the VGGish PCA vggish_pca_params.npz (AudioSet) or "
                                                            "vggish_pca_params-970ea276.pth (torchvggish)")
             rgb, variant = _load_inception(inception)
-            audio = _load_vggish(vggish)
+            rgb = _inference_ready(rgb, dev)
+            audio = _load_vggish(vggish).to(dev).eval()
             rgb_pca = load_yt8m_pca(pca)
             audio_pca = load_vggish_pca(vggish_pca)
             sources = {"inception": inception, "pca": pca, "vggish": vggish, "vggish_pca": vggish_pca}
             faithful = variant == "graph2015"
-        pipe = cls(preset="yt8m", device=dev, precision=precision, rgb_net=_channels_last(rgb, dev),
-                   rgb_dim=rgb_pca.out_dim, image_variant=variant, pca=rgb_pca, audio_net=audio.to(dev).eval(),
+        pipe = cls(preset="yt8m", device=dev, precision=precision, rgb_net=rgb,
+                   rgb_dim=rgb_pca.out_dim, image_variant=variant, pca=rgb_pca, audio_net=audio,
                    audio_pca=audio_pca, out_dtype=np.uint8, batch_size=batch_size, sources=sources, faithful=faithful)
         pipe._pca_params = rgb_pca.torch_params(dev)
         return pipe
@@ -224,7 +225,7 @@ class FeaturePipeline:
         return None
 
     def _autocast(self):
-        from attncluster.inference import autocast_for
+        from attncluster.distributed import autocast_for
 
         return autocast_for(self.device, self.precision)
 
@@ -303,6 +304,11 @@ class FeaturePipeline:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def _inference_ready(model: inc.InceptionV3, device: torch.device) -> inc.InceptionV3:
+    """Inception on ``device``, channels-last, batch norm folded into the convolutions (inference only)."""
+    return _channels_last(model, device).fold_batch_norm()
 
 
 def _channels_last(model: nn.Module, device: torch.device) -> nn.Module:

@@ -12,9 +12,9 @@ Only what a frozen inference graph such as Inception's ``classify_image_graph_de
 | | 10: int64_val, 11: bool_val |
 | ``TensorShapeProto`` | 2: dim (repeated Dim {1: size}) |
 
-It reuses the wire reader of :mod:`attncluster.data.yt8m` (varints, field spans). Parsing never runs code and never
-allocates more than the file's own size: tensors come from ``tensor_content`` bytes or typed value lists whose length
-is checked against the shape. :func:`encode_graphdef` writes the same messages (tests build small graphs with it).
+It is built on the public wire codec :mod:`attncluster.data.protowire` (varints, field spans). Parsing never runs code
+and never allocates more than the file's own size: tensors come from ``tensor_content`` bytes or typed value lists
+whose length is checked against the shape. :func:`encode_graphdef` writes the same messages (tests build small graphs with it).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attncluster.data.yt8m import _FIXED32, _FIXED64, _LEN, _VARINT, _fields, _len_field, _Malformed, _tag, _varint, \
-    _varint_bytes
+from attncluster.data.protowire import (FIXED32, FIXED64, LEN, VARINT, WireError, fields, len_field, read_varint, tag,
+                                        varint_bytes)
 from attncluster.errors import DataError
 
 # TensorFlow DataType enum -> numpy dtype (little-endian, as tensor_content is written).
@@ -59,7 +59,7 @@ class Node:
         """A Const node's tensor."""
         v = self.attr.get("value")
         if not isinstance(v, np.ndarray):
-            raise _Malformed(f"node {self.name!r} ({self.op}) has no tensor value")
+            raise WireError(f"node {self.name!r} ({self.op}) has no tensor value")
         return v
 
 
@@ -72,12 +72,12 @@ def _text(buf: bytes, a: int, b: int) -> str:
 
 
 def _packed_ints(buf: bytes, a: int, b: int, wire: int, value: int, out: list[int]) -> None:
-    if wire == _VARINT:
+    if wire == VARINT:
         out.append(value)
         return
     pos = a
     while pos < b:
-        v, pos = _varint(buf, pos, b)
+        v, pos = read_varint(buf, pos, b)
         out.append(v)
 
 
@@ -90,19 +90,19 @@ def _shape(buf: bytes, a: int, b: int, *, tensor: bool = True) -> tuple[int, ...
     """A TensorShapeProto. A tensor's shape must be known; an attribute's (a Placeholder's) may hold -1 dims or an
     unknown rank (None)."""
     dims: list[int] = []
-    for f, w, c, d in _fields(buf, a, b):
-        if f == 2 and w == _LEN:
+    for f, w, c, d in fields(buf, a, b):
+        if f == 2 and w == LEN:
             size = 0
-            for f2, w2, e, g in _fields(buf, c, d):
-                if f2 == 1 and w2 == _VARINT:
+            for f2, w2, e, g in fields(buf, c, d):
+                if f2 == 1 and w2 == VARINT:
                     size = _signed(e)
             dims.append(size)
-        elif f == 3 and w == _VARINT and c:
+        elif f == 3 and w == VARINT and c:
             if tensor:
-                raise _Malformed("tensor shape of unknown rank")
+                raise WireError("tensor shape of unknown rank")
             return None
     if len(dims) > _MAX_RANK or (tensor and any(s < 0 for s in dims)):
-        raise _Malformed(f"bad tensor shape {dims}")
+        raise WireError(f"bad tensor shape {dims}")
     return tuple(dims)
 
 
@@ -119,20 +119,20 @@ def _tensor(buf: bytes, a: int, b: int) -> np.ndarray | OtherTensor:
     dtype_enum, shape, content = 0, (), None
     floats: list[np.ndarray] = []
     ints: list[int] = []
-    for f, w, c, d in _fields(buf, a, b):
-        if f == 1 and w == _VARINT:
+    for f, w, c, d in fields(buf, a, b):
+        if f == 1 and w == VARINT:
             dtype_enum = c
-        elif f == 2 and w == _LEN:
+        elif f == 2 and w == LEN:
             shape = _shape(buf, c, d)
-        elif f == 4 and w == _LEN:
+        elif f == 4 and w == LEN:
             content = (c, d)
         elif f in (5, 6):  # float_val / double_val, packed or not
             dt = "<f4" if f == 5 else "<f8"
-            if w == _LEN:
+            if w == LEN:
                 floats.append(np.frombuffer(bytes(buf[c:d]), dtype=dt))
-            elif w in (_FIXED32, _FIXED64):
+            elif w in (FIXED32, FIXED64):
                 floats.append(np.frombuffer(bytes(buf[c:d]), dtype=dt))
-        elif f in (7, 10, 11) and w in (_VARINT, _LEN):  # int_val / int64_val / bool_val
+        elif f in (7, 10, 11) and w in (VARINT, LEN):  # int_val / int64_val / bool_val
             _packed_ints(buf, c, d, w, c, ints)
     if dtype_enum not in DTYPES:  # e.g. DT_STRING: not a weight, so not decoded
         return OtherTensor(dtype_enum, shape)
@@ -141,7 +141,7 @@ def _tensor(buf: bytes, a: int, b: int) -> np.ndarray | OtherTensor:
     if content is not None:
         c, d = content
         if d - c != count * dtype.itemsize:
-            raise _Malformed(f"tensor_content has {d - c} bytes, shape {list(shape)} of {dtype} needs "
+            raise WireError(f"tensor_content has {d - c} bytes, shape {list(shape)} of {dtype} needs "
                              f"{count * dtype.itemsize}")
         return np.frombuffer(bytes(buf[c:d]), dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     if floats:
@@ -149,7 +149,7 @@ def _tensor(buf: bytes, a: int, b: int) -> np.ndarray | OtherTensor:
     else:
         values = np.array([_signed(v) for v in ints], dtype=np.int64)
     if len(values) > count:
-        raise _Malformed(f"tensor has {len(values)} values for shape {list(shape)}")
+        raise WireError(f"tensor has {len(values)} values for shape {list(shape)}")
     out = np.zeros(count, dtype=dtype.newbyteorder("="))
     if len(values):
         out[:len(values)] = values
@@ -159,39 +159,39 @@ def _tensor(buf: bytes, a: int, b: int) -> np.ndarray | OtherTensor:
 
 def _attr_value(buf: bytes, a: int, b: int) -> object:
     value: object = None
-    for f, w, c, d in _fields(buf, a, b):
-        if f == 1 and w == _LEN:
+    for f, w, c, d in fields(buf, a, b):
+        if f == 1 and w == LEN:
             items: list[object] = []
             ints: list[int] = []
-            for f2, w2, e, g in _fields(buf, c, d):
-                if f2 == 2 and w2 == _LEN:
+            for f2, w2, e, g in fields(buf, c, d):
+                if f2 == 2 and w2 == LEN:
                     items.append(bytes(buf[e:g]))
                 elif f2 in (3, 5, 6):
                     _packed_ints(buf, e, g, w2, e, ints)
-                elif f2 == 4 and w2 == _LEN:
+                elif f2 == 4 and w2 == LEN:
                     items.extend(np.frombuffer(bytes(buf[e:g]), dtype="<f4").tolist())
-                elif f2 == 4 and w2 == _FIXED32:
+                elif f2 == 4 and w2 == FIXED32:
                     items.append(struct.unpack("<f", bytes(buf[e:g]))[0])
             value = items + [_signed(v) for v in ints]
-        elif f == 2 and w == _LEN:
+        elif f == 2 and w == LEN:
             value = bytes(buf[c:d])
-        elif f in (3, 6) and w == _VARINT:
+        elif f in (3, 6) and w == VARINT:
             value = _signed(c)
-        elif f == 4 and w == _FIXED32:
+        elif f == 4 and w == FIXED32:
             value = struct.unpack("<f", bytes(buf[c:d]))[0]
-        elif f == 5 and w == _VARINT:
+        elif f == 5 and w == VARINT:
             value = bool(c)
-        elif f == 7 and w == _LEN:
+        elif f == 7 and w == LEN:
             value = _shape(buf, c, d, tensor=False)
-        elif f == 8 and w == _LEN:
+        elif f == 8 and w == LEN:
             value = _tensor(buf, c, d)
     return value
 
 
 def _node(buf: bytes, a: int, b: int) -> Node:
     node = Node(name="", op="")
-    for f, w, c, d in _fields(buf, a, b):
-        if w != _LEN:
+    for f, w, c, d in fields(buf, a, b):
+        if w != LEN:
             continue
         if f == 1:
             node.name = _text(buf, c, d)
@@ -201,15 +201,15 @@ def _node(buf: bytes, a: int, b: int) -> Node:
             node.inputs.append(_text(buf, c, d))
         elif f == 5:
             key, span = "", (c, c)
-            for f2, w2, e, g in _fields(buf, c, d):
-                if w2 == _LEN and f2 == 1:
+            for f2, w2, e, g in fields(buf, c, d):
+                if w2 == LEN and f2 == 1:
                     key = _text(buf, e, g)
-                elif w2 == _LEN and f2 == 2:
+                elif w2 == LEN and f2 == 2:
                     span = (e, g)
             try:
                 node.attr[key] = _attr_value(buf, *span)
-            except _Malformed as err:
-                raise _Malformed(f"node {node.name!r} attr {key!r}: {err}") from None
+            except WireError as err:
+                raise WireError(f"node {node.name!r} attr {key!r}: {err}") from None
     return node
 
 
@@ -222,15 +222,15 @@ def parse_graphdef(data: bytes, *, source: str = "GraphDef") -> dict[str, Node]:
     buf = memoryview(data)
     nodes: dict[str, Node] = {}
     try:
-        for f, w, a, b in _fields(buf, 0, len(buf)):
-            if f == 1 and w == _LEN:
+        for f, w, a, b in fields(buf, 0, len(buf)):
+            if f == 1 and w == LEN:
                 node = _node(buf, a, b)
                 if not node.name or not node.op:
-                    raise _Malformed(f"node at byte {a} has no name or op")
+                    raise WireError(f"node at byte {a} has no name or op")
                 nodes[node.name] = node
             elif f not in (2, 3, 4):
-                raise _Malformed(f"unexpected top-level field {f}")
-    except _Malformed as err:
+                raise WireError(f"unexpected top-level field {f}")
+    except WireError as err:
         raise DataError(f"{source}: not a TensorFlow GraphDef ({err})") from None
     if not nodes:
         raise DataError(f"{source}: not a TensorFlow GraphDef (no nodes)")
@@ -253,7 +253,7 @@ def read_graphdef(path: str) -> dict[str, Node]:
 
 
 def _bytes_field(field_no: int, value: bytes) -> bytes:
-    return _len_field(field_no, value)
+    return len_field(field_no, value)
 
 
 def encode_tensor(array: np.ndarray, *, as_content: bool = True) -> bytes:
@@ -261,15 +261,15 @@ def encode_tensor(array: np.ndarray, *, as_content: bool = True) -> bytes:
     array = np.asarray(array)
     enum = {v: k for k, v in DTYPES.items()}[array.dtype.newbyteorder("<") if array.dtype.itemsize > 1
                                             else array.dtype]
-    shape = b"".join(_len_field(2, _tag(1, _VARINT) + _varint_bytes(int(s))) for s in array.shape)
-    out = _tag(1, _VARINT) + _varint_bytes(enum) + _len_field(2, shape)
+    shape = b"".join(len_field(2, tag(1, VARINT) + varint_bytes(int(s))) for s in array.shape)
+    out = tag(1, VARINT) + varint_bytes(enum) + len_field(2, shape)
     if as_content:
-        out += _len_field(4, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        out += len_field(4, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     elif array.dtype.kind == "f":
         field_no = 5 if array.dtype.itemsize == 4 else 6
-        out += _len_field(field_no, np.ascontiguousarray(array.ravel(), dtype=array.dtype.newbyteorder("<")).tobytes())
+        out += len_field(field_no, np.ascontiguousarray(array.ravel(), dtype=array.dtype.newbyteorder("<")).tobytes())
     else:
-        out += _len_field(7, b"".join(_varint_bytes(int(v) & ((1 << 64) - 1)) for v in array.ravel()))
+        out += len_field(7, b"".join(varint_bytes(int(v) & ((1 << 64) - 1)) for v in array.ravel()))
     return out
 
 
@@ -284,20 +284,20 @@ def _encode_attr(value: object) -> bytes:
     if isinstance(value, RawAttr):
         return value.data
     if isinstance(value, np.ndarray):
-        return _len_field(8, encode_tensor(value))
+        return len_field(8, encode_tensor(value))
     if isinstance(value, bool):
-        return _tag(5, _VARINT) + _varint_bytes(int(value))
+        return tag(5, VARINT) + varint_bytes(int(value))
     if isinstance(value, int):
-        return _tag(3, _VARINT) + _varint_bytes(value & ((1 << 64) - 1))
+        return tag(3, VARINT) + varint_bytes(value & ((1 << 64) - 1))
     if isinstance(value, float):
-        return _tag(4, _FIXED32) + struct.pack("<f", value)
+        return tag(4, FIXED32) + struct.pack("<f", value)
     if isinstance(value, (bytes, str)):
-        return _len_field(2, value.encode() if isinstance(value, str) else value)
+        return len_field(2, value.encode() if isinstance(value, str) else value)
     if isinstance(value, tuple) and value and value[0] == "type":
-        return _tag(6, _VARINT) + _varint_bytes(int(value[1]))
+        return tag(6, VARINT) + varint_bytes(int(value[1]))
     if isinstance(value, list):
-        packed = b"".join(_varint_bytes(int(v) & ((1 << 64) - 1)) for v in value)
-        return _len_field(1, _len_field(3, packed))
+        packed = b"".join(varint_bytes(int(v) & ((1 << 64) - 1)) for v in value)
+        return len_field(1, len_field(3, packed))
     raise TypeError(f"cannot encode attr value {value!r}")
 
 
@@ -306,10 +306,10 @@ def encode_node(name: str, op: str, inputs: Sequence[str] = (), attr: Mapping[st
     body = _bytes_field(1, name.encode()) + _bytes_field(2, op.encode())
     body += b"".join(_bytes_field(3, i.encode()) for i in inputs)
     for key, value in (attr or {}).items():
-        body += _len_field(5, _len_field(1, key.encode()) + _len_field(2, _encode_attr(value)))
+        body += len_field(5, len_field(1, key.encode()) + len_field(2, _encode_attr(value)))
     return body
 
 
 def encode_graphdef(nodes: Sequence[bytes]) -> bytes:
     """A GraphDef from encoded NodeDefs (:func:`encode_node`)."""
-    return b"".join(_len_field(1, n) for n in nodes)
+    return b"".join(len_field(1, n) for n in nodes)

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from attncluster.errors import AttnClusterError, ConfigError, DataError
-from attncluster.extract.decode import DEFAULT_FPS, DEFAULT_MAX_FRAMES, SAMPLE_RATE, DecodedVideo, decode_video
+from attncluster.extract.decode import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, SAMPLE_RATE, Cancelled, DecodedVideo,
+                                        decode_video)
 
 AUDIO_HOP_SECONDS = 0.96  # vggish_params.EXAMPLE_HOP_SECONDS
 AUDIO_MIN_SAMPLES = 15600  # 0.975 s: 96 log-mel frames of 25 ms windows at a 10 ms hop, one VGGish example
@@ -87,12 +88,12 @@ def _local_copy(path: str) -> tuple[str, str | None]:
     return tmp, tmp
 
 
-def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size) -> tuple[str, Any]:
+def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size, should_stop=None) -> tuple[str, Any]:
     """Worker entry point: ("ok", DecodedVideo) or ("bad", one-line message). Never raises for a bad file."""
     tmp = None
     try:
         local, tmp = _local_copy(path)
-        d = decode_video(local, fps=fps, max_frames=max_frames, audio=audio, size=size)
+        d = decode_video(local, fps=fps, max_frames=max_frames, audio=audio, size=size, should_stop=should_stop)
         d.path = path
         return "ok", d
     except AttnClusterError as e:
@@ -102,6 +103,38 @@ def _decode_job(path: str, fps: float, max_frames: int, audio: bool, size) -> tu
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _die_with_parent(parent: int, pdeathsig: bool = True) -> None:
+    """Decode worker initializer: end this worker when the process that started it dies, even by ``kill -9``.
+
+    Linux, with ``pdeathsig``: the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``; it fires
+    when the parent *thread* ends, so it is used only for workers started from the main thread). Everywhere, and for
+    a parent that died before the prctl took effect: a daemon thread checks every half second that the parent is
+    still ours.
+    Without this a killed ``extract`` left its workers (and with them multiprocessing's resource tracker) running.
+    """
+    import signal
+    import threading
+
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="attncluster-parent-watch", daemon=True).start()
 
 
 @dataclass
@@ -150,12 +183,16 @@ class Extractor:
     def _job(self, path: str) -> tuple:
         return (path, self.fps, self.max_frames, self._wants_audio, getattr(self.pipeline, "frame_size", None))
 
-    def extract(self, path: str) -> dict:
-        """Decode and featurise one video in this process. Raises DataError naming a bad file."""
-        status, value = _decode_job(*self._job(path))
+    def extract(self, path: str, should_stop: Callable[[], bool] | None = None) -> dict:
+        """Decode and featurise one video in this process. Raises DataError naming a bad file.
+
+        ``should_stop`` is called per demuxed packet and per batch of frames; once it returns True the work ends
+        with :class:`~attncluster.extract.decode.Cancelled` (serve: a request that timed out stops within a batch).
+        """
+        status, value = _decode_job(*self._job(path), should_stop=should_stop)
         if status == "bad":
             raise DataError(value)
-        return self._featurise([value])[0]
+        return self._featurise([value], should_stop)[0]
 
     # -- features -------------------------------------------------------------------------------------------------
 
@@ -176,7 +213,7 @@ class Extractor:
         j = np.clip(np.rint(d.timestamps / hop).astype(np.int64), 0, len(examples) - 1)
         return examples[j], "vggish"
 
-    def _featurise(self, videos: list[DecodedVideo]) -> list[dict]:
+    def _featurise(self, videos: list[DecodedVideo], should_stop: Callable[[], bool] | None = None) -> list[dict]:
         """Run the backbone on the frames of several videos in batches of ``batch_frames``; one dict per video."""
         t0 = time.perf_counter()
         # One backbone call per batch of frames of the same size (videos of different sizes do not stack; with
@@ -187,8 +224,11 @@ class Extractor:
             groups.setdefault(d.frames.shape[1:], []).append(k)
         for members in groups.values():
             frames = np.concatenate([videos[k].frames for k in members])
-            outs = [np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames]))
-                    for i in range(0, len(frames), self.batch_frames)]
+            outs = []
+            for i in range(0, len(frames), self.batch_frames):
+                if should_stop is not None and should_stop():
+                    raise Cancelled(videos[members[0]].path)
+                outs.append(np.asarray(self.pipeline.frame_features(frames[i:i + self.batch_frames])))
             feats = np.concatenate(outs) if len(outs) > 1 else outs[0]
             start = 0
             for k in members:
@@ -201,6 +241,8 @@ class Extractor:
                    "timestamps": d.timestamps, "frame_indices": d.frame_indices, "has_audio": d.has_audio,
                    "duration": d.duration}
             if self._wants_audio:
+                if should_stop is not None and should_stop():
+                    raise Cancelled(d.path)
                 rec["audio"], rec["audio_source"] = self._audio_rows(d)
             records.append(rec)
             self.stats.videos += 1
@@ -209,6 +251,14 @@ class Extractor:
         return records
 
     # -- streaming ------------------------------------------------------------------------------------------------
+
+    def _pool(self, ctx) -> cf.ProcessPoolExecutor:
+        """The decode workers; each dies with this process (:func:`_die_with_parent`)."""
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        return cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx, initializer=_die_with_parent,
+                                      initargs=(os.getpid(), main))
 
     def _decoded(self, paths: list[str]) -> Iterator[tuple[str, str, Any]]:
         """(path, status, DecodedVideo | message) in input order, decoded by the worker processes.
@@ -225,7 +275,7 @@ class Extractor:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
         todo = deque(paths)
         pending: deque = deque()
-        pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
+        pool = self._pool(ctx)
         ahead = 2 * self.num_workers + 1
         video_bytes = 0.0  # running mean of a decoded video's size
         solo = 0  # after a worker crash: the next `solo` files run one at a time, so a crash names its file
@@ -244,7 +294,7 @@ class Extractor:
                     # A decoder crashed its process (FFmpeg on a hostile file). Every file in flight fails with
                     # it; restart the pool and redo them one at a time: the file that crashes alone is bad.
                     pool.shutdown(wait=False, cancel_futures=True)
-                    pool = cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
+                    pool = self._pool(ctx)
                     retry = [q for q, _ in pending]
                     pending.clear()
                     if not solo:
@@ -472,11 +522,12 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
     return summary
 
 
-# -- classification from video files -------------------------------------------------------------------------------
+# -- the extractor that predict --videos and explain --videos build ---------------------------------------------
 
 def default_extractor(fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES, num_workers: int | str = "auto",
                       device: str | None = None, **pipeline_options) -> Extractor:
-    """The Extractor that :func:`classify_videos` and ``explain --videos`` build when given none: ``make_pipeline``
+    """The Extractor that ``predict --videos`` (``attncluster.predict.classify_videos``) and ``explain --videos``
+    build when given none: ``make_pipeline``
     (FeaturePipeline.create, which warns about random weights) on ``device`` as resolved for this process."""
     from attncluster import distributed
 
@@ -485,65 +536,5 @@ def default_extractor(fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FR
                      num_workers=num_workers)
 
 
-def classify_videos(paths: Iterable[str], config, weights: str, vocab: str | None = None, top_k: int | None = None,
-                    extractor: Extractor | None = None, device: str | None = None, skip_bad: bool = False,
-                    on_bad: Callable[[str, str], None] | None = None, fps: float = DEFAULT_FPS,
-                    max_frames: int = DEFAULT_MAX_FRAMES, num_workers: int | str = "auto",
-                    **pipeline_options) -> list[dict]:
-    """Classify video files with a trained model: extract in memory, sample ``seg_num`` frames as eval does, score.
-
-    Args:
-        paths: video files, globs, directories, .list files or URLs.
-        config: a :class:`~attncluster.config.Config` or a config path.
-        weights: the model checkpoint.
-        vocab: YouTube-8M ``vocabulary.csv`` for names (else ``data.class_names`` of the config, if set).
-        top_k: classes per video (default ``eval.top_k`` capped at num_classes).
-        extractor: an :class:`Extractor`; by default one is made from ``fps``, ``max_frames``, ``num_workers`` and
-            ``pipeline_options`` (as ``run_extract``).
-        skip_bad: skip bad files (reported to ``on_bad``) instead of raising.
-
-    Returns:
-        One record per video, as ``predict``'s JSONL: ``{"id", "classes", "scores"[, "names"]}``, highest first.
-    """
-    from attncluster.config import Config, load_config
-    from attncluster.data.sampling import sample_indices
-    from attncluster.inference import TorchPredictor, load_class_names, load_vocabulary, prediction_record
-
-    cfg = config if isinstance(config, Config) else load_config(config)
-    k = min(cfg.eval.top_k, cfg.model.num_classes) if top_k is None else top_k
-    if not 0 < k <= cfg.model.num_classes:
-        raise ConfigError(f"--top-k {k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
-    names = load_vocabulary(vocab, cfg.model.num_classes) if vocab else load_class_names(cfg)
-    if extractor is None:
-        extractor = default_extractor(fps, max_frames, num_workers, pipeline_options.pop("device", None) or device,
-                                      **pipeline_options)
-    for m, dim in cfg.model.feature_dims.items():
-        if extractor.modalities.get(m) != dim:
-            raise ConfigError(f"model.feature_dims.{m} = {dim}, but the extractor gives "
-                              f"{extractor.modalities}; use the preset the model was trained on")
-    predictor = TorchPredictor(cfg, weights, device)
-    records: list[dict] = []
-    batch: list[dict] = []
-
-    def flush() -> None:
-        feats = {m: np.stack([v[m] for v in batch]) for m in cfg.model.feature_dims}  # (N, seg_num, F)
-        scores = predictor.scores(feats)  # (N, C)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        for i, (v, cls) in enumerate(zip(batch, top)):
-            records.append(prediction_record(v["id"], cls, scores[i, cls], names))
-        batch.clear()
-
-    for rec in extractor.iter_extract(expand_videos(paths, log=_warn), skip_bad=skip_bad, on_bad=on_bad):
-        n = min(len(rec[m]) for m in cfg.model.feature_dims)
-        idx = sample_indices(n, cfg.model.seg_num, None)  # the same frames eval would see in the shards
-        row = {"id": rec["id"], **{m: rec[m][idx] for m in cfg.model.feature_dims}}
-        batch.append(row)
-        if len(batch) >= cfg.eval.batch_size:
-            flush()
-    if batch:
-        flush()
-    return records
-
-
-__all__ = ["Extractor", "ExtractStats", "classify_videos", "run_extract", "make_pipeline", "video_id",
+__all__ = ["Extractor", "ExtractStats", "default_extractor", "run_extract", "make_pipeline", "video_id",
            "expand_videos", "resolve_workers"]

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from attncluster.errors import DataError
+from attncluster.extract.random_init import normal_fill
 
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
@@ -188,17 +189,20 @@ class VGGish(nn.Module):
                                         nn.Linear(4096, 4096, device=meta), nn.ReLU(inplace=True),
                                         nn.Linear(4096, EMBEDDING_SIZE, device=meta))
         if not empty:
-            self.to_empty(device="cpu")
+            # Real storage for each meta parameter, without ``to_empty`` (its first call imports sympy: 0.7 s) and
+            # without nn's default init (reset_parameters draws every weight once).
+            for m in self.modules():
+                for name, param in m.named_parameters(recurse=False):
+                    setattr(m, name, nn.Parameter(torch.empty(param.shape, dtype=param.dtype)))
             self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """He-normal weights, zero biases (vggish_slim initialises N(0, 0.01); He keeps random activations alive)."""
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        normal_fill([(m.weight, (2.0 / m.weight[0].numel()) ** 0.5) for m in layers], generator)
         with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    fan_in = m.weight[0].numel()
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-                    m.bias.zero_()
+            for m in layers:
+                m.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)  # (K, 1, 96, 64) -> (K, 512, 6, 4)

@@ -10,10 +10,12 @@ Two formats:
 * ``features``: the project's per-video layout (``data/features.py``): ``OUT/<id>.npz`` with one (T, F) array per
   modality and ``OUT/labels.csv`` (``labels.rankR.csv`` per rank under torchrun).
 
-Atomic. A shard is written to ``<name>.tmp`` and renamed when complete; its videos are then appended to the
-manifest ``OUT/manifest.rankR.jsonl`` (one JSON object per video: id, source, shard, frames, audio, ...). A video
-is done only once it is in a manifest, so after a crash a re-run skips exactly the done videos, deletes shards that
-no manifest names (written but not recorded) and any ``.tmp`` left over, and redoes the rest.
+Atomic. Every file goes through the one writer (:func:`attncluster.outputs.atomic_output`: a hidden temporary
+``.<name>.XXXXXXXX.tmp``, fsync, rename, a failure is one error naming the file); a shard's videos are then appended
+to the manifest ``OUT/manifest.rankR.jsonl`` (one JSON object per video: id, source, shard, frames, audio, ...). A
+video is done only once it is in a manifest, so after a crash a re-run skips exactly the done videos, deletes shards
+that no manifest names (written but not recorded) and the temporary files a killed run left (those another live
+rank is writing are locked and kept), and redoes the rest.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from attncluster.data.tfrecord import encode_record
-from attncluster.data.yt8m import (ID_KEY, LABELS_KEY, _bytes_feature, _feature_list, _int64_feature, _len_field,
-                                   _map_entry)
-from attncluster.errors import ConfigError, DataError
+from attncluster.data.yt8m import encode_sequence_example
+from attncluster.errors import ConfigError, DataError, writing
+from attncluster.outputs import TMP_SUFFIX, atomic_write_bytes, remove_stale, target_of_temporary
 
 FORMATS = ("yt8m", "features")
 MANIFEST_GLOB = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
@@ -37,7 +39,8 @@ SHARD_RE = re.compile(r"^extract-(\d{3})-(\d{5})\.tfrecord$")
 
 
 def encode_frame_level(video_id: str, labels: Sequence[int] | None, frames: Mapping[str, np.ndarray]) -> bytes:
-    """A frame-level SequenceExample in the YouTube-8M schema.
+    """A frame-level SequenceExample in the YouTube-8M schema (:func:`attncluster.data.yt8m.encode_sequence_example`
+    with the labels sorted).
 
     Args:
         video_id: context ``id`` (bytes feature).
@@ -45,20 +48,21 @@ def encode_frame_level(video_id: str, labels: Sequence[int] | None, frames: Mapp
             as the dataset's test partition.
         frames: modality -> uint8 (T, F), one bytes feature per frame in feature list ``modality``.
     """
-    context = _map_entry(ID_KEY, _bytes_feature(video_id.encode("utf-8")))
-    if labels is not None:
-        context += _map_entry(LABELS_KEY, _int64_feature(sorted(int(x) for x in labels)))
-    lists = b"".join(_map_entry(name, _feature_list(np.ascontiguousarray(x))) for name, x in frames.items())
-    return _len_field(1, context) + _len_field(2, lists)
+    return encode_sequence_example(video_id, None if labels is None else sorted(int(x) for x in labels),
+                                   {name: np.ascontiguousarray(x) for name, x in frames.items()})
 
 
 def _fsync_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
+
+
+def _temporary_of(name: str) -> str | None:
+    """The file a temporary file ``name`` was written for: ``.X.<random>.tmp`` (the one writer) or ``X.tmp`` (older
+    versions); None for any other name."""
+    target = target_of_temporary(name)
+    if target is None and name.endswith(TMP_SUFFIX) and not name.startswith("."):
+        target = name[:-len(TMP_SUFFIX)]
+    return target
 
 
 def read_manifests(out_dir: str) -> list[dict]:
@@ -123,16 +127,23 @@ class ShardWriter:
         return os.path.join(self.out_dir, name)
 
     def _clean(self, entries: list[dict]) -> list[str]:
-        """Delete this rank's leftovers of an interrupted run: .tmp files and shards no manifest records."""
+        """Delete this rank's leftovers of an interrupted run: shards no manifest records, and the temporary files
+        of a killed run (its shards', npz files', labels CSV's and manifest's; any rank's, unless a live one holds
+        them)."""
         recorded = {e.get("shard") for e in entries}
         removed = []
         for name in os.listdir(self.out_dir):
-            m = SHARD_RE.match(name.removesuffix(".tmp"))
-            if m is None or int(m.group(1)) != self.rank:
-                continue
-            if name.endswith(".tmp") or name not in recorded:
+            m = SHARD_RE.match(name)
+            if m is not None and int(m.group(1)) == self.rank and name not in recorded:
                 os.remove(os.path.join(self.out_dir, name))
                 removed.append(name)
+
+        def ours(name: str) -> bool:
+            of = _temporary_of(name)
+            return of is not None and (SHARD_RE.match(of) is not None or of.endswith(".npz")
+                                       or of.startswith(("labels", "manifest.rank")))
+
+        removed += [p.name for p in remove_stale(os.path.join(self.out_dir, "_"), matches=ours)]
         return removed
 
     def add(self, entry: dict, arrays: dict[str, np.ndarray], labels: list[int] | None) -> None:
@@ -181,7 +192,7 @@ class ShardWriter:
             text = "video_id,labels\n" + "".join(f"{r['id']},{' '.join(str(x) for x in (r.get('labels') or []))}\n"
                                                  for r in rows)
             _fsync_write(self.labels_csv, text.encode("utf-8"))
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
+        with writing(self.manifest_path), open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
             f.flush()
             os.fsync(f.fileno())
