@@ -129,7 +129,7 @@ def config_from_weights(path: str, overrides: list[str] | None = None) -> Config
     Raises:
         ConfigError: the file carries no config (safetensors, converted Paddle weights, ``.pdparams``).
     """
-    from attncluster.checkpoint import load_state_dict_any
+    from attncluster.weights import load_state_dict_any
     from attncluster.config import apply_overrides, from_dict
 
     _, info = load_state_dict_any(path)
