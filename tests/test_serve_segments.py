@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
             "clip": (root / "clip.mp4").read_bytes()}
 
 
-def _client(setup, **limits):
+def _client(setup, extractor=None, **limits):
     import warnings
 
     from attncluster.inference import TorchPredictor
@@ -56,7 +56,7 @@ def _client(setup, **limits):
 
     service = ModelService(TorchPredictor(setup["cfg"], str(setup["root"] / "w.pt")), setup["cfg"].model.seg_num,
                            NAMES)
-    app = create_app(service, extractor=setup["extractor"], warmup=False, limits=ServeLimits(**limits))
+    app = create_app(service, extractor=extractor or setup["extractor"], warmup=False, limits=ServeLimits(**limits))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*httpx.*testclient|.*testclient.*httpx", category=UserWarning)
         from starlette.testclient import TestClient
@@ -136,6 +136,26 @@ def test_segments_of_an_uploaded_video_are_the_model_on_each_5_second_slice(setu
         assert_same_segments(json.loads(line)["segments"], want)
 
 
+def test_start_and_end_are_seconds_at_the_extractors_fps(setup):
+    # --fps 2: 24 frames of the 12 s video; a segment is still 5 frames, now 2.5 s.
+    from extract_videos import TinyPipeline
+
+    from attncluster.extract.pipeline import Extractor
+
+    extractor = Extractor(TinyPipeline(seed=2), fps=2, num_workers=0)
+    feats = extractor.extract(str(setup["root"] / "clip.mp4"))
+    assert min(len(feats["rgb"]), len(feats["audio"])) == 24
+    want = expected_segments(setup["model"], feats, 2)
+    with _client(setup, extractor) as c:
+        r = c.post("/v1/predict/video?segments=true&top_k=2", files={"file": ("clip.mp4", setup["clip"])})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"][0]["segments"]
+    assert [(s["start"], s["end"]) for s in got] == [(0, 2.5), (2.5, 5), (5, 7.5), (7.5, 10), (10, 12)]
+    for g, w in zip(got, want):
+        g["start"], g["end"] = g["start"] * 2, g["end"] * 2  # back to frames, as expected_segments counts
+    assert_same_segments(got, want)
+
+
 def test_without_segments_the_answer_is_unchanged(setup):
     feats, model = setup["feats"], setup["model"]
     video = _probs(model, feats, [1, 4, 7, 10])
@@ -213,3 +233,39 @@ def test_a_request_that_times_out_while_its_segments_are_scored_is_504(setup):
             release.set()
         assert c.post("/v1/predict/video?segments=true", files={"file": ("clip.mp4", setup["clip"])}).status_code \
             == 200
+
+
+@pytest.mark.slow
+def test_real_server_with_random_weight_backbones_answers_segments(setup, tmp_path):
+    # A real `attncluster serve` process on 127.0.0.1 with the real YouTube-8M pipeline (random weights: slow to
+    # build), a 7 s video; expected: the same pipeline built here, the model by hand on each 5-frame slice.
+    pytest.importorskip("attncluster.extract.features")
+    from extract_videos import make_video
+    from serve_helpers import Server
+
+    from attncluster.extract.features import FeaturePipeline
+    from attncluster.extract.pipeline import Extractor
+
+    make_video(tmp_path / "seven.mp4", 14, rate=Fraction(2), audio_hz=440, audio_rate=16000)
+    feats = Extractor(FeaturePipeline.create(preset="yt8m", random_weights=0), num_workers=0).extract(
+        str(tmp_path / "seven.mp4"))
+    assert min(len(feats["rgb"]), len(feats["audio"])) == 7
+    want = expected_segments(setup["model"], feats, 2)
+    assert [(s["start"], s["end"]) for s in want] == [(0, 5), (5, 7)]
+    s = Server("--config", setup["root"] / "cfg.yaml", "--weights", setup["root"] / "w.pt", "--random-weights", "0")
+    try:
+        r = httpx.post(s.url + "/v1/predict/video?top_k=2&segments=true",
+                       files={"file": ("seven.mp4", (tmp_path / "seven.mp4").read_bytes())}, timeout=120)
+        assert r.status_code == 200, r.text
+        (rec,) = r.json()["predictions"]
+        got = rec["segments"]
+        assert [(g["start"], g["end"], g["classes"]) for g in got] == [(w["start"], w["end"], w["classes"])
+                                                                        for w in want]
+        for g, w in zip(got, want):
+            # Inception-v3 here and in the server: float32 convolutions, then quantized to uint8 (a rounding
+            # boundary may move a feature by one step), so compare the scores with a tolerance.
+            np.testing.assert_allclose(g["scores"], w["scores"], atol=2e-3)
+        r = httpx.post(s.url + "/v1/predict/video?segments=nope", files={"file": ("seven.mp4", b"x")}, timeout=30)
+        assert_error(r, 422, "segments")
+    finally:
+        s.stop()
