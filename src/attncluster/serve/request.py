@@ -27,7 +27,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from attncluster.data.records import MAX_FRAMES  # frames the dataset reader keeps per video
+from attncluster.data.records import MAX_FRAMES, non_finite  # MAX_FRAMES: what the dataset reader keeps per video
 from attncluster.errors import AttnClusterError, printable
 from attncluster.serve.limits import RequestError, ServeLimits
 
@@ -129,12 +129,9 @@ def check_frames(a: np.ndarray, where: str, dim: int, max_frames: int) -> np.nda
         raise RequestError(422, f"{where}: has no frames")
     if a.shape[0] > max_frames:
         raise RequestError(413, f"{where}: {a.shape[0]} frames, the limit is {max_frames} per video")
-    if a.dtype != np.uint8:
-        finite = np.isfinite(a).all(axis=1)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise RequestError(422, f"{where}: frame {bad} holds NaN or infinity; feature values must be finite "
-                                    f"numbers")
+    found = non_finite(a)  # the readers' description of the fault (data.records), so every path says the same
+    if found:
+        raise RequestError(422, f"{where}: features {found}; feature values must be finite numbers")
     return a
 
 
