@@ -221,6 +221,33 @@ def parse_interval(value: int | str, key: str = "train.checkpoint_interval") -> 
     return "seconds", seconds
 
 
+VALID_METRICS = ("gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss")  # what a validation reports
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """``train.early_stopping``: the validation metric that picks ``best.pt``, and when to stop training.
+
+    ``metric``: ``auto`` (GAP for multi-label configs, top-1 for single-label ones) or one of :data:`VALID_METRICS`
+    (``loss``: lower is better; the others: higher). A validation improves on the best so far when it is better by
+    more than ``min_delta``. ``patience``: stop after this many validations in a row without improvement (0 = never
+    stop early, train all ``train.epochs``).
+    """
+
+    metric: str = "auto"
+    patience: int = 0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        key = "train.early_stopping"
+        _check(self.metric == "auto" or self.metric in VALID_METRICS, f"{key}.metric",
+               f"must be 'auto' or one of {VALID_METRICS}, got {_show(self.metric)}")
+        _check(self.patience >= 0, f"{key}.patience", f"must be >= 0 (0 = off), got {_show(self.patience)}")
+        _in_range(self.patience, 0, MAX_STEPS, f"{key}.patience", " (0 = off)")
+        _check(self.min_delta >= 0, f"{key}.min_delta", f"must be >= 0, got {_show(self.min_delta)}")
+        _finite(self.min_delta, f"{key}.min_delta", 0.0, 1e9)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation. batch_size is the GLOBAL batch, split evenly over distributed ranks (as the reference)."""
@@ -242,6 +269,7 @@ class TrainConfig:
     num_threads: int = 0
     checkpoint_interval: Union[int, str] = 0
     keep_checkpoints: int = 3
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {_show(self.epochs)}")
@@ -269,6 +297,15 @@ class TrainConfig:
         _in_range(self.num_threads, 0, MAX_THREADS, "train.num_threads", " (0 = auto)")
         parse_interval(self.checkpoint_interval)
         _in_range(self.keep_checkpoints, 0, MAX_STEPS, "train.keep_checkpoints", " (0 = keep every checkpoint)")
+        _check(self.loss == "ce" or self.early_stopping.metric not in ("top_1", "top_5"), "train.early_stopping.metric",
+               f"{self.early_stopping.metric} needs single-label data (train.loss ce); use gap, hit_at_1, perr, map "
+               "or loss with train.loss bce")
+
+    @property
+    def best_metric(self) -> str:
+        """The validation metric that picks best.pt and that early stopping watches (``early_stopping.metric``)."""
+        metric = self.early_stopping.metric
+        return metric if metric != "auto" else ("gap" if self.loss == "bce" else "top_1")
 
     @property
     def checkpoint_every(self) -> tuple[str, float]:
@@ -378,6 +415,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise _error(key, f"expected a mapping, got {_show(value)}")
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):  # a nested section, e.g. train.early_stopping
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise _error(key, f"expected a mapping, got {_show(value)}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        for k in value:
+            if k not in names:
+                raise _error(f"{key}.{k}", "unknown key" + _suggest(f"{key}.{k}", [f"{key}.{n}" for n in names]))
+        return tp(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
     if tp is bool:
         if isinstance(value, bool):
             return value

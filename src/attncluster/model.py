@@ -24,7 +24,7 @@ from torch import Tensor, nn
 L2_EPS = 1e-12  # Paddle l2_normalize epsilon, inside the square root
 # Version of the state dict's parameterisation, stored in every weights file we write. 2: DowngradeDropout, fc1 holds
 # the reference's own weights. Files without it (1) come from the inverted-dropout model, whose fc1 weight was (1 - p)
-# times this one's for the same function; attncluster.checkpoint rescales them on load.
+# times this one's for the same function; attncluster.weights rescales them on load.
 STATE_FORMAT = 2
 FORMAT_KEY = "weights_format"  # checkpoint dict entry and safetensors metadata key holding STATE_FORMAT
 ATTENTIONS = ("fc1", "fc2")  # the attention units' scoring functions (model.attention)
