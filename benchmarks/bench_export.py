@@ -172,7 +172,7 @@ def op_profile(path: str, batch: dict, runs: int = 2) -> dict:
 def evaluate_gap(cfg, weights, columns, valid) -> dict:
     """GAP (and Hit@1) of every column on ``valid``, through the same loops ``attncluster eval`` runs."""
     from attncluster.data.dataset import VideoDataset, make_loader
-    from attncluster.evaluate import run_evaluation, run_evaluation_predictor
+    from attncluster.evaluate import run_evaluation
 
     def loader():
         ds = VideoDataset(valid, modalities=cfg.model.feature_dims, num_classes=cfg.model.num_classes,
@@ -181,8 +181,7 @@ def evaluate_gap(cfg, weights, columns, valid) -> dict:
 
     out = {}
     for name, p in columns.items():
-        m = (run_evaluation(p.model, loader(), cfg, torch.device("cpu")) if name == "PyTorch fp32"
-             else run_evaluation_predictor(p, loader(), cfg))
+        m = run_evaluation(p, loader(), cfg)  # the one evaluation loop, for every Predictor
         out[name] = {"gap": m["gap"], "hit_at_1": m.get("hit_at_1"), "num_videos": m["num_videos"]}
     base = out["PyTorch fp32"]["gap"]
     rows = [[n, f"{v['gap']:.5f}", f"{v['gap'] - base:+.5f}", f"{v['hit_at_1']:.4f}", v["num_videos"]]

@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import TINY_CLASSES, tiny_overrides
 
 EXPECTED_COMMANDS = {"train", "eval", "predict", "quickstart", "inspect", "synth", "convert-paddle", "extract", "export",
-                     "serve", "explain", "plot"}
+                     "serve", "explain", "plot", "watch"}
 
 
 def _commands() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -290,3 +291,177 @@ def test_missing_input_modality_names_it():
     model = AttentionCluster({"rgb": 8, "audio": 4}, 2, num_classes=3, hidden_sizes=(4,))
     with pytest.raises(KeyError, match="audio"):
         model({"rgb": torch.randn(1, 3, 8)})
+
+
+# --- the ablation switches: model.attention (fc1 / fc2) and model.shifting ------------------------------------------
+
+
+def plain_cluster(x: torch.Tensor, p: dict[str, torch.Tensor], prefix: str, attention: str, shifting: bool) -> torch.Tensor:
+    """One modality's cluster features by hand, a loop over samples and units in float64: (N, L, F) -> (N, C * F)."""
+    w, b = p[f"{prefix}.score.weight"], p[f"{prefix}.score.bias"]
+    rows = []
+    for xi in x.double():  # (L, F)
+        parts = []
+        for c in range(w.shape[0]):
+            if attention == "fc2":  # two layers: w2 . tanh(W1 x + b1) + b2
+                h = torch.tanh(xi @ p[f"{prefix}.score_hidden.weight"].T + p[f"{prefix}.score_hidden.bias"])
+                score = h @ w[c] + b[c]
+            else:
+                score = xi @ w[c] + b[c]
+            a = torch.exp(score - score.max())
+            a = a / a.sum()  # (L,) softmax over the frames
+            v = torch.einsum("l,lf->f", a, xi)
+            if shifting:
+                v = v * p[f"{prefix}.shift_w"][c] + p[f"{prefix}.shift_b"][c]
+                v = v / torch.sqrt((v * v).sum() + 1e-12) / math.sqrt(w.shape[0])
+            parts.append(v)
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("attention", ["fc1", "fc2"])
+@pytest.mark.parametrize("shifting", [True, False])
+def test_switches_match_a_plain_loop(attention, shifting):
+    torch.manual_seed(11)
+    dims = {"rgb": 12, "audio": 5}
+    model = AttentionCluster(dims, {"rgb": 3, "audio": 2}, num_classes=6, hidden_sizes=(7,), shifting=shifting,
+                             attention=attention).eval()
+    feats = make_inputs(dims, n=3, length=6)
+    p = {k: v.detach().double() for k, v in model.state_dict().items()}
+    h = torch.cat([plain_cluster(feats[m], p, f"attention.{m}", attention, shifting) for m in dims], dim=1)
+    h = torch.tanh((h * 0.5) @ p["hidden.0.weight"].T + p["hidden.0.bias"])  # inference dropout: x (1 - p)
+    ref = h @ p["logits.weight"].T + p["logits.bias"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats).double(), ref, atol=1e-5, rtol=0)
+        a = model.attention_weights(feats)["rgb"]  # (N, L, C): explain's weights take the same scoring path
+    w = p["attention.rgb.score.weight"]
+    x = feats["rgb"].double()
+    hid = torch.tanh(x @ p["attention.rgb.score_hidden.weight"].T + p["attention.rgb.score_hidden.bias"]) \
+        if attention == "fc2" else x
+    torch.testing.assert_close(a.double(), (hid @ w.T + p["attention.rgb.score.bias"]).softmax(dim=1), atol=1e-6, rtol=0)
+
+
+def test_switch_parameters_and_defaults():
+    base = AttentionCluster({"rgb": 12}, 4, num_classes=3, hidden_sizes=())
+    assert base.shifting is True and base.attention_kind == "fc1"  # the reference by default
+    shapes = {k: tuple(v.shape) for k, v in base.state_dict().items()}
+    assert shapes == {"attention.rgb.score.weight": (4, 12), "attention.rgb.score.bias": (4,),
+                      "attention.rgb.shift_w": (4,), "attention.rgb.shift_b": (4,), "logits.weight": (3, 48),
+                      "logits.bias": (3,)}  # unchanged: every existing file still loads strictly
+    fc2 = AttentionCluster({"rgb": 12}, 4, num_classes=3, hidden_sizes=(), attention="fc2", shifting=False)
+    shapes = {k: tuple(v.shape) for k, v in fc2.state_dict().items()}
+    assert shapes == {"attention.rgb.score_hidden.weight": (128, 12), "attention.rgb.score_hidden.bias": (128,),
+                      "attention.rgb.score.weight": (4, 128), "attention.rgb.score.bias": (4,),
+                      "logits.weight": (3, 48), "logits.bias": (3,)}  # no shift scalars without shifting
+    # the default model draws its initial weights in the same order as before: same seed, same numbers
+    torch.manual_seed(3)
+    a = AttentionCluster({"rgb": 12}, 4, num_classes=3, hidden_sizes=(5,))
+    torch.manual_seed(3)
+    b = AttentionCluster({"rgb": 12}, 4, num_classes=3, hidden_sizes=(5,), shifting=True, attention="fc1")
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    with pytest.raises(ValueError, match="fc3"):
+        AttentionCluster({"rgb": 12}, 4, num_classes=3, attention="fc3")
+
+
+def test_no_shift_output_is_the_plain_attention_pooled_features():
+    torch.manual_seed(12)
+    unit = ShiftingAttention(5, 3, shifting=False).eval()
+    x = torch.randn(2, 4, 5)
+    with torch.no_grad():
+        unit.score.weight.zero_()
+        unit.score.bias.zero_()
+        out = unit(x).view(2, 3, 5)
+    for c in range(3):  # zero scores: every unit is the mean over frames, not rescaled or normalised
+        torch.testing.assert_close(out[:, c], x.mean(dim=1))
+
+
+SMALL = ["model.feature_dims={rgb: 16, audio: 4}", "model.cluster_nums=3", "model.num_classes=5",
+         "model.hidden_sizes=[8]", "model.seg_num=6"]
+
+
+@pytest.mark.parametrize("attention", ["fc1", "fc2"])
+@pytest.mark.parametrize("shifting", [True, False])
+def test_config_switches_count_parameters_and_build_the_model(attention, shifting):
+    from attncluster.config import load_config
+
+    cfg = load_config(None, [*SMALL, f"model.attention={attention}", f"model.shifting={str(shifting).lower()}"])
+    model = AttentionCluster(**cfg.model.model_kwargs())
+    assert (model.attention_kind, model.shifting) == (attention, shifting)
+    assert cfg.model.num_parameters() == count_parameters(model)
+
+
+def test_config_defaults_old_configs_and_bad_values():
+    from attncluster.config import from_dict, load_config
+    from attncluster.errors import ConfigError
+
+    cfg = load_config(None)
+    assert (cfg.model.shifting, cfg.model.attention) == (True, "fc1")
+    # a checkpoint's resolved config from before the switches existed: the reference model
+    old = cfg.to_dict()
+    del old["model"]["shifting"], old["model"]["attention"]
+    assert (from_dict(old).model.shifting, from_dict(old).model.attention) == (True, "fc1")
+    new = load_config(None, ["model.attention=fc2", "model.shifting=false"])
+    assert from_dict(new.to_dict()).model.model_kwargs() == new.model.model_kwargs()  # what a checkpoint records
+    with pytest.raises(ConfigError, match=r"model\.attention: must be one of fc1, fc2, got 'fc3'"):
+        load_config(None, ["model.attention=fc3"])
+    with pytest.raises(ConfigError, match=r"model\.shifting: expected true or false"):
+        load_config(None, ["model.shifting=maybe"])
+
+
+def test_weights_load_strictly_by_the_configs_switches(tmp_path):
+    from attncluster.checkpoint import atomic_save
+    from attncluster.config import load_config
+    from attncluster.errors import ConfigError
+    from attncluster.inference import load_model
+
+    cfg = load_config(None, [*SMALL, "model.attention=fc2", "model.shifting=false"])
+    torch.manual_seed(13)
+    model = AttentionCluster(**cfg.model.model_kwargs()).eval()
+    atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "w.pt")
+    loaded = load_model(cfg, str(tmp_path / "w.pt"))
+    feats = make_inputs({"rgb": 16, "audio": 4})
+    with torch.no_grad():
+        assert torch.equal(loaded(feats), model(feats))
+    with pytest.raises(ConfigError, match="does not match the config"):  # an fc2 file under the reference config
+        load_model(load_config(None, SMALL), str(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("attention, shifting", [  # fc2 without shift takes both new paths: the fast default
+    ("fc2", False), pytest.param("fc2", True, marks=pytest.mark.slow), pytest.param("fc1", False, marks=pytest.mark.slow)])
+def test_export_matches_torch_for_every_switch(attention, shifting, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from attncluster.checkpoint import atomic_save
+    from attncluster.config import load_config
+    from attncluster.export import OnnxPredictor, export_onnx
+
+    cfg = load_config(None, [*SMALL, f"model.attention={attention}", f"model.shifting={str(shifting).lower()}"])
+    torch.manual_seed(14)
+    model = AttentionCluster(**cfg.model.model_kwargs()).eval()
+    atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, tmp_path / "w.pt")
+    summary = export_onnx(cfg, str(tmp_path / "w.pt"), str(tmp_path / "m.onnx"), input_dtype="float32",
+                          log=lambda msg: None)
+    assert summary["parity"].ok
+    rng = np.random.default_rng(15)
+    x = {"rgb": rng.normal(size=(3, 9, 16)).astype(np.float32), "audio": rng.normal(size=(3, 9, 4)).astype(np.float32)}
+    with torch.no_grad():
+        ref = torch.sigmoid(model({m: torch.from_numpy(v) for m, v in x.items()})).numpy()
+    np.testing.assert_allclose(OnnxPredictor(str(tmp_path / "m.onnx")).scores(x), ref, atol=1e-5, rtol=0)
+
+
+def test_explain_reports_the_fc2_weights_the_forward_pass_pools_with():
+    from attncluster.explain import attention_batch
+
+    torch.manual_seed(16)
+    model = AttentionCluster({"rgb": 6}, 3, num_classes=4, hidden_sizes=(), attention="fc2", shifting=False).eval()
+    x = {"rgb": torch.randn(2, 5, 6)}
+    weights, scores = attention_batch(model, x, "ce", "fp32")
+    unit = model.attention["rgb"]
+    with torch.no_grad():
+        a = torch.softmax(unit.score(torch.tanh(unit.score_hidden(x["rgb"]))), dim=1)  # (N, L, C)
+        pooled = torch.einsum("nlc,nlf->ncf", a, x["rgb"]).flatten(1)  # no shift: the plain pooled features
+        expect = torch.softmax(model.logits(pooled * 0.5), dim=1)
+    np.testing.assert_allclose(weights["rgb"], a.numpy(), atol=1e-7)
+    np.testing.assert_allclose(scores, expect.numpy(), atol=1e-6)

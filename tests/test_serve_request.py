@@ -64,15 +64,20 @@ def test_non_finite_features_get_the_same_422_from_json_npz_and_tfrecord(tmp_pat
         # JSON: Python's json writes NaN / Infinity, and so do other clients' lenient encoders.
         body = json.dumps({"videos": [{"id": "v9", "rgb": rgb.tolist(), "audio": audio.tolist()}]})
         r = c.post("/v1/predict", content=body, headers={"content-type": "application/json"})
-        assert_error(r, 422, "videos[0] (id 'v9').rgb: frame 1 holds NaN or infinity")
+        # one description of the fault on every path (data.records.non_finite): the count, the first value and where
+        assert_error(r, 422, "videos[0] (id 'v9').rgb: features hold 1 non-finite value (NaN or inf; the first, ",
+                     "at frame 1, feature 7)")
         r = c.post("/v1/predict", files={"file": ("v9.npz", (tmp_path / "v.npz").read_bytes())})
-        assert_error(r, 422, "v9.npz: array 'rgb': frame 1 holds NaN or infinity")
+        assert_error(r, 422, "v9.npz: array 'rgb': features hold 1 non-finite value (NaN or inf; the first, ",
+                     "at frame 1, feature 7)")
         r = c.post("/v1/predict", files={"file": ("v.tfrecord", (tmp_path / "v.tfrecord").read_bytes())})
-        assert_error(r, 422, "v.tfrecord: record 0 (id 'v9').rgb: frame 0 holds NaN or infinity")
+        assert_error(r, 422, "v.tfrecord: record 0", "(id 'v9'): 'rgb' features hold 1 non-finite value (NaN or inf; "
+                     "the first, ", "at frame 0, feature 7)")
         # A float32 overflow in JSON (1e39) is infinity too.
         big = json.dumps({"videos": [{"id": "b", "rgb": [[1e39] * 1024], "audio": [[0.0] * 128]}]})
         assert_error(c.post("/v1/predict", content=big, headers={"content-type": "application/json"}), 422,
-                     "(id 'b').rgb: frame 0 holds NaN or infinity")
+                     "(id 'b').rgb: features hold 1024 non-finite values (NaN or inf; the first, inf, at frame 0, "
+                     "feature 0)")
         # The same video with finite values is answered.
         rgb[1, 7] = 0.5
         ok = json.dumps({"videos": [{"id": "v9", "rgb": rgb.tolist(), "audio": audio.tolist()}]})

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from attncluster.checkpoint import load_checkpoint, load_for_finetune
+from attncluster.weights import load_checkpoint, load_for_finetune
 from attncluster.config import load_config
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError
@@ -494,3 +494,59 @@ def test_mid_epoch_resume_refuses_changed_data(tiny_data, tmp_path):
     other = load_config(None, tiny_overrides(tiny_data, **{"data.train": tmp_path / "other"}))
     with pytest.raises(ConfigError, match="taken mid-epoch over 96 training videos, but data.train now holds 50"):
         fit(other, run_dir=tmp_path / "run", resume=str(mid), device="cpu", log=quiet)
+
+
+# ---- early stopping ----------------------------------------------------------------------------------------------
+
+
+def _stopping(data, **extra):
+    # min_delta 1.0: GAP can never improve by that much, so every validation after the first counts against patience
+    return load_config(None, tiny_overrides(data, **{"train.early_stopping.patience": 2,
+                                                     "train.early_stopping.min_delta": 1.0, **extra}))
+
+
+@pytest.mark.slow  # the fast twin: test_checkpoint.py::test_train_state_counts_validations_without_improvement
+def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(tiny_data, tmp_path):
+    logs, steps = [], []
+    fit(_stopping(tiny_data, **{"train.epochs": 6}), run_dir=tmp_path, device="cpu", log=logs.append,
+        on_step=lambda s, m, loss: steps.append(s))
+    ck = tmp_path / "checkpoints"
+    last, best = load_checkpoint(ck / "last.pt"), load_checkpoint(ck / "best.pt")
+    assert last["epoch"] == 3 and len(steps) == 3 * 6  # best after epoch 1, then 2 validations without improvement
+    assert last["early_stopping"] == {"bad_evals": 2, "best_epoch": 1}
+    assert best["epoch"] == 1 and best["best_metric"] == best["metrics"]["gap"] == last["best_metric"]
+    assert any(m.startswith("early stopping after epoch 3: gap has not improved for 2 validations") for m in logs)
+    # resuming the stopped run: nothing to do under the same patience
+    logs.clear()
+    fit(_stopping(tiny_data, **{"train.epochs": 6}), run_dir=tmp_path, resume=str(ck / "last.pt"), device="cpu",
+        log=logs.append)
+    assert logs and logs[0].startswith("nothing to do:") and "stopped early after 3 epochs" in logs[0]
+
+
+@pytest.mark.slow  # the fast twin: test_checkpoint.py::test_train_state_round_trips_and_old_checkpoints_load
+def test_resume_keeps_the_early_stopping_counter(tiny_data, tmp_path):
+    fit(_stopping(tiny_data, **{"train.epochs": 2}), run_dir=tmp_path, device="cpu", log=quiet)
+    ck = tmp_path / "checkpoints"
+    assert load_checkpoint(ck / "last.pt")["early_stopping"]["bad_evals"] == 1
+    fit(_stopping(tiny_data, **{"train.epochs": 6}), run_dir=tmp_path, resume=str(ck / "last.pt"), device="cpu",
+        log=quiet)
+    assert load_checkpoint(ck / "last.pt")["epoch"] == 3  # 1 + 1 more: a reset counter would have run to epoch 4
+
+
+def test_early_stopping_config_is_typed_and_off_by_default():
+    cfg = load_config(None, [])
+    assert cfg.train.early_stopping.patience == 0 and cfg.train.best_metric == "gap"
+    assert load_config(None, ["train.loss=ce"]).train.best_metric == "top_1"
+    cfg = load_config(None, ["train.early_stopping={metric: loss, patience: 3}"])
+    assert (cfg.train.best_metric, cfg.train.early_stopping.patience) == ("loss", 3)
+    for bad, msg in (("train.early_stopping.patiense=3", "did you mean 'train.early_stopping.patience'"),
+                     ("train.early_stopping.metric=top_1", "needs single-label data"),
+                     ("train.early_stopping.metric=accuracy", "must be 'auto' or one of"),
+                     ("train.early_stopping.patience=-1", "must be >= 0"),
+                     ("train.early_stopping=5", "expected a mapping")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, [bad])
+    for name in ("youtube8m.yaml", "kinetics.yaml", "quickstart.yaml"):  # the reference's schedules: all epochs
+        assert load_config(REPO / "configs" / name).train.early_stopping.patience == 0
+    video = load_config(REPO / "configs" / "youtube8m_video_level.yaml").train  # sized to ~5 k videos, stops on more
+    assert (video.epochs, video.best_metric, video.early_stopping.patience) == (40, "gap", 5)

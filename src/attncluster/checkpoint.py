@@ -1,36 +1,26 @@
-"""Checkpoints and weights.
+"""The training state and its files: :class:`TrainState`, whose ``state_dict()`` is the checkpoint.
 
 A training checkpoint is a plain dict ``{model, optimizer, scheduler, scaler, epoch, step, position, num_videos,
-rng, config, metrics, best_metric}`` (``epoch``: whole epochs done; ``position``: per rank, the batches of the
-next epoch done, all 0 at an epoch end) written atomically (temporary file in the same folder, fsync, then rename), so a crash never leaves
-a half-written file under the final name. ``--weights`` accepts such a checkpoint, a safetensors file of model
-weights, a converted Paddle ``.pt`` (``attncluster convert-paddle``) or the reference's ``.pdparams`` directly.
-
-Every file we write carries the model's state format (``weights_format``, :data:`attncluster.model.STATE_FORMAT`).
-Files from before it (our checkpoints and converted weights of the inverted-dropout model) are recognised by its
-absence and rescaled on load by :func:`upgrade_legacy_state`, so they keep giving the same outputs.
+rng, config, metrics, best_metric, early_stopping}`` (``epoch``: whole epochs done; ``position``: per rank, the
+batches of the next epoch done, all 0 at an epoch end) written atomically (temporary file in the same folder, fsync,
+then rename), so a crash never leaves a half-written file under the final name. Reading any weights file, ours
+included, and the upgrade of files from before the state format are :mod:`attncluster.weights`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import random
-import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from attncluster.errors import ConfigError, DataError, FileError, printable
 from attncluster.model import FORMAT_KEY, STATE_FORMAT
-
-FC1 = "hidden.0.weight"
+# Loading lives in weights.py; these names stay importable from here for callers of the old home.
+from attncluster.weights import load_checkpoint, load_for_finetune, load_weights, shape_mismatches  # noqa: F401
 
 
 def _atomic_write(write, path: str | Path, what: str = "write") -> None:
@@ -77,49 +67,6 @@ def atomic_link(src: str | Path, dst: str | Path) -> None:
         raise
 
 
-# epoch_003.pt: the end of epoch 3; epoch_004_step_00001234.pt: inside epoch 4, after global step 1234.
-CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pt$")
-
-
-def checkpoint_name(epochs_done: int, step: int, mid_epoch: bool) -> str:
-    """File name of a checkpoint taken after ``epochs_done`` whole epochs and ``step`` steps."""
-    return f"epoch_{epochs_done + 1:03d}_step_{step:08d}.pt" if mid_epoch else f"epoch_{epochs_done:03d}.pt"
-
-
-def _order_key(match: re.Match) -> tuple[int, int, int]:
-    epoch, step = int(match.group(1)), match.group(2)
-    return (epoch, 0, 0) if step is None else (epoch - 1, 1, int(step))
-
-
-def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files an interrupted atomic write left in ``folder``; returns them.
-
-    Only call this while holding the run directory's lock: a live writer's temporary file looks the same."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for p in sorted(folder.glob(".*.tmp")):
-        if p.is_file() or p.is_symlink():
-            p.unlink()
-            removed.append(p)
-    return removed
-
-
-def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
-    """Keep the newest ``keep`` epoch and mid-epoch checkpoints (in training order, read from their names) and
-    delete the older ones; ``keep`` 0 keeps all. ``best.pt`` and ``last.pt`` are names of their own (hard links or
-    copies), so they always survive. Returns the deleted paths."""
-    folder = Path(folder)
-    if keep <= 0 or not folder.is_dir():
-        return []
-    found = sorted((_order_key(m), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
-    removed = [p for _, p in found[:-keep]] if len(found) > keep else []
-    for p in removed:
-        p.unlink()
-    return removed
-
-
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -135,234 +82,99 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, wherever this numpy keeps it
-_SCALAR = np.float64(0).__reduce__()[0]
-# What our checkpoints hold besides tensors and plain Python values: numpy's RNG state (``np.random.get_state()``
-# is a tuple with a uint32 array) and possibly numpy scalars in metrics. These build arrays from data and call
-# nothing else. Both numpy 1 (numpy.core) and numpy 2 (numpy._core) spellings, so either numpy reads the other's.
-_CHECKPOINT_GLOBALS: list[Any] = [
-    np.ndarray, np.dtype,
-    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"), (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
-    (_SCALAR, "numpy.core.multiarray.scalar"), (_SCALAR, "numpy._core.multiarray.scalar"),
-    # the dtype classes numpy 2 pickles (numpy.dtypes.UInt32DType for the RNG key, floats and ints in metrics)
-    *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64, np.bool_)},
-]
-_NOT_CHECKPOINTS = {".pdparams": "a Paddle weights file", ".safetensors": "a safetensors weights file"}
+class TrainState:
+    """Everything a training run is at one moment; its :meth:`state_dict` is the checkpoint, and
+    :meth:`load_state_dict` is ``--resume``.
 
+    Held: the model (unwrapped), optimizer, LR scheduler and gradient scaler; ``epoch`` (whole epochs done),
+    ``step`` (optimizer steps done), ``position`` (this rank's batches of the current epoch done; 0 at an epoch
+    end); the last validation ``metrics``; the best value of the metric that picks ``best.pt`` (``best_metric``) and
+    the epoch that reached it; ``bad_evals`` (validations since the best, for early stopping). The run's identity
+    travels with it: ``config`` (the resolved config as a dict) and ``num_videos`` (training videos, which a
+    mid-epoch position refers to).
 
-def _allowed(globs: list[Any]):
-    """torch's ``safe_globals`` context (torch >= 2.5); on older torch the globals are added process-wide."""
-    ctx = getattr(torch.serialization, "safe_globals", None)
-    if ctx is not None:
-        return ctx(globs)
-    import contextlib
-
-    torch.serialization.add_safe_globals([g[0] if isinstance(g, tuple) else g for g in globs])
-    return contextlib.nullcontext()
-
-
-def _safe_torch_load(path: Path) -> Any:
-    """``torch.load`` that never runs code: ``weights_only=True`` with only the numpy globals above allowed.
-
-    A file that needs any other global (a class, a function such as ``os.system``) is refused before anything of
-    it is built.
+    :meth:`state_dict` is collective under torchrun (each rank's RNG state and position are gathered into lists
+    indexed by rank); call it on every rank. Checkpoint keys: ``model, optimizer, scheduler, scaler, epoch, step,
+    position, num_videos, rng, config, metrics, best_metric, early_stopping`` (``{"bad_evals", "best_epoch"}``), and
+    ``weights_format`` (added by :func:`atomic_save`). Files without ``early_stopping`` or ``scaler`` (older
+    versions) resume with the counter at 0 and a fresh scaler.
     """
-    import re
-    import warnings
 
-    try:
-        with _allowed(_CHECKPOINT_GLOBALS), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if m:
-            raise DataError(f"{path}: refusing to load: it needs {m.group(1)}, and loading that could run code; an "
-                            "attncluster checkpoint holds only tensors, numpy arrays and plain values") from None
-        raise DataError(f"{path}: not a readable checkpoint (not a torch.save file of tensors and plain values)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, AttributeError,
-            IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise DataError(f"{path}: not a readable checkpoint: expected a file written by torch.save (attncluster "
-                        f"train, convert-paddle) and the reader failed ({type(e).__name__}: {first})") from None
-    except OSError as e:
-        raise FileError(f"{path}: cannot read checkpoint: {e.strerror or e}") from None
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None,
+                 *, config: dict[str, Any] | None = None, num_videos: int = 0) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.config, self.num_videos = config or {}, num_videos
+        self.epoch = self.step = self.position = 0
+        self.metrics: dict[str, Any] = {}
+        self.best_metric: float | None = None
+        self.best_epoch = 0
+        self.bad_evals = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        from attncluster import distributed
 
-def load_checkpoint(path: str | Path, drop_rate: float | None = None) -> dict[str, Any]:
-    """Load one of our checkpoints (a dict with at least ``model``), without running code from the file.
+        ranks = distributed.gather_objects({"rng": rng_state(), "position": self.position})
+        ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            ckpt["scaler"] = self.scaler.state_dict()
+        return {**ckpt, "epoch": self.epoch, "step": self.step, "position": [r["position"] for r in ranks],
+                "num_videos": self.num_videos, "rng": [r["rng"] for r in ranks], "config": self.config,
+                "metrics": self.metrics, "best_metric": self.best_metric,
+                "early_stopping": {"bad_evals": self.bad_evals, "best_epoch": self.best_epoch}}
 
-    ``drop_rate`` is the model's, for :func:`upgrade_legacy_state`; None takes the checkpoint's own config's.
+    def load_state_dict(self, ckpt: dict[str, Any], rank: int = 0, world_size: int = 1, source: str = "checkpoint",
+                        ) -> None:
+        """Continue from ``ckpt`` (as :func:`~attncluster.weights.load_checkpoint` returns it) as ``rank`` of
+        ``world_size``: every tensor, counter and this rank's position and RNG state.
 
-    Raises:
-        ConfigError: the file is missing, or is a weights file (``.pdparams``, ``.safetensors``) rather than a
-            training checkpoint.
-        DataError: the file is damaged, is not ours, or needs more than tensors and plain values to load.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint not found")
-    kind = _NOT_CHECKPOINTS.get(path.suffix.lower())
-    if kind:  # never hand such a file to an unpickler meant for checkpoints
-        raise ConfigError(f"{path}: is {kind}, not a training checkpoint; --resume needs a .pt written by "
-                          "attncluster train (start from weights with train --weights instead)")
-    ckpt = _safe_torch_load(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise DataError(f"{path}: not an attncluster checkpoint (expected a dict with a 'model' entry)")
-    model = ckpt["model"]
-    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
-        raise DataError(f"{path}: not an attncluster checkpoint ('model' must map parameter names to tensors)")
-    return upgrade_legacy_checkpoint(ckpt, drop_rate)
+        Raises:
+            ConfigError: the checkpoint was taken mid-epoch by another number of ranks or over other training data
+                (its position would point at other videos), or its model is not the config's.
+        """
+        from attncluster.errors import ConfigError
 
+        positions = ckpt.get("position") or [0] * world_size
+        if any(positions) and len(positions) != world_size:
+            raise ConfigError(f"{source}: taken mid-epoch by {len(positions)} ranks; resume it with "
+                              f"{len(positions)} ranks (WORLD_SIZE={world_size} splits the data differently)")
+        if any(positions) and ckpt.get("num_videos", self.num_videos) != self.num_videos:
+            raise ConfigError(f"{source}: taken mid-epoch over {ckpt['num_videos']} training videos, but data.train "
+                              f"now holds {self.num_videos}; its position would point at other videos (resume "
+                              "from an epoch-end checkpoint to train on changed data)")
+        missing, unexpected, mis = shape_mismatches(self.model, ckpt["model"])
+        if missing or unexpected or mis:
+            raise ConfigError(f"{source}: checkpoint does not match the config's model "
+                              f"(mis-shaped {mis[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.position = int(positions[rank]) if any(positions) else 0
+        self.metrics = ckpt.get("metrics") or {}
+        self.best_metric = ckpt.get("best_metric")
+        stopping = ckpt.get("early_stopping") or {}
+        self.bad_evals = int(stopping.get("bad_evals", 0))
+        self.best_epoch = int(stopping.get("best_epoch", 0))
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == world_size:
+            set_rng_state(rngs[rank])
 
-def load_state_dict_any(path: str | Path, drop_rate: float = 0.5,
-                        feature_dims: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Model weights from any supported file. Returns (state_dict, info) where info may carry a model config.
+    def record_validation(self, metrics: dict[str, Any], metric: str, min_delta: float = 0.0) -> bool:
+        """Note the validation after ``self.epoch`` epochs: the new best (returns True) when ``metrics[metric]`` is
+        better than the best so far by more than ``min_delta`` (lower for ``loss``, higher otherwise); otherwise one
+        more validation without improvement (``bad_evals``)."""
+        self.metrics = metrics
+        value = float(metrics[metric])
+        sign = -1.0 if metric == "loss" else 1.0
+        if value == value and (self.best_metric is None or sign * (value - self.best_metric) > min_delta):
+            self.best_metric, self.best_epoch, self.bad_evals = value, self.epoch, 0
+            return True
+        self.bad_evals += 1
+        return False
 
-    ``drop_rate`` and ``feature_dims`` (modalities in the reference's order) only matter for ``.pdparams``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except OSError as e:
-            raise FileError(f"{path}: cannot read weights: {e.strerror or e}") from None
-        except (SafetensorError, ValueError, MemoryError) as e:
-            raise DataError(f"{path}: not a readable safetensors file ({str(e)[:200]})") from None
-        info = {}
-        if "attncluster_model" in meta:
-            try:
-                info["model_config"] = json.loads(meta["attncluster_model"])
-            except ValueError:
-                info["model_config"] = None
-            if not isinstance(info["model_config"], dict):
-                raise DataError(f"{path}: not a readable safetensors file (metadata 'attncluster_model' is not a "
-                                "JSON object)")
-        if "attncluster_model" in meta and FORMAT_KEY not in meta:  # convert-paddle output of the old fold
-            upgrade_legacy_state(state, drop_rate)
-        return state, info
-    if path.suffix == ".pdparams":
-        from attncluster.paddle import convert_paddle_state, load_paddle_state
-
-        state, kwargs = convert_paddle_state(load_paddle_state(str(path)), feature_dims=feature_dims,
-                                             drop_rate=drop_rate)
-        return state, {"model_config": kwargs, "source": "paddle"}
-    ckpt = load_checkpoint(path, drop_rate)
-    return ckpt["model"], {k: v for k, v in ckpt.items() if k != "model"}
-
-
-def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, mis-shaped) parameter names of ``state`` against ``model``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mis = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    return missing, unexpected, mis
-
-
-def load_weights(model: nn.Module, path: str | Path, drop_rate: float | None = None) -> dict[str, Any]:
-    """Load weights strictly (eval, predict): any difference from the config's model is a one-line error.
-
-    ``drop_rate`` defaults to the model's own.
-    """
-    if drop_rate is None:
-        drop_rate = getattr(model, "drop_rate", 0.5)
-    state, info = load_state_dict_any(path, drop_rate, getattr(model, "feature_dims", None))
-    missing, unexpected, mis = shape_mismatches(model, state)
-    if missing or unexpected or mis:
-        parts = []
-        if mis:
-            parts.append("shapes differ (checkpoint vs config): " + "; ".join(mis[:4]) + (" ..." if len(mis) > 4 else ""))
-        if missing:
-            parts.append(f"missing {missing[:4]}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:4]}")
-        raise ConfigError(f"{path}: checkpoint does not match the config's model: {'; '.join(parts)}")
-    model.load_state_dict(state)
-    return info
-
-
-def load_for_finetune(model: nn.Module, path: str | Path, log=print, allow_reinit: bool = False) -> list[str]:
-    """Initialise from ``path`` for fine-tuning: layers whose shape differs keep their fresh initialisation.
-
-    Prints one summary line through ``log``: how many tensors were loaded, and which were re-initialised (and
-    why) or ignored. Returns the names that were re-initialised.
-
-    Raises:
-        ConfigError: no tensor of ``path`` fits the model (an unrelated model's weights), unless ``allow_reinit``
-            (``train --allow-reinit``) asks to start from a fresh initialisation anyway.
-    """
-    state, _ = load_state_dict_any(path, getattr(model, "drop_rate", 0.5), getattr(model, "feature_dims", None))
-    own = model.state_dict()
-    unexpected = [k for k in state if k not in own]
-    keep = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    reinit = [k for k in own if k not in keep]
-
-    def why(k: str) -> str:
-        return f"{k} (checkpoint {tuple(state[k].shape)} vs {tuple(own[k].shape)})" if k in state else f"{k} (absent)"
-
-    if not keep and not allow_reinit:
-        detail = "; ".join(why(k) for k in reinit[:4]) + (" ..." if len(reinit) > 4 else "")
-        raise ConfigError(f"{path}: no tensor fits the model, so --weights would load nothing ({len(state)} tensors "
-                          f"in the file, {len(unexpected)} with names the model does not have; {detail}); check "
-                          "--weights and the config, or pass --allow-reinit to start from a fresh initialisation")
-    model.load_state_dict(keep, strict=False)
-    line = f"fine-tune: loaded {len(keep)} of {len(own)} tensors from {path}"
-    if reinit:
-        line += f"; re-initialised {len(reinit)}: " + ", ".join(why(k) for k in reinit[:8]) + (" ..." if len(reinit) > 8 else "")
-    if unexpected:
-        line += f"; ignored {len(unexpected)} not in the model: " + ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else "")
-    log(printable(line, limit=2000))  # tensor names come from the file: escaped like any error line
-    return reinit
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Files from before the state format: the model had inverted dropout (nn.Dropout) and convert-paddle folded (1 - p)
-# into fc1. That model computed fc1(x) at inference and fc1(x * mask / (1 - p)) in training; this one computes
-# fc1'(x * (1 - p)) and fc1'(x * mask), the reference's. Both are the same function when fc1' = fc1 / (1 - p).
-
-
-def upgrade_legacy_state(state: dict[str, torch.Tensor], drop_rate: float) -> None:
-    """Rescale, in place, an inverted-dropout state dict's fc1 weight by 1 / (1 - drop_rate) (same outputs)."""
-    if FC1 in state and drop_rate:
-        state[FC1] = state[FC1] / (1.0 - drop_rate)
-
-
-def _own_drop_rate(ckpt: dict[str, Any]) -> float:
-    run_config = ckpt.get("config")
-    for config in (run_config.get("model") if isinstance(run_config, dict) else None, ckpt.get("model_config")):
-        if isinstance(config, dict) and "drop_rate" in config:
-            return float(config["drop_rate"])
-    return 0.5  # the model's default, which every pre-format file without a config used
-
-
-def upgrade_legacy_checkpoint(ckpt: dict[str, Any], drop_rate: float | None = None) -> dict[str, Any]:
-    """A checkpoint dict in this model's state format (a pre-format one is converted; others are returned as is).
-
-    Pre-format files are the ones our code wrote without ``weights_format``: training checkpoints (with ``config``)
-    and convert-paddle ``.pt`` files (``source: paddle``). fc1 is rescaled (:func:`upgrade_legacy_state`) and so are
-    Adam's moments of it (gradients scale by (1 - p), the second moment by its square), so a resumed run continues
-    from the same outputs with the reference's parameterisation.
-    """
-    if FORMAT_KEY in ckpt or not ("config" in ckpt or ckpt.get("source") == "paddle"):
-        return ckpt
-    p = _own_drop_rate(ckpt) if drop_rate is None else drop_rate
-    state = dict(ckpt["model"])
-    upgrade_legacy_state(state, p)
-    ckpt = {**ckpt, "model": state, FORMAT_KEY: STATE_FORMAT}
-    opt = ckpt.get("optimizer")
-    if p and isinstance(opt, dict) and FC1 in state and len(opt.get("param_groups", [])) == 1:
-        index = opt["param_groups"][0]["params"][list(state).index(FC1)]  # parameters() order = state dict order
-        moments = opt.get("state", {}).get(index)
-        if moments:
-            scale = {"exp_avg": 1.0 - p, "exp_avg_sq": (1.0 - p) ** 2, "max_exp_avg_sq": (1.0 - p) ** 2}
-            moments = {k: v * scale[k] if k in scale else v for k, v in moments.items()}
-            ckpt["optimizer"] = {**opt, "state": {**opt["state"], index: moments}}
-    return ckpt
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: ``patience`` (> 0) validations in a row without improvement."""
+        return patience > 0 and self.bad_evals >= patience

@@ -27,6 +27,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 FORMATS = ("auto", "yt8m", "pickle", "features")
+ATTENTIONS = ("fc1", "fc2")  # model.attention; the same as attncluster.model.ATTENTIONS (not imported: no torch here)
+FC2_HIDDEN = 128             # attncluster.model.FC2_HIDDEN, for the parameter count
 
 
 # Sane bounds, checked on load so that no value can crash, overflow or try to allocate the machine later. The
@@ -89,8 +91,12 @@ class ModelConfig:
     seg_num: int = 100
     drop_rate: float = 0.5
     hidden_sizes: list[int] = field(default_factory=lambda: [1024, 4096])
+    shifting: bool = True    # the paper's shifting operation in every attention unit (off: plain attention pooling)
+    attention: str = "fc1"   # the units' scoring: fc1 (one linear layer, the reference) or fc2 (two layers, tanh)
 
     def __post_init__(self) -> None:
+        _check(self.attention in ATTENTIONS, "model.attention",
+               f"must be one of {', '.join(ATTENTIONS)}, got {_show(self.attention)}")
         _check(len(self.feature_dims) > 0, "model.feature_dims", "needs at least one modality")
         for m, d in self.feature_dims.items():
             _check(bool(m) and "." not in m and m.isprintable() and len(m) <= 64, f"model.feature_dims.{m}",
@@ -121,7 +127,12 @@ class ModelConfig:
         n, width = 0, 0
         for m, d in self.feature_dims.items():
             c = clusters[m]
-            n += c * d + 3 * c  # attention scores (C x F + C) and the shift's scale and bias
+            if self.attention == "fc2":
+                n += d * FC2_HIDDEN + FC2_HIDDEN + c * FC2_HIDDEN + c  # W1, b1 (F -> H) and w2, b2 (H -> C)
+            else:
+                n += c * d + c  # attention scores (C x F + C)
+            n += 2 * c if self.shifting else 0  # the shift's scale and bias
+
             width += c * d
         for h in [*self.hidden_sizes, self.num_classes]:
             n += width * h + h
@@ -135,6 +146,8 @@ class ModelConfig:
             "num_classes": self.num_classes,
             "drop_rate": self.drop_rate,
             "hidden_sizes": tuple(self.hidden_sizes),
+            "shifting": self.shifting,
+            "attention": self.attention,
         }
 
 
@@ -208,6 +221,33 @@ def parse_interval(value: int | str, key: str = "train.checkpoint_interval") -> 
     return "seconds", seconds
 
 
+VALID_METRICS = ("gap", "hit_at_1", "perr", "map", "top_1", "top_5", "loss")  # what a validation reports
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """``train.early_stopping``: the validation metric that picks ``best.pt``, and when to stop training.
+
+    ``metric``: ``auto`` (GAP for multi-label configs, top-1 for single-label ones) or one of :data:`VALID_METRICS`
+    (``loss``: lower is better; the others: higher). A validation improves on the best so far when it is better by
+    more than ``min_delta``. ``patience``: stop after this many validations in a row without improvement (0 = never
+    stop early, train all ``train.epochs``).
+    """
+
+    metric: str = "auto"
+    patience: int = 0
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        key = "train.early_stopping"
+        _check(self.metric == "auto" or self.metric in VALID_METRICS, f"{key}.metric",
+               f"must be 'auto' or one of {VALID_METRICS}, got {_show(self.metric)}")
+        _check(self.patience >= 0, f"{key}.patience", f"must be >= 0 (0 = off), got {_show(self.patience)}")
+        _in_range(self.patience, 0, MAX_STEPS, f"{key}.patience", " (0 = off)")
+        _check(self.min_delta >= 0, f"{key}.min_delta", f"must be >= 0, got {_show(self.min_delta)}")
+        _finite(self.min_delta, f"{key}.min_delta", 0.0, 1e9)
+
+
 @dataclass
 class TrainConfig:
     """Optimisation. batch_size is the GLOBAL batch, split evenly over distributed ranks (as the reference)."""
@@ -229,6 +269,7 @@ class TrainConfig:
     num_threads: int = 0
     checkpoint_interval: Union[int, str] = 0
     keep_checkpoints: int = 3
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {_show(self.epochs)}")
@@ -256,6 +297,15 @@ class TrainConfig:
         _in_range(self.num_threads, 0, MAX_THREADS, "train.num_threads", " (0 = auto)")
         parse_interval(self.checkpoint_interval)
         _in_range(self.keep_checkpoints, 0, MAX_STEPS, "train.keep_checkpoints", " (0 = keep every checkpoint)")
+        _check(self.loss == "ce" or self.early_stopping.metric not in ("top_1", "top_5"), "train.early_stopping.metric",
+               f"{self.early_stopping.metric} needs single-label data (train.loss ce); use gap, hit_at_1, perr, map "
+               "or loss with train.loss bce")
+
+    @property
+    def best_metric(self) -> str:
+        """The validation metric that picks best.pt and that early stopping watches (``early_stopping.metric``)."""
+        metric = self.early_stopping.metric
+        return metric if metric != "auto" else ("gap" if self.loss == "bce" else "top_1")
 
     @property
     def checkpoint_every(self) -> tuple[str, float]:
@@ -299,7 +349,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         _check(self.preset in EXTRACT_PRESETS, "extract.preset",
-               f"must be one of {EXTRACT_PRESETS}, got {self.preset!r}")
+               f"must be one of {EXTRACT_PRESETS}, got {_show(self.preset)}")
         _check(self.fps > 0, "extract.fps", f"must be > 0, got {self.fps}")
         _check(self.max_frames > 0, "extract.max_frames", f"must be > 0, got {self.max_frames}")
 
@@ -365,6 +415,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise _error(key, f"expected a mapping, got {_show(value)}")
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):  # a nested section, e.g. train.early_stopping
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise _error(key, f"expected a mapping, got {_show(value)}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        for k in value:
+            if k not in names:
+                raise _error(f"{key}.{k}", "unknown key" + _suggest(f"{key}.{k}", [f"{key}.{n}" for n in names]))
+        return tp(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -9,33 +9,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from attncluster import distributed
 from attncluster.config import Config
-from attncluster.data.transfer import batch_to_device
 from attncluster.errors import plural
-from attncluster.inference import autocast_for, compute_loss, load_class_names, load_model, predict_scores
+from attncluster.inference import Predictor, TorchPredictor, compute_loss, load_class_names, score_batches
 from attncluster.metrics import MetricAccumulator
 from attncluster.outputs import atomic_output, check_output
 
 
-@torch.no_grad()
-def run_evaluation(model: nn.Module, loader, cfg: Config, device: torch.device) -> dict[str, Any]:
-    """Stream ``loader`` through ``model``; returns merged metrics over all ranks."""
-    was_training = model.training
-    model.eval()
+def run_evaluation(predictor: Predictor, loader, cfg: Config) -> dict[str, Any]:
+    """Metrics of ``predictor`` (a ``TorchPredictor``, ``export.OnnxPredictor`` or any
+    :class:`~attncluster.inference.Predictor`) over ``loader``, merged over all ranks: eval's and training's
+    validation loop."""
     acc = MetricAccumulator(cfg.model.num_classes, top_k=cfg.eval.top_k, multi_label=cfg.multi_label)
-    modalities = list(cfg.model.feature_dims)
-    for batch in loader:
-        features, labels = batch_to_device(batch, modalities, device)
-        with autocast_for(device, cfg.train.precision):
-            logits = model(features)
-        loss = compute_loss(logits, labels, cfg.train.loss)
-        acc.update(predict_scores(logits, cfg.train.loss).cpu().numpy(), labels.cpu().numpy(), loss=float(loss))
-    model.train(was_training)
+    for batch, scores, logits in score_batches(predictor, loader):
+        loss = compute_loss(torch.from_numpy(logits), batch["labels"], cfg.train.loss)
+        acc.update(scores, batch["labels"].numpy(), loss=float(loss))
     return _merged(acc)
 
 
@@ -46,25 +37,6 @@ def _merged(acc: MetricAccumulator) -> dict[str, Any]:
     for s in states[1:]:
         merged.merge(MetricAccumulator.from_state_dict(s))
     return merged.result()
-
-
-def scores_and_logits(predictor, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, logits) of one batch in one forward pass: an OnnxPredictor computes both in its graph."""
-    if hasattr(predictor, "run"):
-        return predictor.run(features)
-    logits = predictor.logits(features)
-    return predict_scores(torch.from_numpy(logits), predictor.loss).numpy(), logits
-
-
-def run_evaluation_predictor(predictor, loader, cfg: Config) -> dict[str, Any]:
-    """``run_evaluation`` for an ``inference.Predictor`` (e.g. ``export.OnnxPredictor``): arrays in, no nn.Module."""
-    acc = MetricAccumulator(cfg.model.num_classes, top_k=cfg.eval.top_k, multi_label=cfg.multi_label)
-    modalities = list(cfg.model.feature_dims)
-    for batch in loader:
-        scores, logits = scores_and_logits(predictor, {m: batch[m].numpy() for m in modalities})
-        loss = compute_loss(torch.from_numpy(logits), batch["labels"], cfg.train.loss)
-        acc.update(scores, batch["labels"].numpy(), loss=float(loss))
-    return _merged(acc)
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -109,14 +81,12 @@ def evaluate(
     dev = distributed.device_for(device if predictor is None else "cpu", info)
     distributed.setup(dev.type)
     try:
-        model = load_model(cfg, weights, dev) if predictor is None else None
+        if predictor is None:
+            predictor = TorchPredictor(cfg, weights, dev)
         ds = VideoDataset.from_config(cfg, specs, train=False, dist=info)
         loader = make_loader(ds, cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                              pin_memory=dev.type == "cuda")
-        if predictor is None:
-            metrics = run_evaluation(model, loader, cfg, dev)
-        else:
-            metrics = run_evaluation_predictor(predictor, loader, cfg)
+        metrics = run_evaluation(predictor, loader, cfg)
         if metrics.get("num_labels") == 0:
             from attncluster.errors import DataError
 

@@ -57,6 +57,9 @@ DEFINITIONS = {
                         "cluster effectively looks at (1 .. distinct_frames)",
     "effective_frames_per_unit": "exp(entropy) of each unit's attention",
     "frames": "diversity measures treat a frame sampled twice (videos shorter than seg_num) as one frame",
+    "segments": "per top-3 class, the spans where the model's score on a sliding window of the sampled frames "
+                "(segment_window seconds, at least 3 frames, one frame's step) is >= 0.5, as 'attncluster watch' "
+                "reports events; the figure shades them above the summed attention",
 }
 
 
@@ -201,6 +204,33 @@ def new_figure(width: float, height: float):
     return fig
 
 
+SEGMENT_COLORS = ("#0072B2", "#009E73", "#CC79A7")  # the top 3 classes' predicted segments
+
+
+def predicted_segments(model, cfg: Config, feats: Mapping[str, torch.Tensor], timestamps, top, names,
+                       threshold: float = 0.5, window: float = 10.0) -> list[dict[str, Any]]:
+    """The segments of the ``top`` classes where the model's score over a sliding window (``window`` seconds, at
+    least 3 sampled frames, one frame's step) is at or above ``threshold``: ``watch``'s events read offline
+    (``attncluster.watch.segments``), as ``[{"class", "name", "rank", "start", "end", "score"}]``."""
+    from attncluster.inference import predict_scores
+    from attncluster.watch import segments
+
+    t = np.asarray(timestamps, dtype=np.float64)
+    step = float(np.median(np.diff(t))) if len(t) > 1 and np.median(np.diff(t)) > 0 else 1.0
+
+    @torch.no_grad()
+    def score(x):
+        dev = next(iter(feats.values())).device
+        logits = model({m: torch.as_tensor(a).to(dev) for m, a in x.items()})
+        return predict_scores(logits, cfg.train.loss).cpu().numpy()
+
+    rank = {int(c["class"]): r for r, c in enumerate(top)}
+    events = segments(score, {m: x.cpu().numpy() for m, x in feats.items()}, t, window=max(window, 3 * step),
+                      period=step, threshold=threshold, classes=list(rank))
+    return [{"class": e.cls, "name": names[e.cls] if names is not None else None, "rank": rank[e.cls],
+             "start": round(e.start, 3), "end": round(e.end, 3), "score": round(e.score, 6)} for e in events]
+
+
 def _edges(t: np.ndarray) -> np.ndarray:
     """Cell edges around increasing timestamps: midpoints between neighbours, half a step beyond the ends."""
     if len(t) == 1:
@@ -278,6 +308,10 @@ def explain_figure(record: Mapping[str, Any], thumbnails: Sequence[tuple[float, 
                 for d in np.flatnonzero(np.isin(frames, marked["frame_index"])):
                     ax.axvspan(edges[d], edges[d + 1], color="#E69F00", alpha=0.45, linewidth=0, label=label)
                     label = None  # one legend entry
+            for k, seg in enumerate(record.get("segments") or []):  # where the windowed score is above threshold
+                ax.axvspan(seg["start"], seg["end"], ymin=0.9, ymax=1.0, linewidth=0, color=SEGMENT_COLORS[
+                    seg["rank"] % len(SEGMENT_COLORS)], label=f"predicted: {_short(seg['name'] or 'class ' + str(seg['class']))}"
+                    if seg["rank"] not in {x["rank"] for x in record["segments"][:k]} else None)
             ax.stairs(a["summed"], edges, fill=True, color="0.25")
             ax.axhline(units / len(a["time"]), color="0.5", linestyle="--", linewidth=1, label="uniform")
             ax.set_ylabel("summed\nattention")
@@ -441,7 +475,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
             ids: list[str] | None = None, videos: list[str] | None = None, top_k: int = 5, vocab: str | bool | None = None,
             fps: float | None = None, device: str | None = None, figures: bool = True, log=print,
             extractor=None, max_videos: int | None = None, mark=None, skip_bad: bool = False,
-            **pipeline_options) -> int:
+            segment_window: float = 10.0, **pipeline_options) -> int:
     """The ``explain`` verb: ``ID.json`` + ``ID.png`` per video and ``index.html`` under ``output``.
 
     Args:
@@ -463,6 +497,7 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
         mark: optional ``mark(info, frames) -> (label, (L,) bool)`` flagging sampled frames to shade in the figure
             (e.g. known events; the quickstart marks its planted signal); ``frames`` is modality -> (L, F) array.
         skip_bad: with ``videos``, skip (and report on stderr) files that fail to decode instead of stopping.
+        segment_window: seconds of the sliding window behind each record's ``segments`` (see DEFINITIONS).
         pipeline_options: with ``videos`` and no ``extractor``: ``max_frames``, ``num_workers`` and the
             ``attncluster.extract.pipeline.make_pipeline`` options (preset, inception, pca, vggish, vggish_pca,
             random_weights, backbone, backbone_weights, precision), as ``extract`` takes them.
@@ -520,6 +555,9 @@ def explain(cfg: Config, weights: str, output: str | Path, data: list[str] | Non
                 record = video_record(v["id"], {m: a[i] for m, a in attention.items()}, v["frame_index"],
                                       v["timestamps"], scores[i], top_k, names, v["num_frames"], v["timing"],
                                       v.get("labels"))
+                record["segments"] = predicted_segments(model, cfg, {m: x[i] for m, x in feats.items()},
+                                                        v["timestamps"], record["top_classes"][:3], names,
+                                                        window=segment_window)
                 if mark is not None:
                     label, flags = mark(v, {m: x[i].cpu().numpy() for m, x in feats.items()})
                     record["marked"] = {"label": label,

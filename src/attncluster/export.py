@@ -395,7 +395,7 @@ def write_triton_repository(model_path: str, repo: str, name: str = "attncluster
 
 
 class OnnxPredictor(Predictor):
-    """An exported ``.onnx`` file run by onnxruntime: ``attncluster.inference.Predictor`` without a PyTorch model.
+    """An exported ``.onnx`` file run by onnxruntime: an ``attncluster.inference.Predictor`` without a PyTorch model.
 
     Args:
         path: a graph written by ``attncluster export`` (fp32 or int8).
@@ -479,16 +479,9 @@ class OnnxPredictor(Predictor):
         return out
 
     def run(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, logits), each (N, num_classes) float32."""
+        """(scores, logits), each (N, num_classes) float32, both computed in the graph (no torch)."""
         probs, logits = self.session.run(list(OUTPUTS), self.feeds(features))
         return probs, logits
-
-    def logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        return self.run(features)[1]
-
-    def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, num_classes) per-class scores, computed in the graph (no torch)."""
-        return self.run(features)[0]
 
 
 def model_config(predictor: OnnxPredictor, cfg=None):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ def predict_scores(logits: Tensor, loss: str) -> Tensor:
 
 def load_model(cfg: Config, weights: str, device: torch.device | str = "cpu"):
     """The config's ``AttentionCluster`` with ``weights`` loaded strictly, on ``device``, in eval mode."""
-    from attncluster.checkpoint import load_weights
+    from attncluster.weights import load_weights
     from attncluster.model import AttentionCluster
 
     model = AttentionCluster(**cfg.model.model_kwargs())
@@ -133,7 +135,7 @@ def config_from_weights(path: str, overrides: list[str] | None = None) -> Config
     Raises:
         ConfigError: the file carries no config (safetensors, converted Paddle weights, ``.pdparams``).
     """
-    from attncluster.checkpoint import load_state_dict_any
+    from attncluster.weights import load_state_dict_any
     from attncluster.config import apply_overrides, from_dict
 
     _, info = load_state_dict_any(path)
@@ -181,41 +183,60 @@ def prediction_record(video_id: str, classes, scores, names: list[str] | None = 
     return rec
 
 
-class Predictor:
-    """Scores batches of videos given as arrays: the one path predict, serve, explain and export share.
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that scores batches of videos given as arrays: the one interface that eval, predict, serve, explain
+    and export run a model through. ``TorchPredictor`` (here) and ``export.OnnxPredictor`` implement it.
 
-    Input is ``{modality: (N, L, F)}`` per batch, uint8 (dataset-quantized, dequantized here) or float; frames are
-    already sampled to the model's length (or any L: attention pools over time). Subclasses: ``TorchPredictor``
-    here, an onnxruntime one in ``export.py``.
+    Input is ``{modality: (N, L, F)}`` per batch (numpy arrays or CPU tensors), uint8 (dataset-quantized,
+    dequantized by the predictor) or float; frames are already sampled to the model's length (or any L: attention
+    pools over time). ``run`` is the one forward pass; ``scores`` and ``logits`` are its two halves.
     """
 
     modalities: dict[str, int]
     num_classes: int
     loss: str
 
-    def logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, num_classes) float32 logits."""
-        raise NotImplementedError
+    def run(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, logits) of one batch, each (N, num_classes) float32; scores are sigmoid for bce models and
+        softmax for ce models (:func:`predict_scores`)."""
+        ...
 
-    def scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, num_classes) float32 per-class scores (sigmoid for bce models, softmax for ce)."""
-        return predict_scores(torch.from_numpy(self.logits(features)), self.loss).numpy()
+    def scores(self, features: Mapping[str, Any]) -> np.ndarray:
+        return self.run(features)[0]
+
+    def logits(self, features: Mapping[str, Any]) -> np.ndarray:
+        return self.run(features)[1]
+
+
+def score_batches(predictor: Predictor, loader: Iterable[dict]) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
+    """The one loop over a data set: each collated batch of ``loader`` (ids, labels, shard and record numbers,
+    features) with its ``(scores, logits)`` from ``predictor``. eval, training's validation and predict use it."""
+    for batch in loader:
+        scores, logits = predictor.run({m: batch[m] for m in predictor.modalities})
+        yield batch, scores, logits
 
 
 class TorchPredictor(Predictor):
     """A PyTorch model from a config and weights, in eval mode on ``device``."""
 
-    def __init__(self, cfg: Config, weights: str, device: str | torch.device | None = None) -> None:
+    def __init__(self, cfg: Config, weights: str | None, device: str | torch.device | None = None,
+                 model: torch.nn.Module | None = None) -> None:
         from attncluster import distributed
 
         self.cfg = cfg
         self.device = distributed.device_for(device, distributed.DistInfo()) if not isinstance(device, torch.device) else device
-        self.model = load_model(cfg, weights, self.device)
+        self.model = load_model(cfg, weights, self.device) if model is None else model.eval()
         self.modalities = dict(cfg.model.feature_dims)
         self.num_classes = cfg.model.num_classes
         self.loss = cfg.train.loss
 
-    def tensors(self, features: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, cfg: Config, device: torch.device) -> TorchPredictor:
+        """A predictor over a model already built and on ``device`` (training's validation); puts it in eval mode."""
+        return cls(cfg, None, device, model=model)
+
+    def tensors(self, features: Mapping[str, Any]) -> dict[str, Tensor]:
         from attncluster.data.records import dequantize
 
         out = {}
@@ -225,6 +246,7 @@ class TorchPredictor(Predictor):
         return out
 
     @torch.no_grad()
-    def logits(self, features: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, features: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         with autocast_for(self.device, self.cfg.train.precision):
-            return self.model(self.tensors(features)).float().cpu().numpy()
+            logits = self.model(self.tensors(features)).float()
+        return predict_scores(logits, self.loss).cpu().numpy(), logits.cpu().numpy()

@@ -26,7 +26,7 @@ The reference's dropout is Paddle's ``downgrade_in_infer``: no rescale in traini
 is :class:`~attncluster.model.DowngradeDropout`, so every converted tensor is the reference's own value (only
 transposed or reshaped): inference, training and fine-tuning from converted weights follow the reference exactly, in
 its own parameterisation. Files written here carry the state format :data:`~attncluster.model.STATE_FORMAT`; those
-written before it (with (1 - p) folded into fc1) are recognised and rescaled by :mod:`attncluster.checkpoint`.
+written before it (with (1 - p) folded into fc1) are recognised and rescaled by :mod:`attncluster.weights`.
 """
 
 from __future__ import annotations

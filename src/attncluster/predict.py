@@ -37,7 +37,7 @@ from attncluster import distributed
 from attncluster.config import Config
 from attncluster.data.dataset import VideoDataset
 from attncluster.errors import ConfigError, plural, writing
-from attncluster.inference import class_names_for, prediction_record
+from attncluster.inference import class_names_for, default_top_k, prediction_record
 from attncluster.outputs import (atomic_output, check_output, kaggle_header, kaggle_row, lock_fd, remove_stale,
                                  write_kaggle_csv)
 
@@ -178,7 +178,7 @@ def predict(
     if suffix not in FORMATS:
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle submission) or .jsonl")
     if top_k is None:
-        top_k = min(20, cfg.model.num_classes)
+        top_k = default_top_k(cfg.model.num_classes)
     if not 0 < top_k <= cfg.model.num_classes:
         raise ConfigError(f"--top-k {top_k}: must be in 1..{cfg.model.num_classes} (model.num_classes)")
     names = class_names_for(cfg.model.num_classes, cfg, vocab, getattr(predictor, "vocabulary", None))
@@ -212,14 +212,12 @@ def predict(
 def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: int, suffix: str,
                   names: list[str] | None) -> int:
     """Stream this rank's videos through ``predictor`` into its part file; returns the number of videos."""
-    from attncluster.evaluate import scores_and_logits
+    from attncluster.inference import score_batches, top_classes
 
     count = 0
     with PartFile(part) as f:
-        for batch in loader:
-            scores, _ = scores_and_logits(predictor, {m: batch[m].numpy() for m in modalities})
-            top, classes = torch.from_numpy(np.ascontiguousarray(scores)).topk(top_k, dim=1)  # (N, k), highest first
-            top, classes = top.numpy(), classes.numpy()
+        for batch, scores, _ in score_batches(predictor, loader):
+            classes, top = top_classes(scores, top_k)  # (N, k), highest first; ties by lower class index
             for j, vid in enumerate(batch["id"]):
                 row = format_row(vid, classes[j], top[j], suffix, names)
                 write_part_row(f, int(batch["shard"][j]), int(batch["record"][j]), row)

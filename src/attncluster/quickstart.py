@@ -80,7 +80,7 @@ def quickstart(run_dir: str | Path = "runs/quickstart", device: str | None = Non
     and the folder is locked while this one runs. ``train_videos``, ``valid_videos`` and ``overrides`` (applied
     to configs/quickstart.yaml) make a smaller run, e.g. for tests."""
     from attncluster.errors import ConfigError
-    from attncluster.train import RunDirectory
+    from attncluster.rundir import RunDirectory
 
     root = Path(run_dir)
     found = [n for n in OUTPUTS if (root / n).exists()]

@@ -140,6 +140,42 @@ def score_segments(predictor, frames: Mapping[str, np.ndarray], scoring: str = D
     return starts, np.sqrt(np.clip(seg, 0, None) * video[None, :]).astype(np.float32)  # blend
 
 
+def segment_records(starts: np.ndarray, scores: np.ndarray, num_frames: int, classes: np.ndarray, k: int,
+                    class_names: Sequence[str] | None = None, fps: float = 1.0) -> list[dict]:
+    """One video's segments as ``predict --segments``' .jsonl writes them (and ``serve`` answers them): per segment
+    ``{"start", "end", "classes", "scores" (6 decimals)[, "names"]}``, the top ``k`` of ``classes`` by
+    :func:`~attncluster.inference.top_classes` (ties: lower class first). ``start``/``end`` are frames divided by
+    ``fps``: seconds (whole numbers at YouTube-8M's 1 fps); ``end`` is cut at the video's last frame.
+
+    Args:
+        starts, scores: :func:`score_segments`' answer for the video.
+        num_frames: the video's length T in frames.
+        classes: the class ids to rank (:func:`default_classes`); ``k`` at most ``len(classes)``.
+        class_names: names by class id for a ``names`` field (None: no field).
+        fps: frames per second of the features.
+    """
+    from attncluster.inference import top_classes
+
+    classes = np.asarray(classes, dtype=np.int64)
+    scores = np.asarray(scores)
+    if len(starts) == 0:
+        return []
+    top, top_scores = top_classes(scores[:, classes], k)  # row by row: each segment its own top k
+
+    def seconds(frame: int):
+        return int(frame) if fps == 1 else round(int(frame) / fps, 6)
+
+    out = []
+    for s, t, p in zip(np.asarray(starts).tolist(), top, top_scores):
+        ids = classes[t].tolist()
+        rec: dict = {"start": seconds(s), "end": seconds(min(s + SEGMENT_SIZE, int(num_frames))), "classes": ids,
+                     "scores": [round(float(x), 6) for x in p]}
+        if class_names is not None:
+            rec["names"] = [class_names[c] for c in ids]
+        out.append(rec)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The best N segments per class
 
@@ -467,7 +503,7 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
     """``predict --segments``: a Kaggle 2019 submission (.csv) or per-video segment scores (.jsonl)."""
     from attncluster import distributed
     from attncluster.errors import plural
-    from attncluster.inference import TorchPredictor, default_top_k, top_classes
+    from attncluster.inference import TorchPredictor, default_top_k
     from attncluster.outputs import check_output, remove_stale
 
     from attncluster.predict import PART_SUFFIX, PartFile, merge_parts, part_paths, write_part_row
@@ -503,12 +539,7 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
             part = parts[info.rank]
             with PartFile(part) as f:
                 def on_video(video, shard, record, starts, scores):
-                    segs = []
-                    for s, row in zip(starts.tolist(), scores[:, classes]):
-                        top, score = top_classes(row[None, :], k)
-                        segs.append({"start": s, "end": min(s + SEGMENT_SIZE, video.num_frames),
-                                     "classes": classes[top[0]].tolist(),
-                                     "scores": [round(float(x), 6) for x in score[0]]})
+                    segs = segment_records(starts, scores, video.num_frames, classes, k)
                     write_part_row(f, shard, record, json.dumps({"id": video.id, "segments": segs}) + "\n")
 
                 _, _, count = score_dataset(predictor, cfg, data, classes, scoring=scoring, top_n=1,
@@ -554,5 +585,6 @@ def evaluate_segments(predictor, cfg, data, *, top_n: int = DEFAULT_TOP_N, class
 __all__ = [
     "ClassHeaps", "DEFAULT_SCORING", "ModelPredictor", "DEFAULT_TOP_N", "SCORINGS", "SEGMENT_SIZE", "default_classes",
     "evaluate_segments", "load_segment_classes", "predict_segments", "rated_pairs", "read_submission",
-    "score_dataset", "score_segments", "segment_indices", "segment_map", "segment_starts", "write_submission",
+    "score_dataset", "score_segments", "segment_indices", "segment_map", "segment_records", "segment_starts",
+    "write_submission",
 ]

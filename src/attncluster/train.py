@@ -1,25 +1,15 @@
 """The training loop: forward, loss, backward, step, log, validate, checkpoint. One function, :func:`fit`.
 
-Run directory layout::
-
-    RUN_DIR/config.yaml          the resolved config
-    RUN_DIR/metrics.jsonl        one JSON record per log line and per validation
-    RUN_DIR/tensorboard/         TensorBoard events (when tensorboard is installed)
-    RUN_DIR/checkpoints/epoch_001.pt ...    a checkpoint at the end of each epoch
-    RUN_DIR/checkpoints/epoch_002_step_00000150.pt ...   mid-epoch checkpoints (train.checkpoint_interval)
-    RUN_DIR/checkpoints/last.pt best.pt   the latest and the best (by validation) of those, always kept
-    RUN_DIR/.lock                 held (flock) by the one training that owns the directory
-
-Only the newest ``train.keep_checkpoints`` epoch / mid-epoch files are kept. A checkpoint records where in the
-epoch it was taken (each rank's next batch), so ``--resume`` continues with exactly the batches that would have
-followed.
+The run's state is one :class:`~attncluster.checkpoint.TrainState` (model, optimizer, scheduler, scaler, epoch,
+step, position in the epoch, RNG, best metric, early-stopping counter): its ``state_dict()`` is what a checkpoint
+holds and its ``load_state_dict()`` is ``--resume``. A checkpoint records where in the epoch it was taken (each
+rank's next batch), so ``--resume`` continues with exactly the batches that would have followed. The run directory
+(lock, config.yaml, metrics.jsonl, checkpoint files) is :mod:`attncluster.rundir`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import sys
 import time
@@ -31,14 +21,16 @@ import torch
 from torch import nn
 
 from attncluster import distributed
-from attncluster.checkpoint import atomic_save, load_checkpoint, load_for_finetune, rng_state, set_rng_state
-from attncluster.config import Config, cores_per_rank, save_config
+from attncluster.checkpoint import TrainState
+from attncluster.config import Config, cores_per_rank
 from attncluster.data.transfer import batch_to_device
 from attncluster.errors import ConfigError, plural
 from attncluster.evaluate import format_metrics, run_evaluation
-from attncluster.inference import autocast_for, compute_loss, load_class_names, predict_scores
+from attncluster.inference import TorchPredictor, autocast_for, compute_loss, load_class_names, predict_scores
 from attncluster.metrics import gap, hit_at_one, perr, top_k_accuracy
 from attncluster.model import AttentionCluster
+from attncluster.rundir import RunDirectory, RunLogger
+from attncluster.weights import load_checkpoint, load_for_finetune
 
 
 def cpu_threads(cfg: Config, world_size: int) -> int:
@@ -82,181 +74,12 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: Config, total_steps: int | 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-class RunLogger:
-    """Writes metrics.jsonl and TensorBoard events on the main process; prints log lines."""
-
-    def __init__(self, run_dir: Path | None, enabled: bool, echo: Callable[[str], None] = print) -> None:
-        self.enabled = enabled and run_dir is not None
-        self.echo = echo if enabled else (lambda msg: None)
-        self.file = None
-        self.tb = None
-        if self.enabled:
-            self.file = open(run_dir / "metrics.jsonl", "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                self.tb = None
-
-    def record(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"type": kind, "step": step, **values}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def batch_metrics(scores: np.ndarray, labels: np.ndarray, multi_label: bool, top_k: int) -> dict[str, float]:
     if (labels < 0).any():  # segment_bce: -1 marks unrated pairs; the log's metrics count only positive ratings
         labels = (labels > 0).astype(labels.dtype)
     if multi_label:
         return {"hit_at_1": hit_at_one(scores, labels), "perr": perr(scores, labels), "gap": gap(scores, labels, top_k)}
     return {"top_1": top_k_accuracy(scores, labels, 1), "top_5": top_k_accuracy(scores, labels, 5)}
-
-
-class RunDirectory:
-    """A run directory owned by one training: locked, checked against silent mixing, cleaned of debris.
-
-    ``open`` takes an exclusive ``flock`` on ``RUN_DIR/.lock`` (released by the kernel when the process exits or
-    crashes), so a second training into the same directory fails at once. A directory already holding a run is
-    refused unless the training resumes (``resume``) or replaces it (``overwrite``: the previous run's config,
-    metrics, TensorBoard events and checkpoints are removed first). Temporary files an interrupted atomic write
-    left behind are deleted. If this call created the directory, :meth:`discard` removes it again (a failed start
-    leaves nothing behind).
-    """
-
-    LOCK = ".lock"
-    OWNED = ("config.yaml", "metrics.jsonl", "tensorboard", "checkpoints")  # what a run writes; --overwrite removes
-
-    def __init__(self, path: Path, fd: int, created: bool) -> None:
-        self.path, self._fd, self.created = path, fd, created
-
-    @classmethod
-    def open(cls, path: str | Path, *, resume: bool = False, overwrite: bool = False,
-             owned: tuple[str, ...] = OWNED) -> RunDirectory:
-        """Create (if needed) and lock ``path``; ``owned`` names what a previous run left (removed by overwrite)."""
-        import fcntl
-
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--run-dir {path}: exists and is not a directory")
-        created = not path.exists()
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path / cls.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise ConfigError(f"--run-dir {path}: cannot create the run directory ({e.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise ConfigError(f"--run-dir {path}: another training{who} is using this run directory; wait for it "
-                              "to finish or choose another --run-dir") from None
-        _LOCK_FDS.add(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        run = cls(path, fd, created)
-        try:
-            used = [name for name in owned if _holds_data(path / name)]
-            if used and overwrite:
-                import shutil
-
-                for name in used:
-                    target = path / name
-                    shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-            elif used and not resume:
-                last = path / "checkpoints" / "last.pt"
-                hint = f"continue it with --resume {last}, " if last.exists() else ""
-                raise ConfigError(f"--run-dir {path}: already holds a run ({', '.join(used)}); {hint}replace it "
-                                  "with --overwrite, or choose another --run-dir")
-            from attncluster.checkpoint import remove_temporaries
-
-            remove_temporaries(path)
-            remove_temporaries(path / "checkpoints")
-        except BaseException:
-            run.close()
-            raise
-        return run
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    def close(self) -> None:
-        if self._fd is not None:
-            _LOCK_FDS.discard(self._fd)
-            os.close(self._fd)  # releases the lock
-            self._fd = None
-
-    def discard(self) -> None:
-        """Release the lock and, if ``open`` created the directory, remove it."""
-        self.close()
-        if self.created:
-            import shutil
-
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _holds_data(path: Path) -> bool:
-    """A file, or a folder with something in it besides debris of interrupted atomic writes (``.*.tmp``)."""
-    if path.is_dir() and not path.is_symlink():
-        return any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in path.iterdir())
-    return path.exists() or path.is_symlink()
-
-
-_LOCK_FDS: set[int] = set()
-
-
-def _close_inherited_locks() -> None:
-    # A forked child (a DataLoader worker) shares the lock's open file description; an flock stays held until
-    # every process holding it closes it. Closing the child's copy lets the lock die with the training process.
-    for fd in list(_LOCK_FDS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _LOCK_FDS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-def truncate_metrics(path: Path, step: int) -> int:
-    """Drop the records of ``metrics.jsonl`` logged after ``step`` (and a torn last line); returns how many.
-
-    Resuming from a checkpoint at ``step`` replays the steps after it, whose records the interrupted run already
-    wrote; without this they would appear twice."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-            keep = isinstance(rec, dict) and int(rec.get("step", 0)) <= step
-        except (ValueError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        from attncluster.checkpoint import atomic_write_bytes
-
-        atomic_write_bytes("".join(f"{line}\n" for line in kept).encode(), path)
-    return dropped
 
 
 def fit(
@@ -273,10 +96,10 @@ def fit(
     """Train ``cfg``; returns the last validation metrics (empty without validation data).
 
     ``run_dir`` must be new or empty unless ``resume`` continues the run in it or ``overwrite`` replaces it (see
-    :class:`RunDirectory`). ``on_step(step, model, loss)``, when given, is called on every rank after every
-    optimizer step with the global step number, the unwrapped model and this rank's (detached) batch loss: a hook
-    for tests and monitoring. ``allow_reinit`` lets ``weights`` fit no tensor of the model (see
-    :func:`~attncluster.checkpoint.load_for_finetune`).
+    :class:`~attncluster.rundir.RunDirectory`). ``on_step(step, model, loss)``, when given, is called on every rank
+    after every optimizer step with the global step number, the unwrapped model and this rank's (detached) batch
+    loss: a hook for tests and monitoring. ``allow_reinit`` lets ``weights`` fit no tensor of the model (see
+    :func:`~attncluster.weights.load_for_finetune`).
     """
     info = distributed.env_info()
     if cfg.train.batch_size % info.world_size:
@@ -288,12 +111,73 @@ def fit(
         raise ConfigError("--overwrite replaces a run and --resume continues one; pass only one of them")
     dev = distributed.device_for(device, info)
     train_ds, valid_ds = _datasets(cfg, info)  # bad or too little data fails here, before anything is written
+    main = info.rank == 0
+    say = log if main else (lambda msg: None)
     distributed.setup(dev.type)
     try:
-        return _fit(cfg, Path(run_dir) if run_dir else None, resume, weights, dev, info, log, on_step, overwrite,
-                    train_ds, valid_ds, allow_reinit)
+        ckpt = load_checkpoint(resume) if resume else None
+        if ckpt is not None and _finished(ckpt, cfg, resume, say):
+            return ckpt.get("metrics") or {}
+        if dev.type == "cpu":
+            torch.set_num_threads(cpu_threads(cfg, info.world_size))
+        state = new_state(cfg, dev, train_ds.num_videos, train_ds.num_batches(cfg.train.batch_size // info.world_size),
+                          seed=cfg.train.seed + info.rank)  # dropout differs per rank; DDP broadcasts rank 0's weights
+        if weights:
+            load_for_finetune(state.model, weights, log=say, allow_reinit=allow_reinit)
+        if ckpt is not None:
+            state.load_state_dict(ckpt, info.rank, info.world_size, source=str(resume))
+
+        run = RunDirectory.open(run_dir, resume=bool(resume), overwrite=overwrite) if run_dir and main else None
+        try:
+            if run is not None:
+                dropped = run.start(cfg, resume_step=state.step if resume else None)
+                if dropped:
+                    say(f"resume: dropped {dropped} metrics.jsonl records logged after step {state.step}")
+            logger = RunLogger(run.path if run else None, main, log)
+        except BaseException:
+            if run is not None:
+                run.discard()  # a failed start leaves nothing behind
+            raise
+        try:
+            if ckpt is not None:
+                where = f", batch {state.position} of epoch {state.epoch + 1}" if state.position else ""
+                say(f"resumed from {resume}: epoch {state.epoch}, step {state.step}{where}")
+            return _loop(state, cfg, train_ds, valid_ds, run=run, logger=logger, dev=dev, info=info, on_step=on_step)
+        finally:
+            logger.close()
+            if run is not None:
+                run.close()
     finally:
         distributed.cleanup()
+
+
+def new_state(cfg: Config, dev: torch.device, num_videos: int, batches_per_epoch: int, seed: int) -> TrainState:
+    """A fresh run's state: the config's model (initialised after seeding with ``seed``) on ``dev``, its optimizer,
+    LR schedule (cosine over ``train.epochs`` x ``batches_per_epoch`` steps) and gradient scaler."""
+    seed_everything(seed)
+    model = AttentionCluster(**cfg.model.model_kwargs()).to(dev)
+    optimizer = build_optimizer(model, cfg)
+    total_steps = cfg.train.epochs * batches_per_epoch if cfg.train.schedule == "cosine" else None
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
+    return TrainState(model, optimizer, scheduler, scaler, config=cfg.to_dict(), num_videos=num_videos)
+
+
+def _finished(ckpt: dict[str, Any], cfg: Config, resume: str, say: Callable[[str], None]) -> bool:
+    """Whether the run ``ckpt`` was taken from has nothing left to do under ``cfg`` (said in one line if so)."""
+    if any(ckpt.get("position") or []):
+        return False  # taken mid-epoch: that epoch still has batches
+    patience, stopping = cfg.train.early_stopping.patience, ckpt.get("early_stopping") or {}
+    if patience and int(stopping.get("bad_evals", 0)) >= patience:
+        say(f"nothing to do: {resume} stopped early after {ckpt['epoch']} epochs (step {ckpt['step']}): "
+            f"{cfg.train.best_metric} did not improve for {patience} validations (best {ckpt.get('best_metric')} "
+            f"after epoch {stopping.get('best_epoch')}); raise train.early_stopping.patience to train further")
+        return True
+    if ckpt["epoch"] >= cfg.train.epochs:
+        say(f"nothing to do: {resume} has finished all {ckpt['epoch']} epochs (step {ckpt['step']}); "
+            "raise train.epochs to train further")
+        return True
+    return False
 
 
 def _datasets(cfg: Config, info: distributed.DistInfo):
@@ -320,149 +204,45 @@ def _datasets(cfg: Config, info: distributed.DistInfo):
     return train_ds, valid_ds
 
 
-def _fit(cfg: Config, run_dir: Path | None, resume: str | None, weights: str | None, dev: torch.device,
-         info: distributed.DistInfo, log: Callable[[str], None],
-         on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None,
-         overwrite: bool = False, train_ds=None, valid_ds=None, allow_reinit: bool = False) -> dict[str, Any]:
+
+
+def _loop(state: TrainState, cfg: Config, train_ds, valid_ds, *, run: RunDirectory | None, logger: RunLogger,
+          dev: torch.device, info: distributed.DistInfo,
+          on_step: Callable[[int, nn.Module, torch.Tensor], None] | None) -> dict[str, Any]:
+    """Epochs of forward, loss, backward, step, log; validation and a checkpoint at each epoch end, mid-epoch
+    checkpoints every ``train.checkpoint_interval``, and an early stop when ``train.early_stopping`` says so."""
     from attncluster.data.dataset import make_loader
 
-    main = info.rank == 0
-    say = log if main else (lambda msg: None)
-    rank_batch = cfg.train.batch_size // info.world_size
-    workers = cfg.data.workers(info.world_size)
-    batches_per_epoch = train_ds.num_batches(rank_batch)  # the same on every rank (equal shares)
-
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        positions = ckpt.get("position") or [0] * info.world_size
-        if any(positions) and len(positions) != info.world_size:
-            raise ConfigError(f"{resume}: taken mid-epoch by {len(positions)} ranks; resume it with "
-                              f"{len(positions)} ranks (WORLD_SIZE={info.world_size} splits the data differently)")
-        if any(positions) and ckpt.get("num_videos", train_ds.num_videos) != train_ds.num_videos:
-            raise ConfigError(f"{resume}: taken mid-epoch over {ckpt['num_videos']} training videos, but data.train "
-                              f"now holds {train_ds.num_videos}; its position would point at other videos (resume "
-                              "from an epoch-end checkpoint to train on changed data)")
-        if ckpt["epoch"] >= cfg.train.epochs and not any(positions):
-            say(f"nothing to do: {resume} has finished all {ckpt['epoch']} epochs (step {ckpt['step']}); "
-                "raise train.epochs to train further")
-            return ckpt.get("metrics") or {}
-
-    if dev.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg, info.world_size))
-    seed_everything(cfg.train.seed + info.rank)  # dropout differs per rank; DDP broadcasts rank 0's weights
-    model = AttentionCluster(**cfg.model.model_kwargs())
-    if weights:
-        load_for_finetune(model, weights, log=say, allow_reinit=allow_reinit)
-    model.to(dev)
-    optimizer = build_optimizer(model, cfg)
-    pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else dev.type == "cuda"
-    total_steps = cfg.train.epochs * batches_per_epoch if cfg.train.schedule == "cosine" else None
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.precision == "fp16")
-
-    start_epoch, start_batch, step, best, last_valid = 0, 0, 0, None, {}
-    if ckpt is not None:
-        from attncluster.checkpoint import shape_mismatches
-
-        missing, unexpected, mis = shape_mismatches(model, ckpt["model"])
-        if missing or unexpected or mis:
-            raise ConfigError(f"{resume}: checkpoint does not match the config's model "
-                              f"(mis-shaped {mis[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]})")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, best = ckpt["epoch"], ckpt["step"], ckpt.get("best_metric")
-        last_valid = ckpt.get("metrics") or {}
-        start_batch = int((ckpt.get("position") or [0] * info.world_size)[info.rank])
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank])
-
-    run = None
-    if run_dir is not None and main:
-        run = RunDirectory.open(run_dir, resume=bool(resume), overwrite=overwrite)
-    try:
-        if run is not None:
-            _write(lambda: save_config(cfg, run_dir / "config.yaml"), run_dir / "config.yaml")
-            if resume:
-                dropped = truncate_metrics(run_dir / "metrics.jsonl", step)
-                if dropped:
-                    say(f"resume: dropped {dropped} metrics.jsonl records logged after step {step}")
-            run.checkpoints.mkdir(exist_ok=True)
-        logger = RunLogger(run_dir, main, log)
-    except BaseException:
-        if run is not None:
-            run.discard()
-        raise
-    try:
-        if ckpt is not None:
-            where = f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else ""
-            say(f"resumed from {resume}: epoch {start_epoch}, step {step}{where}")
-        return _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loader, run, logger, dev,
-                     info, on_step, pin, workers, rank_batch, start_epoch, start_batch, step, best, last_valid)
-    finally:
-        logger.close()
-        if run is not None:
-            run.close()
-
-
-def _write(fn: Callable[[], None], path: Path) -> None:
-    """Run a file write; an OSError (full disk, read-only folder) becomes one error line naming the file."""
-    try:
-        fn()
-    except OSError as e:
-        from attncluster.errors import DataError
-
-        raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
-def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loader, run, logger, dev, info, on_step,
-          pin, workers, rank_batch, start_epoch, start_batch, step, best, last_valid) -> dict[str, Any]:
-    """Epochs of forward, loss, backward, step, log; validation and a checkpoint at each epoch end, and mid-epoch
-    checkpoints every ``train.checkpoint_interval``."""
-    main = info.rank == 0
-    say = logger.echo
+    main, say = info.rank == 0, logger.echo
+    model, optimizer, scheduler, scaler = state.model, state.optimizer, state.scheduler, state.scaler
     net: nn.Module = model
     if info.is_distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg.train.compile:
         net = torch.compile(net)
+    rank_batch = cfg.train.batch_size // info.world_size
+    workers = cfg.data.workers(info.world_size)
+    pin = cfg.data.pin_memory if cfg.data.pin_memory is not None else dev.type == "cuda"
     modalities = list(cfg.model.feature_dims)
-    best_key = "gap" if cfg.multi_label else "top_1"
+    best_key, stopping = cfg.train.best_metric, cfg.train.early_stopping
     every_kind, every = cfg.train.checkpoint_every
-    saved_step, saved_at = step, time.monotonic()
+    saved_step, saved_at = state.step, time.monotonic()
 
-    def save(epochs_done: int, position: int, metrics: dict[str, Any], is_best: bool) -> None:
-        """A checkpoint after ``epochs_done`` epochs plus ``position`` batches of the next (collective: all ranks)."""
+    def save(is_best: bool = False) -> None:
+        """A checkpoint of ``state`` as it is (collective: all ranks take part; rank 0 writes)."""
         nonlocal saved_step, saved_at
-        states = distributed.gather_objects({"rng": rng_state(), "position": position})
-        saved_step, saved_at = step, time.monotonic()
-        if run is None:
-            return
-        from attncluster.checkpoint import atomic_link, checkpoint_name, prune_checkpoints
-
-        positions = [s["position"] for s in states]
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epochs_done,
-                "step": step, "position": positions, "num_videos": train_ds.num_videos,
-                "rng": [s["rng"] for s in states], "config": cfg.to_dict(),
-                "metrics": metrics, "best_metric": best}
-        path = run.checkpoints / checkpoint_name(epochs_done, step, mid_epoch=any(positions))
-        _write(lambda: atomic_save(ckpt, path), path)
-        _write(lambda: atomic_link(path, run.checkpoints / "last.pt"), run.checkpoints / "last.pt")
-        if is_best:
-            _write(lambda: atomic_link(path, run.checkpoints / "best.pt"), run.checkpoints / "best.pt")
-        prune_checkpoints(run.checkpoints, cfg.train.keep_checkpoints)
-        say(f"checkpoint: {path}" + (f" (best {best_key} {best:.4f})" if is_best else ""))
+        ckpt = state.state_dict()
+        saved_step, saved_at = state.step, time.monotonic()
+        if run is not None:
+            path = run.save(ckpt, state.epoch, state.step, mid_epoch=any(ckpt["position"]), is_best=is_best,
+                            keep=cfg.train.keep_checkpoints)
+            say(f"checkpoint: {path}" + (f" (best {best_key} {state.best_metric:.4f})" if is_best else ""))
 
     def mid_epoch_due() -> bool:
-        if step == saved_step or (every_kind == "steps" and not every):  # nothing new since the last checkpoint
+        if state.step == saved_step or (every_kind == "steps" and not every):  # nothing new since the last one
             return False
         if every_kind == "steps":
-            return step % int(every) == 0
+            return state.step % int(every) == 0
         want = time.monotonic() - saved_at >= every
         return not distributed.all_agree(not want, dev)  # any rank's clock decides, for all ranks together
 
@@ -472,8 +252,9 @@ def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loa
         f"({hi - lo} per rank), global batch {cfg.train.batch_size} ({rank_batch} per rank, "
         f"{plural(train_ds.num_batches(rank_batch), 'step')} per epoch), {plural(cfg.train.epochs, 'epoch')}, "
         f"{plural(workers, 'data worker')}, precision {cfg.train.precision}")
-    for epoch in range(start_epoch, cfg.train.epochs):
-        train_ds.set_epoch(epoch, start_batch if epoch == start_epoch else 0)
+    while state.epoch < cfg.train.epochs:
+        epoch, resumed_at = state.epoch, state.position
+        train_ds.set_epoch(epoch, resumed_at)
         loader = make_loader(train_ds, rank_batch, num_workers=workers, pin_memory=pin)
         net.train()
         t_log, videos, waited, epoch_videos, epoch_start = time.perf_counter(), 0, 0.0, 0, time.perf_counter()
@@ -481,13 +262,13 @@ def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loa
         it = iter(loader)
         while True:
             t0 = time.perf_counter()
-            position = loader.position  # batches of this epoch trained on so far
+            state.position = loader.position  # batches of this epoch trained on so far
             batch = next(it, None)
             waited += time.perf_counter() - t0
             if not distributed.all_agree(batch is not None, dev):  # every rank stops at the same step
                 break
             if mid_epoch_due():  # only now: had the epoch ended, its end-of-epoch checkpoint would cover this
-                save(epoch, position, last_valid, False)
+                save()
             features, labels = batch_to_device(batch, modalities, dev)
             with autocast_for(dev, cfg.train.precision):
                 logits = net(features)
@@ -500,44 +281,49 @@ def _loop(cfg, model, optimizer, scheduler, scaler, train_ds, valid_ds, make_loa
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            step += 1
+            state.step += 1
             if on_step is not None:
-                on_step(step, model, loss.detach())
+                on_step(state.step, model, loss.detach())
             videos += labels.shape[0] * info.world_size
             epoch_videos += labels.shape[0] * info.world_size
             if progress is not None:
                 progress.update(labels.shape[0] * info.world_size)
-            if step % cfg.train.log_interval == 0:
+            if state.step % cfg.train.log_interval == 0:
                 elapsed = time.perf_counter() - t_log
                 values = {"epoch": epoch + 1, "loss": loss.item(),
                           **batch_metrics(predict_scores(logits, cfg.train.loss).detach().cpu().numpy(),
                                           labels.cpu().numpy(), cfg.multi_label, cfg.eval.top_k),
                           "videos_per_s": videos / elapsed, "data_wait": waited / elapsed,
                           "lr": optimizer.param_groups[0]["lr"]}
-                say(f"epoch {epoch + 1} step {step} " + " ".join(
+                say(f"epoch {epoch + 1} step {state.step} " + " ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k != "epoch"))
-                logger.record("train", step, values)
+                logger.record("train", state.step, values)
                 t_log, videos, waited = time.perf_counter(), 0, 0.0
         if progress is not None:
             progress.close()
-        if epoch_videos == 0 and not (epoch == start_epoch and start_batch):
+        if epoch_videos == 0 and not resumed_at:
             raise ConfigError(f"data.train: epoch {epoch + 1} had no batch: all {hi - lo} videos of rank "
                               f"{info.rank} were skipped as corrupt")
         say(f"epoch {epoch + 1}/{cfg.train.epochs} done: {epoch_videos} videos in {time.perf_counter() - epoch_start:.1f}s")
+        state.epoch, state.position = epoch + 1, 0
 
-        metrics: dict[str, Any] = {}
-        if valid_ds is not None and (epoch + 1) % cfg.train.valid_interval == 0:
+        is_best = False
+        validated = valid_ds is not None and state.epoch % cfg.train.valid_interval == 0
+        if validated:
             valid_loader = make_loader(valid_ds, cfg.eval.batch_size, num_workers=workers, pin_memory=pin)
-            metrics = run_evaluation(model, valid_loader, cfg, dev)  # unwrapped: ranks may hold uneven batches
-            last_valid = metrics
-            say(f"valid epoch {epoch + 1}: {format_metrics(metrics)}")
-            logger.record("valid", step, {"epoch": epoch + 1, **metrics})
-        is_best = bool(metrics) and (best is None or metrics[best_key] > best)
-        if is_best:
-            best = metrics[best_key]
-        save(epoch + 1, 0, metrics, is_best)
+            # the unwrapped model (ranks may hold uneven batches), in eval mode until the next epoch's net.train()
+            metrics = run_evaluation(TorchPredictor.from_model(model, cfg, dev), valid_loader, cfg)
+            say(f"valid epoch {state.epoch}: {format_metrics(metrics)}")
+            logger.record("valid", state.step, {"epoch": state.epoch, **metrics})
+            is_best = state.record_validation(metrics, best_key, stopping.min_delta)
+        save(is_best)
         distributed.barrier()
-    return last_valid
+        if validated and state.should_stop(stopping.patience):
+            say(f"early stopping after epoch {state.epoch}: {best_key} has not improved for {stopping.patience} "
+                f"validation{'s' * (stopping.patience != 1)}; best {best_key} {state.best_metric:.4f} after epoch "
+                f"{state.best_epoch} ({run.checkpoints / 'best.pt' if run else 'best.pt'})")
+            break
+    return state.metrics
 
 
 def _progress(main: bool, epoch: int, epochs: int):

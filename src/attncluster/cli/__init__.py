@@ -39,6 +39,7 @@ VERBS: dict[str, str] = {
     "serve": "serve",
     "explain": "explain",
     "plot": "plot",
+    "watch": "watch",
 }
 
 __all__ = ["VERBS", "build_parser", "main", "user_message", "interrupted_message"]

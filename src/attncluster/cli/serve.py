@@ -6,7 +6,8 @@ from attncluster.cli.common import add_config, add_device, add_extract_args, add
 
 HELP = "serve a model over HTTP with dynamic batching"
 DESCRIPTION = ("An HTTP service (FastAPI + uvicorn): POST /v1/predict (features as JSON, or an uploaded TFRecord / "
-               ".npz), POST /v1/predict/video (a video file, with extract weights), GET /healthz, /readyz, /metrics "
+               ".npz), POST /v1/predict/video (a video file, with extract weights; ?segments=true adds classes per "
+               "5-second segment), GET /healthz, /readyz, /metrics "
                "(Prometheus), OpenAPI docs at /docs. Concurrent requests are batched. Needs the serve extra. "
                "SIGTERM / SIGINT stop it after in-flight requests are answered.")
 
@@ -35,7 +36,8 @@ def add_args(p) -> None:
     p.add_argument("--max-videos", type=int, default=lim.max_videos, metavar="N",
                    help="videos per request (default %(default)s)")
     p.add_argument("--max-frames", type=int, default=lim.max_frames, metavar="T",
-                   help="frames per video in JSON / npz requests (default %(default)s, as the dataset reader keeps)")
+                   help="frames per video in JSON / npz requests and of a video with segments=true (default "
+                        "%(default)s, as the dataset reader keeps)")
     p.add_argument("--request-timeout", type=float, default=lim.request_timeout_s, metavar="S",
                    help="seconds a request may take before it is answered 504 (default %(default)g)")
     p.add_argument("--video-timeout", type=float, default=lim.video_timeout_s, metavar="S",

@@ -90,20 +90,28 @@ def check_finite(video: RawVideo, where: str) -> RawVideo:
         DataError: naming ``where``, the video id, the modality and the first bad value's frame and feature.
     """
     for name, a in video.features.items():
-        if a.dtype.kind not in "fc":
-            continue
-        finite = np.isfinite(a)
-        if not finite.all():
+        found = non_finite(a)
+        if found:
             from attncluster.errors import DataError
 
-            bad = np.argwhere(~finite)
-            first = tuple(int(x) for x in bad[0])
-            at = f"frame {first[0]}, feature {first[1]}" if len(first) == 2 else f"index {first}"
-            value = a[tuple(bad[0])]
-            raise DataError(f"{where} (id {video.id!r}): '{name}' features hold {len(bad)} non-finite "
-                            f"value{'s' if len(bad) != 1 else ''} (NaN or inf; the first, {value}, at {at}); "
-                            f"features must be finite numbers")
+            raise DataError(f"{where} (id {video.id!r}): '{name}' features {found}; features must be finite numbers")
     return video
+
+
+def non_finite(a: np.ndarray) -> str | None:
+    """None when every value of float features ``a`` ((T, F), or any shape) is finite; else what is wrong, e.g.
+    ``"hold 2 non-finite values (NaN or inf; the first, nan, at frame 1, feature 7)"``. The one description of the
+    fault, for the readers (:func:`check_finite`) and the service's uploads alike. Integer arrays are never scanned."""
+    if a.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    bad = np.argwhere(~finite)
+    first = tuple(int(x) for x in bad[0])
+    at = f"frame {first[0]}, feature {first[1]}" if len(first) == 2 else f"index {first}"
+    return (f"hold {len(bad)} non-finite value{'s' if len(bad) != 1 else ''} (NaN or inf; the first, "
+            f"{a[tuple(bad[0])]}, at {at})")
 
 
 @dataclass

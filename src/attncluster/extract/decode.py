@@ -104,17 +104,30 @@ def sample_frame_indices(times: list[Fraction] | np.ndarray, fps: float = DEFAUL
     Returns:
         Indices into ``times``: 0, then each first frame at least ``1/fps`` after the previously sampled one.
     """
-    period = Fraction(1) / Fraction(fps).limit_denominator(1_000_000)
+    sampler = FrameSampler(fps)
     out: list[int] = []
-    last = None
     for i, t in enumerate(times):
         if len(out) >= max_frames:
             break
-        t = Fraction(t) if not isinstance(t, Fraction) else t
-        if last is None or t >= last + period:
+        if sampler.due(t):
             out.append(i)
-            last = t
     return out
+
+
+class FrameSampler:
+    """The sampling rule one frame at a time, for streams (``watch``): ``due(t)`` is True for the first frame and
+    then for each first frame at least ``1/fps`` after the previously sampled one (exact rationals)."""
+
+    def __init__(self, fps: float = DEFAULT_FPS) -> None:
+        self.period = Fraction(1) / Fraction(fps).limit_denominator(1_000_000)
+        self.last: Fraction | None = None
+
+    def due(self, t) -> bool:
+        t = Fraction(t) if not isinstance(t, Fraction) else t
+        if self.last is None or t >= self.last + self.period:
+            self.last = t
+            return True
+        return False
 
 
 def _check_args(fps: float, max_frames: int) -> None:
@@ -334,4 +347,5 @@ def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
     return frame.to_ndarray(format="rgb24", width=int(w), height=int(h), interpolation="BILINEAR")
 
 
-__all__ = ["Cancelled", "DecodedVideo", "decode_video", "sample_frame_indices", "MIN_DURATION", "SAMPLE_RATE"]
+__all__ = ["Cancelled", "DecodedVideo", "FrameSampler", "decode_video", "sample_frame_indices", "MIN_DURATION",
+           "SAMPLE_RATE"]

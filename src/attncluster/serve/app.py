@@ -30,9 +30,9 @@ from attncluster.serve.batching import BatcherClosed, DynamicBatcher
 from attncluster.serve.guard import LOGGED, PREDICT, PREDICT_VIDEO, Guard
 from attncluster.serve.limits import RequestError, ServeLimits
 from attncluster.serve.metrics import ServeMetrics
-from attncluster.serve.request import (VideoDecoder, decode_file, decode_json, one_top_k, parse_top_k, read_body,
-                                       read_upload, schema)
-from attncluster.serve.service import ModelService
+from attncluster.serve.request import (VideoDecoder, decode_file, decode_json, one_flag, one_top_k, parse_flag,
+                                       parse_top_k, read_body, read_upload, schema)
+from attncluster.serve.service import ModelService, SegmentJob
 
 log = logging.getLogger("attncluster.serve")
 
@@ -119,11 +119,16 @@ async def within_time(coro, seconds: float, flag: str, cancel: threading.Event):
         cancel.set()
 
 
-async def score(state: ServeState, videos: list[tuple[str, dict]], top_k: int | None, fmt: str | None):
-    """Sampled videos -> the batcher -> records. ``videos`` are (id, {modality: (seg_num, F)}) pairs."""
+async def score(state: ServeState, videos: list[tuple[str, dict]], top_k: int | None, fmt: str | None,
+                segments: list[dict] | None = None, fps: float = 1.0):
+    """Sampled videos -> the batcher -> records. ``videos`` are (id, {modality: (seg_num, F)}) pairs.
+
+    ``segments``: per video, its whole (T, F) frames, queued as a :class:`SegmentJob` (the video's segments, one
+    model call) next to the video; each record then gets ``segments`` (start and end in seconds at ``fps``)."""
     k = state.service.check_top_k(top_k)
+    items = [f for _, f in videos] + [SegmentJob(f) for f in segments or ()]
     try:
-        futures = state.batcher.submit_many([f for _, f in videos])
+        futures = state.batcher.submit_many(items)
     except BatcherClosed:
         raise RequestError(503, "the server is shutting down") from None
     try:
@@ -136,7 +141,10 @@ async def score(state: ServeState, videos: list[tuple[str, dict]], top_k: int | 
         log.error("scoring failed: %s: %s", type(e).__name__, e)
         raise RequestError(500, f"internal error while scoring ({type(e).__name__}); the server log has the "
                                 f"details") from None
-    records = state.service.records([vid for vid, _ in videos], list(rows), k)
+    records = state.service.records([vid for vid, _ in videos], list(rows[:len(videos)]), k)
+    for rec, frames, (starts, seg_scores) in zip(records, segments or (), rows[len(videos):]):
+        length = min(int(a.shape[0]) for a in frames.values())
+        rec["segments"] = state.service.segment_records(starts, seg_scores, length, k, fps)
     if fmt == "jsonl":  # byte for byte the lines predict writes
         return Response("".join(json.dumps(r) + "\n" for r in records), media_type="application/x-ndjson")
     return JSONResponse({"predictions": records})
@@ -149,19 +157,24 @@ def _sampled(service: ModelService, videos):
 # -- routes -----------------------------------------------------------------------------------------------------------
 
 
-def _upload_body(file_doc: str, id_doc: str, features_json: bool) -> dict:
+def _upload_body(file_doc: str, id_doc: str, features_json: bool, segments: bool = False) -> dict:
     """The OpenAPI request body of an upload route (FastAPI cannot infer it: the body is read by hand)."""
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}} if features_json \
         else {}
-    content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary", "description": file_doc},
-        "top_k": {"type": "integer"}, "id": {"type": "string", "description": id_doc}}}}
+    fields = {"file": {"type": "string", "format": "binary", "description": file_doc},
+              "top_k": {"type": "integer"}, "id": {"type": "string", "description": id_doc}}
+    if segments:
+        fields["segments"] = {"type": "boolean", "description": SEGMENTS_DOC}
+    content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"], "properties": fields}}
     content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
     return {"requestBody": {"required": True, "content": content}}
 
 
 _, _, _, PredictResponse, ErrorResponse = schema()
 ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 413, 415, 422, 500, 503, 504)}
+SEGMENTS_DOC = ("`true`: also answer every 5-second segment of the video (5 frames at --fps 1; the last may be "
+                "shorter) with its top_k classes and its start and end in seconds, scored as `attncluster predict "
+                "--segments`; at most --max-frames frames")
 FORMAT_DOC = "`jsonl`: answer with predict's JSONL lines (application/x-ndjson) instead of a JSON object"
 router = APIRouter()
 
@@ -199,12 +212,15 @@ async def predict_features(request: Request, top_k: Optional[int] = Query(None, 
 @router.post(PREDICT_VIDEO, dependencies=[Depends(authorize)], response_model=PredictResponse, responses=ERRORS,
              summary="Classify an uploaded video file (features extracted on the server)",
              openapi_extra=_upload_body("a video file", "the video's id (default: the file name)",
-                                        features_json=False))
+                                        features_json=False, segments=True))
 async def predict_video(request: Request, top_k: Optional[int] = Query(None, description="classes per video"),
                         format: Optional[str] = Query(None, pattern="^(json|jsonl)$", description=FORMAT_DOC),
-                        id: Optional[str] = Query(None, description="the video's id (default: the file name)")):
+                        id: Optional[str] = Query(None, description="the video's id (default: the file name)"),
+                        segments: Optional[bool] = Query(None, description=SEGMENTS_DOC)):
     """Decode the video, extract YouTube-8M features (attncluster.extract), then classify as /v1/predict.
-    Needs extract weights at start-up (--random-weights SEED, or --inception/--pca/--vggish)."""
+    Needs extract weights at start-up (--random-weights SEED, or --inception/--pca/--vggish). With
+    `segments=true` (query or form field) the answer also has `segments`: per 5-second segment its start and end
+    in seconds and its top_k classes."""
     state = _state(request)
     if state.video is None:
         raise RequestError(503, "video extraction is not configured: start serve with --random-weights SEED or "
@@ -214,9 +230,16 @@ async def predict_video(request: Request, top_k: Optional[int] = Query(None, des
     async def handle():
         data, name, fields = await read_upload(request, "video file")
         k = one_top_k(top_k, parse_top_k(fields.get("top_k")), "form")
+        with_segments = one_flag("segments", segments, parse_flag("segments", fields.get("segments")), "form")
         vid = fields.get("id") or id or os.path.splitext(os.path.basename(name))[0] or "video"
         feats = await run_in_threadpool(state.video, data, name, cancel)
-        return await score(state, [(vid, state.service.sample(feats))], k, format)
+        if not with_segments:
+            return await score(state, [(vid, state.service.sample(feats))], k, format)
+        length, most = min(int(a.shape[0]) for a in feats.values()), state.limits.max_frames
+        if length > most:  # the segments' bound: ceil(--max-frames / 5) per request
+            raise RequestError(413, f"{name}: {length} frames, segments=true scores at most {most} (--max-frames)")
+        return await score(state, [(vid, state.service.sample(feats))], k, format, segments=[feats],
+                           fps=state.video.fps)
 
     return await within_time(handle(), state.limits.video_timeout_s, "--video-timeout", cancel)
 

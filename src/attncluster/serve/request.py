@@ -27,8 +27,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from attncluster.data.records import MAX_FRAMES  # frames the dataset reader keeps per video
-from attncluster.errors import AttnClusterError
+from attncluster.data.records import MAX_FRAMES, non_finite  # MAX_FRAMES: what the dataset reader keeps per video
+from attncluster.errors import AttnClusterError, printable
 from attncluster.serve.limits import RequestError, ServeLimits
 
 FILE_TYPES = ("application/octet-stream", "application/x-tfrecord", "application/x-npz", "application/zip")
@@ -64,6 +64,16 @@ def _schema_models():
         videos: list[VideoFeatures] = Field(min_length=1)
         top_k: Optional[int] = Field(None, ge=1, description="classes per video (default 20, or all when fewer)")
 
+    class Segment(BaseModel):
+        """One 5-second segment of an uploaded video (``/v1/predict/video?segments=true``): its top-k classes, as
+        ``attncluster predict --segments``' .jsonl."""
+
+        start: float = Field(description="seconds from the video's start (a multiple of 5 at 1 fps)")
+        end: float = Field(description="seconds; start + 5, or the video's end for the last segment")
+        classes: list[int] = Field(description="class indices, highest score first")
+        scores: list[float] = Field(description="the segment's per-class scores, rounded to 6 decimals")
+        names: Optional[list[str]] = Field(None, description="class names, as the video's")
+
     class Prediction(BaseModel):
         """One line of ``attncluster predict``'s JSONL."""
 
@@ -72,6 +82,8 @@ def _schema_models():
         scores: list[float] = Field(description="per-class probabilities, rounded to 6 decimals")
         names: Optional[list[str]] = Field(None, description="class names (--vocab, data.class_names, the graph's, or the shipped YouTube-8M names for 3,862 "
                                             "classes; none with --no-vocab)")
+        segments: Optional[list[Segment]] = Field(None, description="with segments=true (/v1/predict/video only): "
+                                                                    "every 5-second segment, in order")
 
     class PredictResponse(BaseModel):
         predictions: list[Prediction]
@@ -117,12 +129,9 @@ def check_frames(a: np.ndarray, where: str, dim: int, max_frames: int) -> np.nda
         raise RequestError(422, f"{where}: has no frames")
     if a.shape[0] > max_frames:
         raise RequestError(413, f"{where}: {a.shape[0]} frames, the limit is {max_frames} per video")
-    if a.dtype != np.uint8:
-        finite = np.isfinite(a).all(axis=1)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise RequestError(422, f"{where}: frame {bad} holds NaN or infinity; feature values must be finite "
-                                    f"numbers")
+    found = non_finite(a)  # the readers' description of the fault (data.records), so every path says the same
+    if found:
+        raise RequestError(422, f"{where}: features {found}; feature values must be finite numbers")
     return a
 
 
@@ -285,6 +294,11 @@ class VideoDecoder:
     def running(self) -> bool:
         return self.lock.locked()
 
+    @property
+    def fps(self) -> float:
+        """Frames per second of the extracted features (1: YouTube-8M): frame i starts at i / fps seconds."""
+        return float(getattr(self.extractor, "fps", 1.0))
+
     def __call__(self, data: bytes, name: str, cancel: threading.Event) -> dict[str, np.ndarray]:
         from attncluster.extract.decode import Cancelled
 
@@ -359,6 +373,27 @@ def one_top_k(query: int | None, given: int | None, where: str) -> int | None:
     return given if given is not None else query
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_flag(name: str, value) -> bool | None:
+    """A boolean form field (``segments``): true/false, 1/0, yes/no, on/off, as FastAPI reads the query's."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise RequestError(422, f"{name} {printable(str(value))!r}: expected true or false")
+
+
+def one_flag(name: str, query: bool | None, given: bool | None, where: str) -> bool:
+    """A boolean from the query string or the form: either, or both when they agree; absent is false."""
+    if query is not None and given is not None and query != given:
+        raise RequestError(422, f"{name} {str(given).lower()} in the {where} and {name}={str(query).lower()} in the "
+                                f"query disagree; give one")
+    return bool(given if given is not None else query)
+
+
 def parse_top_k(value) -> int | None:
     if value is None or value == "":
         return None
@@ -369,4 +404,4 @@ def parse_top_k(value) -> int | None:
 
 
 __all__ = ["FILE_TYPES", "VideoDecoder", "check_frames", "check_modalities", "decode_file", "decode_json",
-           "one_top_k", "parse_top_k", "read_body", "read_upload", "schema"]
+           "one_flag", "one_top_k", "parse_flag", "parse_top_k", "read_body", "read_upload", "schema"]
