@@ -10,6 +10,24 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "yt8m-20
 TINY_CLASSES = 5
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """In-process training sets torch's intra-op threads (train.num_threads, auto = the cores left): restore them
+    after each test, so every test runs at the thread count the run was started with (OMP_NUM_THREADS=1 or 2)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch here: the tests of an instant --help must not see it
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if before is None and torch is not None:
+        import os
+
+        before = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Frame-level synthetic shards: train (96 videos, 3 shards) and valid (40 videos, 1 shard)."""

@@ -335,6 +335,7 @@ def test_eval_under_two_processes_equals_single_process(checkpoint, tmp_path, mo
 # ----------------------------------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow  # three interpreters under torchrun; test_train.py checks the same message in-process (WORLD_SIZE=3)
 def test_global_batch_not_divisible_by_world_size_is_a_one_line_error(tiny_data, tmp_path):
     p = torchrun("train", "--config", "configs/quickstart.yaml", *overrides(tiny_data, **{"train.batch_size": 15}),
                  "--run-dir", tmp_path / "run", "--device", "cpu", timeout=120)

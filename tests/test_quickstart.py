@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from attncluster.config import load_config
@@ -19,6 +20,7 @@ from attncluster.train import fit
 quiet = lambda msg: None  # noqa: E731
 
 
+@pytest.mark.slow  # the quickstart as shipped: 19 s idle; the default run learns in test_train.py (GAP > 0.8 in seconds)
 def test_quickstart_trains_evaluates_predicts_and_beats_mean_pooling(tmp_path):
     run_dir = tmp_path / "qs"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -43,8 +45,6 @@ def test_quickstart_trains_evaluates_predicts_and_beats_mean_pooling(tmp_path):
 def test_a_quickstart_rerun_replaces_the_previous_run(tmp_path):
     """A second quickstart in the same folder starts clean: no stale shard is trained on, no old checkpoint or
     metrics record survives; a folder holding someone else's data is refused, not emptied."""
-    import pytest
-
     from attncluster.errors import ConfigError
     from attncluster.quickstart import quickstart
 
@@ -88,6 +88,7 @@ def test_signal_frames_found_from_the_prototypes():
     assert not synthetic_signal_frames(rgb, [4], 6).any()  # a decoy's p and q frames are apart: no signal
 
 
+@pytest.mark.slow  # trains on 1000 videos (over 10 s idle); signal_attention's frames are checked by hand above
 def test_trained_quickstart_model_attends_to_the_signal_frames(tmp_path):
     """The quickstart model, trained briefly (1000 videos, 5 epochs, seconds), puts clearly more attention mass on
     the frames that carry its videos' labels than those frames' share; an untrained one does not."""

@@ -5,7 +5,10 @@ order in one workspace (a temporary folder), so a later block sees what an earli
 checkpoint that ``train`` wrote). The line just before a block (blank lines aside) may mark it:
 
 * ``<!-- readme-test: skip (REASON) -->``: not run (it needs a GPU cluster, the network, the full dataset, ...);
-* ``<!-- readme-test: slow (REASON) -->``: run only with ``-m slow``, in a fresh workspace;
+* ``<!-- readme-test: slow (REASON) -->``: run only with ``-m slow``, in README order in a workspace of their own
+  (made as below, shared by the slow blocks only), so a slow block may use what an earlier slow block wrote (``eval``
+  after a slow ``train``) but nothing an unmarked block wrote; mark a block slow when a test of the default run
+  covers the same commands, and say which in the reason;
 * ``<!-- readme-test: gpu (REASON) -->``: run only with ``-m gpu`` on a machine with CUDA, in a fresh workspace.
 
 A marker without a reason is an error. What the workspace holds, so the commands run as written in seconds:
@@ -167,6 +170,11 @@ def workspace(tmp_path_factory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("readme"))
 
 
+@pytest.fixture(scope="module")
+def slow_workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("readme_slow"))
+
+
 def run_block(block: dict, ws: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PATH"] = f"{ws / '.bin'}{os.pathsep}{env.get('PATH', '')}"
@@ -196,7 +204,7 @@ def test_readme_has_runnable_blocks_and_every_marker_has_a_reason():
 
 
 @pytest.mark.parametrize("block", [_param(b) for b in BLOCKS])
-def test_readme_block(block, workspace, tmp_path):
+def test_readme_block(block, request, tmp_path):
     if block["mark"] == "skip":
         pytest.skip(f"README.md line {block['line']}: {block['reason']}")
     if block["mark"] == "gpu":
@@ -204,5 +212,11 @@ def test_readme_block(block, workspace, tmp_path):
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device")
-    ws = workspace if block["mark"] is None else make_workspace(tmp_path)
+    # the fixtures are asked for by name, so a run that selects no unmarked (or no slow) block never builds its workspace
+    if block["mark"] is None:
+        ws = request.getfixturevalue("workspace")
+    elif block["mark"] == "slow":
+        ws = request.getfixturevalue("slow_workspace")
+    else:
+        ws = make_workspace(tmp_path)
     run_block(block, ws)
