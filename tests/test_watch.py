@@ -582,3 +582,33 @@ def test_read_ahead_batches_what_queued_while_the_consumer_was_busy():
                 arrived.set()
                 time.sleep(0.3)  # the model runs; 1, 2, 3 queue up
     assert got == [[0], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("code", [404, 403])
+def test_watch_url_the_server_refuses_is_one_error_at_once_not_retried(trained, code):
+    """A 4xx answer is not a drop: reopening cannot mend it (old code: 5 reopenings with backoff, 31 s and 5 gap
+    lines for a mistyped URL, then the error)."""
+    calls = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            calls.append(self.path)
+            self.send_error(code)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/missing.mkv"
+    out, status = [], []
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=f"{url}: cannot open .*{code}"):
+            run(trained, url, out, status, max_retries=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - t0 < 1.0  # the first backoff is 1 s
+    assert out == [] and len(calls) == 1
+    assert any("giving up" in line and "reopening cannot" in line for line in status), status

@@ -39,7 +39,8 @@ is reported on stderr and on stdout as a line ``{"source", "gap": true, "start",
 closed at the drop, and the window restarts after it (a window never spans a gap). The end of an rtsp, rtmp, udp or
 srt stream counts as a drop too, and so does the end of an http(s) stream with ``reconnect_at_eof``
 (``--reconnect-at-eof``: FFmpeg cannot tell a cut HTTP stream from its end); otherwise the end of the stream ends
-``watch``.
+``watch``. An HTTP client error on opening (4xx but 429 Too Many Requests: a wrong URL, no access) is not a drop:
+it is raised at once.
 """
 
 from __future__ import annotations
@@ -221,6 +222,10 @@ class Audio:
     samples: np.ndarray
 
 
+class SourceRefused(DataError):
+    """The server answered the opening with a client error (HTTP 4xx but 429): not a drop, so not reopened."""
+
+
 class StreamSource:
     """Decoded, sampled frames and 16 kHz mono audio of one opening of a source, as they arrive.
 
@@ -256,6 +261,10 @@ class StreamSource:
                                 f"stdin, or a device such as /dev/video0)")
         try:
             return av.open(src, mode="r", **kwargs)
+        except av.error.HTTPClientError as e:
+            if not isinstance(e, av.error.HTTPTooManyRequestsError):  # 429 passes with time: a drop
+                raise SourceRefused(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
+            raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
         except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
             raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
 
@@ -603,6 +612,10 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
         if failure is None and not eof_is_drop:
             break  # the end of the stream
         if not network:
+            raise failure
+        if isinstance(failure, SourceRefused):
+            status(f"watch: {failure}; giving up at once: the server refused the request, and reopening cannot "
+                   "mend that")
             raise failure
         if retries >= max_retries:
             if failure is None:
