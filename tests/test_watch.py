@@ -612,3 +612,25 @@ def test_watch_url_the_server_refuses_is_one_error_at_once_not_retried(trained, 
     assert time.monotonic() - t0 < 1.0  # the first backoff is 1 s
     assert out == [] and len(calls) == 1
     assert any("giving up" in line and "reopening cannot" in line for line in status), status
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_watch_events_to_a_full_stdout_is_one_error_naming_stdout(trained, monkeypatch):
+    """(old code: `error: File too large`, naming nothing.)"""
+    from attncluster.errors import FileError
+    from attncluster.inference import TorchPredictor
+    from attncluster.watch import watch
+
+    cfg, weights, video, pipe = trained
+    full = open("/dev/full", "w")  # a real device whose every write fails with ENOSPC
+    try:
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(FileError, match="^stdout: cannot write an event: No space left on device$"):
+            watch(str(video), TorchPredictor(cfg, weights, "cpu"), pipe, window=WINDOW, stride=STRIDE,
+                  threshold=0.5, names=["block", "no block"], seg_num=cfg.model.seg_num, status=lambda line: None)
+    finally:
+        monkeypatch.undo()
+        try:
+            full.close()  # the line that could not be written is still in its buffer
+        except OSError:
+            pass

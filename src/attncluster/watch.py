@@ -57,7 +57,7 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
-from attncluster.errors import ConfigError, DataError, printable
+from attncluster.errors import ConfigError, DataError, printable, writing
 
 AUDIO_HOP = 15360  # samples between VGGish examples (0.96 s at 16 kHz)
 AUDIO_EXAMPLE = 15600  # samples one VGGish example reads (0.975 s)
@@ -220,6 +220,12 @@ class Audio:
 
     t: float
     samples: np.ndarray
+
+
+def _print_event(rec: dict) -> None:
+    """One JSON line to stdout; a failed write (stdout on a full disk, a closed pipe's file) is one error naming it."""
+    with writing("stdout", "write an event"):
+        print(json.dumps(rec), flush=True)
 
 
 class SourceRefused(DataError):
@@ -523,7 +529,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
     if missing:
         raise ConfigError(f"the model expects features {dict(predictor.modalities)}, the extractor gives "
                           f"{dict(pipeline.modalities)}; use the preset the model was trained on")
-    emit = emit or (lambda rec: print(json.dumps(rec), flush=True))
+    emit = emit or _print_event
     status = status or (lambda line: print(printable(line), file=sys.stderr, flush=True))
     name = source if isinstance(source, str) else getattr(source, "name", "<stream>")
     name = str(name)
