@@ -634,3 +634,23 @@ def test_watch_events_to_a_full_stdout_is_one_error_naming_stdout(trained, monke
             full.close()  # the line that could not be written is still in its buffer
         except OSError:
             pass
+
+
+def test_watch_stdin_with_a_plain_mp4_says_what_a_pipe_can_carry(trained, tmp_path, monkeypatch):
+    """The commonest file piped into ``-`` is a plain mp4, whose index a pipe never reaches (old code:
+    "-: stream failed (Invalid data found when processing input)", nothing more)."""
+    block_video(tmp_path / "clip.mp4", 10, [(1, 2)])  # larger than what FFmpeg buffers while it probes
+    r, w = os.pipe()
+    data = (tmp_path / "clip.mp4").read_bytes()
+
+    def feed():
+        with os.fdopen(w, "wb") as out:
+            try:
+                out.write(data)
+            except BrokenPipeError:
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(r, "rb")))
+    with pytest.raises(DataError, match=r"^-: .*\(.*\); stdin needs a streamable container such as mkv or mpegts"):
+        run(trained, "-")

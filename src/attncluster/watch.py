@@ -272,7 +272,12 @@ class StreamSource:
                 raise SourceRefused(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
             raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
         except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
+            raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)}){self._stdin_hint()}") from None
+
+    def _stdin_hint(self) -> str:
+        """For ``-``: what a pipe can carry (a plain mp4 keeps its index at the end, which a pipe never reaches)."""
+        return ("; stdin needs a streamable container such as mkv or mpegts (a plain mp4 is not: "
+                "ffmpeg -i in.mp4 -c copy -f mpegts - | attncluster watch - ...)") if self.source == "-" else ""
 
     def __iter__(self) -> Iterator[Sampled | Audio]:
         """Sampled frames and audio chunks in arrival order. Raises DataError on a decoding or network failure."""
@@ -325,7 +330,7 @@ class StreamSource:
                                 audio_at += wav.size / SAMPLE_RATE
                         held.clear()
             except (av.error.FFmpegError, OSError) as e:
-                raise DataError(f"{printable(self.name())}: stream failed ({_reason(e)})") from None
+                raise DataError(f"{printable(self.name())}: stream failed ({_reason(e)}){self._stdin_hint()}") from None
         finally:
             container.close()
 
