@@ -246,8 +246,25 @@ class ClassHeaps:
                 self.push(one, np.array(k, dtype=np.int64), i)
 
     def lists(self) -> dict[int, list[str]]:
-        """class id -> segment ids, best first."""
-        return {int(c): list(self.ranked(j)[2]) for j, c in enumerate(self.classes)}
+        """class id -> segment ids, best first (a segment ranked twice is a DataError: :func:`check_unique`)."""
+        out = {int(c): list(self.ranked(j)[2]) for j, c in enumerate(self.classes)}
+        check_unique(out)
+        return out
+
+
+def check_unique(ranked: Mapping[int, Sequence[str]]) -> None:
+    """Refuse a segment ranked twice for one class: a video id that occurs more than once in the data (a shard given
+    twice, or two videos with one id). Its segments would be two entries of one ``<videoId>:<startTime>``, both
+    counted as hits of one rating (a segment MAP above 1)."""
+    for c, ids in ranked.items():
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                vid = i.rsplit(":", 1)[0]
+                raise DataError(f"segment {printable(i)} is ranked twice for class {c}: video id {printable(vid)!r} "
+                                "occurs more than once in the data (a shard given twice, or two videos with one id); "
+                                "segments are named <videoId>:<startTime>, so every video needs its own id")
+            seen.add(i)
 
 
 class ModelPredictor:
@@ -343,6 +360,7 @@ def segment_map(ranked: Mapping[int, Sequence[str]], ratings: Mapping[tuple[str,
     Returns:
         (the mean, or None when no class of ``ranked`` has a positive rating; class -> AP of the classes averaged).
     """
+    check_unique(ranked)
     positives: dict[int, int] = {}
     for (_, c), r in ratings.items():
         if r > 0:
