@@ -611,6 +611,17 @@ def test_an_unknown_option_names_the_verb_and_the_closest_option(capsys):
                                    "--top-k? (see attncluster predict --help)"]
 
 
+def test_an_option_of_another_verb_says_whose_it_is(capsys):
+    """(old code: predict --window 5 said "did you mean --videos?", watch --top-n "did you mean --onnx?")"""
+    code, lines = main_lines(capsys, "predict", "--weights", "w.pt", "--data", "d", "--output", "p.csv",
+                             "--window", "5")
+    assert code == 2 and lines == ["error: attncluster predict: unrecognized arguments: --window 5; --window is an "
+                                   "option of attncluster watch (see attncluster predict --help)"]
+    code, lines = main_lines(capsys, "watch", "v.mp4", "--weights", "w.pt", "--top-n", "5")
+    assert code == 2 and lines == ["error: attncluster watch: unrecognized arguments: --top-n 5; --top-n is an "
+                                   "option of attncluster eval and attncluster predict (see attncluster watch --help)"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A first day's options (#15 §3): the config a checkpoint stores, shipped class names, default paths, one name per
 # meaning. In-process (main with capsys).

@@ -382,3 +382,59 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path):
     assert not [line for line in rank_lines(p.stderr, 0) if line.startswith("error: ")]
     assert "local_rank: 1" in p.stderr.split("Root Cause", 1)[-1]  # torchrun names rank 1 as the root cause
     assert not (tmp_path / "run" / "checkpoints" / "epoch_001.pt").exists()
+
+
+CHILD = """
+import sys
+from attncluster import distributed
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+distributed.setup("cpu")   # rank 1 of 2: waits for a rank 0 that never comes, as a rank of a killed torchrun would
+"""
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], start_new_session=True)  # as torchrun starts a rank
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
+    """kill -9 of torchrun left its ranks running in their own sessions (old code: they finished the job and rank 0
+    wrote the output after the user had killed it, racing a rerun). Now a rank ends within a second."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD], env=env, stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # setup is waiting for rank 0 (a live rank, not one that failed)
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the rank outlived its launcher"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -175,7 +175,11 @@ def test_figure_draws_the_summed_attention_and_the_unit_heatmap_of_distinct_fram
     assert np.allclose(np.asarray(meshes[0].get_array()).reshape(2, 3), arrays["units"])
     assert meshes[0].get_cmap().name == "viridis"
     values, edges, _ = steps[0].get_data()
-    assert np.allclose(values, arrays["summed"]) and np.allclose(edges, [-0.5, 0.5, 2.0, 4.0])
+    # A frame's cell starts at its timestamp (old code: centred cells, [-0.5, 0.5, 2.0, 4.0]: negative time, and a
+    # segment [start, end) drawn half a frame off the frames it covers).
+    assert np.allclose(values, arrays["summed"]) and np.allclose(edges, [0.0, 1.0, 3.0, 5.0])
+    assert np.allclose(meshes[0].get_coordinates()[0, :, 0], [0.0, 1.0, 3.0, 5.0])
+    assert min(ax.get_xlim()[0] for ax in heat) >= 0.0
     assert any("seconds" in ax.get_xlabel() for ax in fig.axes)
     assert "dog (0.90)" in fig._suptitle.get_text() and "eel (0.50)" in fig._suptitle.get_text()
     thumbs = explain_figure(rec, [(1.0, np.zeros((8, 8, 3), np.uint8)), (3.0, np.ones((8, 8, 3), np.uint8))])

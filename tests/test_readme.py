@@ -185,6 +185,7 @@ def run_block(block: dict, ws: Path) -> None:
         assert p.returncode == 0, f"README.md line {block['line']} exited {p.returncode}\n{block['code']}\n" \
                                   f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
         assert "Traceback" not in p.stderr, p.stderr[-3000:]
+        assert "is deprecated" not in p.stderr, p.stderr[-3000:]   # the README teaches the current spellings
     else:
         cwd = os.getcwd()
         os.chdir(ws)

@@ -413,3 +413,42 @@ def test_the_clis_scoring_choices_are_the_modules():
     from attncluster.segments import SCORINGS
 
     assert SEGMENT_SCORINGS == SCORINGS  # cli/common.py keeps a copy: --help must not import torch
+
+
+@pytest.mark.parametrize("bad_id", ["a b", "a\tb", "a\nb", ""])
+def test_an_id_a_kaggle_2019_row_cannot_hold_is_an_error_naming_file_and_record(seg_setup, tmp_path, bad_id):
+    """`<videoId>:<startTime>` entries are separated by spaces: an id with whitespace (or none) would be read back
+    as other segments (old code: exit 0, "a b:10" written, read back as "a" and "b:10"). .jsonl keeps any id."""
+    from attncluster.segments import predict_segments
+
+    root, cfg = seg_setup
+    shard = _shard(tmp_path, [encode_sequence_example("ok01", [1], _frames(12)),
+                              encode_sequence_example(bad_id, [1], _frames(12, 1))])
+    out = tmp_path / "sub.csv"
+    with pytest.raises(DataError) as e:
+        predict_segments(cfg, str(root / "w.pt"), [shard], str(out), top_n=3, device="cpu", log=lambda m: None)
+    assert f"{shard}: record 1:" in str(e.value) and ".jsonl" in str(e.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "s.tfrecord"]
+    jl = tmp_path / "seg.jsonl"
+    assert predict_segments(cfg, str(root / "w.pt"), [shard], str(jl), device="cpu", log=lambda m: None) == 2
+    assert json.loads(jl.read_text().splitlines()[1])["id"] == bad_id
+
+
+def test_a_video_id_twice_in_the_data_is_an_error_not_a_segment_map_above_one(seg_setup, tmp_path):
+    """The same shard given twice (old code: eval --segments reported segment MAP 1.33 on data where it reports
+    0.69 once; predict wrote each of its segments twice per class)."""
+    from attncluster.evaluate import evaluate
+    from attncluster.segments import predict_segments
+
+    root, cfg = seg_setup
+    data = [str(root / "data" / "train0000.tfrecord")] * 2
+    with pytest.raises(DataError, match="ranked twice for class .* occurs more than once in the data"):
+        predict_segments(cfg, str(root / "w.pt"), data, str(tmp_path / "sub.csv"), top_n=7, device="cpu",
+                         log=lambda m: None)
+    assert not (tmp_path / "sub.csv").exists()
+    with pytest.raises(DataError, match="occurs more than once in the data"):
+        evaluate(cfg, str(root / "w.pt"), data=data, device="cpu", log=lambda m: None,
+                 segments={"top_n": 7, "classes_csv": None, "scoring": "frames"})
+    # by hand: one positive rating, its segment listed twice, would be AP 2
+    with pytest.raises(DataError, match="'a' occurs more than once"):
+        segment_map({1: ["a:0", "a:0"]}, {("a:0", 1): 1.0})

@@ -582,3 +582,75 @@ def test_read_ahead_batches_what_queued_while_the_consumer_was_busy():
                 arrived.set()
                 time.sleep(0.3)  # the model runs; 1, 2, 3 queue up
     assert got == [[0], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("code", [404, 403])
+def test_watch_url_the_server_refuses_is_one_error_at_once_not_retried(trained, code):
+    """A 4xx answer is not a drop: reopening cannot mend it (old code: 5 reopenings with backoff, 31 s and 5 gap
+    lines for a mistyped URL, then the error)."""
+    calls = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            calls.append(self.path)
+            self.send_error(code)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/missing.mkv"
+    out, status = [], []
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=f"{url}: cannot open .*{code}"):
+            run(trained, url, out, status, max_retries=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - t0 < 1.0  # the first backoff is 1 s
+    assert out == [] and len(calls) == 1
+    assert any("giving up" in line and "reopening cannot" in line for line in status), status
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_watch_events_to_a_full_stdout_is_one_error_naming_stdout(trained, monkeypatch):
+    """(old code: `error: File too large`, naming nothing.)"""
+    from attncluster.errors import FileError
+    from attncluster.inference import TorchPredictor
+    from attncluster.watch import watch
+
+    cfg, weights, video, pipe = trained
+    full = open("/dev/full", "w")  # a real device whose every write fails with ENOSPC
+    try:
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(FileError, match="^stdout: cannot write an event: No space left on device$"):
+            watch(str(video), TorchPredictor(cfg, weights, "cpu"), pipe, window=WINDOW, stride=STRIDE,
+                  threshold=0.5, names=["block", "no block"], seg_num=cfg.model.seg_num, status=lambda line: None)
+    finally:
+        monkeypatch.undo()
+        try:
+            full.close()  # the line that could not be written is still in its buffer
+        except OSError:
+            pass
+
+
+def test_watch_stdin_with_a_plain_mp4_says_what_a_pipe_can_carry(trained, tmp_path, monkeypatch):
+    """The commonest file piped into ``-`` is a plain mp4, whose index a pipe never reaches (old code:
+    "-: stream failed (Invalid data found when processing input)", nothing more)."""
+    block_video(tmp_path / "clip.mp4", 10, [(1, 2)])  # larger than what FFmpeg buffers while it probes
+    r, w = os.pipe()
+    data = (tmp_path / "clip.mp4").read_bytes()
+
+    def feed():
+        with os.fdopen(w, "wb") as out:
+            try:
+                out.write(data)
+            except BrokenPipeError:
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(r, "rb")))
+    with pytest.raises(DataError, match=r"^-: .*\(.*\); stdin needs a streamable container such as mkv or mpegts"):
+        run(trained, "-")

@@ -8,6 +8,7 @@ joins a NCCL (GPU) or gloo (CPU) group, and only rank 0 writes logs and checkpoi
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,12 +60,45 @@ def setup(device: str) -> DistInfo:
     rank that dies still takes the job down (torchrun's elastic agent stops the others).
     """
     info = env_info()
+    if info.is_distributed:
+        end_with_parent(os.getppid())
     if info.is_distributed and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return info
+
+
+_parent_watched: int | None = None
+
+
+def end_with_parent(parent: int, interval: float = 0.5) -> None:
+    """End this process within ``interval`` seconds of its launcher's death (``kill -9`` of torchrun).
+
+    torchrun starts each worker in a session of its own, so a killed torchrun left its ranks running: they finished
+    the job, rank 0 then wrote (or replaced) the output the user had given up on, racing a rerun. A daemon thread
+    checks that the parent is still ``parent``; a rank whose launcher is gone exits with status 1 (what it leaves, a
+    ``predict`` part file or a checkpoint's temporary file, the next run removes, as after any kill). Once per
+    process.
+    """
+    global _parent_watched
+    if _parent_watched is not None:
+        return
+    _parent_watched = parent
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        try:
+            sys.stderr.write(f"attncluster: the launcher (pid {parent}) is gone; this rank ends\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="attncluster-launcher-watch", daemon=True).start()
 
 
 def cleanup() -> None:

@@ -232,11 +232,13 @@ def predicted_segments(model, cfg: Config, feats: Mapping[str, torch.Tensor], ti
 
 
 def _edges(t: np.ndarray) -> np.ndarray:
-    """Cell edges around increasing timestamps: midpoints between neighbours, half a step beyond the ends."""
-    if len(t) == 1:
-        return np.array([t[0] - 0.5, t[0] + 0.5])
-    mid = (t[1:] + t[:-1]) / 2
-    return np.concatenate([[t[0] - (mid[0] - t[0])], mid, [t[-1] + (t[-1] - mid[-1])]])
+    """Cell edges of increasing timestamps: a frame's cell runs from its timestamp to the next frame's (the last one
+    as long as the one before it, a lone frame 1 s), as a 1 fps feature covers its second. Segments are drawn as
+    ``[start, end)`` seconds on the same axis, so segment [0, 5) covers exactly the cells of frames 0-4 (centred
+    cells put the first frame at -0.5 s and shifted every segment half a frame from its frames)."""
+    t = np.asarray(t, dtype=np.float64)
+    step = t[-1] - t[-2] if len(t) > 1 else 1.0
+    return np.concatenate([t, [t[-1] + step]])
 
 
 def _short(text: str, n: int = 32) -> str:
@@ -321,7 +323,7 @@ def explain_figure(record: Mapping[str, Any], thumbnails: Sequence[tuple[float, 
             else:
                 note = (f"they look at {info['effective_frames']:.1f} of {info['distinct_frames']} frames "
                         f"(effective), unit overlap {overlap}")
-            ax.set_title(f"{m}: {units} units; {note}", fontsize=10, loc="left")
+            ax.set_title(f"{m}: {units} unit{'s' if units != 1 else ''}; {note}", fontsize=10, loc="left")
             ax.legend(loc="upper right", fontsize=8, frameon=False)
             ax.tick_params(labelbottom=False)
             ax.set_ylim(bottom=0)

@@ -246,8 +246,25 @@ class ClassHeaps:
                 self.push(one, np.array(k, dtype=np.int64), i)
 
     def lists(self) -> dict[int, list[str]]:
-        """class id -> segment ids, best first."""
-        return {int(c): list(self.ranked(j)[2]) for j, c in enumerate(self.classes)}
+        """class id -> segment ids, best first (a segment ranked twice is a DataError: :func:`check_unique`)."""
+        out = {int(c): list(self.ranked(j)[2]) for j, c in enumerate(self.classes)}
+        check_unique(out)
+        return out
+
+
+def check_unique(ranked: Mapping[int, Sequence[str]]) -> None:
+    """Refuse a segment ranked twice for one class: a video id that occurs more than once in the data (a shard given
+    twice, or two videos with one id). Its segments would be two entries of one ``<videoId>:<startTime>``, both
+    counted as hits of one rating (a segment MAP above 1)."""
+    for c, ids in ranked.items():
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                vid = i.rsplit(":", 1)[0]
+                raise DataError(f"segment {printable(i)} is ranked twice for class {c}: video id {printable(vid)!r} "
+                                "occurs more than once in the data (a shard given twice, or two videos with one id); "
+                                "segments are named <videoId>:<startTime>, so every video needs its own id")
+            seen.add(i)
 
 
 class ModelPredictor:
@@ -343,6 +360,7 @@ def segment_map(ranked: Mapping[int, Sequence[str]], ratings: Mapping[tuple[str,
     Returns:
         (the mean, or None when no class of ``ranked`` has a positive rating; class -> AP of the classes averaged).
     """
+    check_unique(ranked)
     positives: dict[int, int] = {}
     for (_, c), r in ratings.items():
         if r > 0:
@@ -385,7 +403,7 @@ def _videos_dataset(cfg, data, rank: int, world_size: int):
             n = video.num_frames
             if n < 1:
                 return super()._sample(video, path, i, rng)  # the base class's error (or skip)
-            return {"video": video, "shard": self._shard_index[path], "record": int(i)}
+            return {"video": video, "shard": self._shard_index[path], "record": int(i), "path": path}
 
     return WholeVideos.from_config(cfg, data, train=False, seg_num=1, rank=rank, world_size=world_size,
                                    class_names=load_class_names(cfg))
@@ -446,11 +464,14 @@ def __getattr__(name: str):
 
 def score_dataset(predictor, cfg, data, classes: np.ndarray, *, scoring: str = DEFAULT_SCORING,
                   top_n: int = DEFAULT_TOP_N, rank: int = 0, world_size: int = 1, on_video=None,
-                  keep_ratings: bool = False) -> tuple[ClassHeaps, dict[tuple[str, int], float], int]:
+                  keep_ratings: bool = False, submission: bool = False
+                  ) -> tuple[ClassHeaps, dict[tuple[str, int], float], int]:
     """Score every segment of this rank's videos into per-class heaps.
 
     ``on_video(video, shard, record, starts, scores)`` is called per video (the .jsonl writer). Returns (heaps, the
-    ratings read when ``keep_ratings``, the number of videos).
+    ratings read when ``keep_ratings``, the number of videos). ``submission``: the ids go to a Kaggle 2019 file, so
+    an id that its space-separated ``<videoId>:<startTime>`` entries cannot hold (empty, or with whitespace) is a
+    DataError naming the file and record.
     """
     ds = _videos_dataset(cfg, data, rank, world_size)
     heaps = ClassHeaps(classes, top_n)
@@ -466,6 +487,10 @@ def score_dataset(predictor, cfg, data, classes: np.ndarray, *, scoring: str = D
 
     for sample in ds:
         video = sample["video"]
+        if submission and (not video.id or any(ch.isspace() for ch in video.id)):
+            raise DataError(f"{printable(sample['path'])}: record {sample['record']}: video id "
+                            f"{printable(repr(video.id))} is empty or holds whitespace, which a Kaggle 2019 "
+                            "submission (space-separated <videoId>:<startTime>) cannot hold; write .jsonl instead")
         frames = {m: video.features[m] for m in cfg.model.feature_dims}
         starts, scores = score_segments(predictor, frames, scoring)
         if on_video is not None:
@@ -551,7 +576,7 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
             distributed.barrier()
             return count
         heaps, _, count = score_dataset(predictor, cfg, data, classes, scoring=scoring, top_n=top_n,
-                                        rank=info.rank, world_size=info.world_size)
+                                        rank=info.rank, world_size=info.world_size, submission=True)
         heaps, _, count = _merged(heaps, {}, count)
         if info.rank == 0:
             write_submission(output, heaps.lists())

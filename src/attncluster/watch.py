@@ -39,7 +39,8 @@ is reported on stderr and on stdout as a line ``{"source", "gap": true, "start",
 closed at the drop, and the window restarts after it (a window never spans a gap). The end of an rtsp, rtmp, udp or
 srt stream counts as a drop too, and so does the end of an http(s) stream with ``reconnect_at_eof``
 (``--reconnect-at-eof``: FFmpeg cannot tell a cut HTTP stream from its end); otherwise the end of the stream ends
-``watch``.
+``watch``. An HTTP client error on opening (4xx but 429 Too Many Requests: a wrong URL, no access) is not a drop:
+it is raised at once.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
-from attncluster.errors import ConfigError, DataError, printable
+from attncluster.errors import ConfigError, DataError, printable, writing
 
 AUDIO_HOP = 15360  # samples between VGGish examples (0.96 s at 16 kHz)
 AUDIO_EXAMPLE = 15600  # samples one VGGish example reads (0.975 s)
@@ -221,6 +222,16 @@ class Audio:
     samples: np.ndarray
 
 
+def _print_event(rec: dict) -> None:
+    """One JSON line to stdout; a failed write (stdout on a full disk, a closed pipe's file) is one error naming it."""
+    with writing("stdout", "write an event"):
+        print(json.dumps(rec), flush=True)
+
+
+class SourceRefused(DataError):
+    """The server answered the opening with a client error (HTTP 4xx but 429): not a drop, so not reopened."""
+
+
 class StreamSource:
     """Decoded, sampled frames and 16 kHz mono audio of one opening of a source, as they arrive.
 
@@ -256,8 +267,17 @@ class StreamSource:
                                 f"stdin, or a device such as /dev/video0)")
         try:
             return av.open(src, mode="r", **kwargs)
-        except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        except av.error.HTTPClientError as e:
+            if not isinstance(e, av.error.HTTPTooManyRequestsError):  # 429 passes with time: a drop
+                raise SourceRefused(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
             raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)})") from None
+        except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{printable(self.name())}: cannot open ({_reason(e)}){self._stdin_hint()}") from None
+
+    def _stdin_hint(self) -> str:
+        """For ``-``: what a pipe can carry (a plain mp4 keeps its index at the end, which a pipe never reaches)."""
+        return ("; stdin needs a streamable container such as mkv or mpegts (a plain mp4 is not: "
+                "ffmpeg -i in.mp4 -c copy -f mpegts - | attncluster watch - ...)") if self.source == "-" else ""
 
     def __iter__(self) -> Iterator[Sampled | Audio]:
         """Sampled frames and audio chunks in arrival order. Raises DataError on a decoding or network failure."""
@@ -310,7 +330,7 @@ class StreamSource:
                                 audio_at += wav.size / SAMPLE_RATE
                         held.clear()
             except (av.error.FFmpegError, OSError) as e:
-                raise DataError(f"{printable(self.name())}: stream failed ({_reason(e)})") from None
+                raise DataError(f"{printable(self.name())}: stream failed ({_reason(e)}){self._stdin_hint()}") from None
         finally:
             container.close()
 
@@ -514,7 +534,7 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
     if missing:
         raise ConfigError(f"the model expects features {dict(predictor.modalities)}, the extractor gives "
                           f"{dict(pipeline.modalities)}; use the preset the model was trained on")
-    emit = emit or (lambda rec: print(json.dumps(rec), flush=True))
+    emit = emit or _print_event
     status = status or (lambda line: print(printable(line), file=sys.stderr, flush=True))
     name = source if isinstance(source, str) else getattr(source, "name", "<stream>")
     name = str(name)
@@ -603,6 +623,10 @@ def watch(source: str | IO[bytes], predictor, pipeline, *, window: float = 10.0,
         if failure is None and not eof_is_drop:
             break  # the end of the stream
         if not network:
+            raise failure
+        if isinstance(failure, SourceRefused):
+            status(f"watch: {failure}; giving up at once: the server refused the request, and reopening cannot "
+                   "mend that")
             raise failure
         if retries >= max_retries:
             if failure is None:

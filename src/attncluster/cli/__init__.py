@@ -72,10 +72,17 @@ def _unknown_options(parser: argparse.ArgumentParser, args, extra: list[str]) ->
     """The verb's own options, and the closest one (argparse would point at the top-level help)."""
     import difflib
 
-    sub = next(a for a in parser._actions if a.dest == "command").choices[args.command]
+    verbs = next(a for a in parser._actions if a.dest == "command").choices
+    sub = verbs[args.command]
     options = [o for a in sub._actions for o in a.option_strings]
-    close = difflib.get_close_matches(extra[0].split("=")[0], options, n=1, cutoff=0.6)
+    name = extra[0].split("=")[0]
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close and extra[0].startswith("-") else ""
+    # An option of another verb (predict --window, watch --top-n): say whose it is, not a look-alike of this verb's.
+    owners = [v for v, p in verbs.items() if name.startswith("--") and v != args.command and
+              any(name in a.option_strings for a in p._actions)]
+    if owners:
+        hint = f"; {name} is an option of " + " and ".join(f"attncluster {v}" for v in owners[:3])
     return (f"error: attncluster {args.command}: unrecognized arguments: {' '.join(extra)}{hint} "
             f"(see attncluster {args.command} --help)")
 

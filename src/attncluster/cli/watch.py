@@ -34,7 +34,8 @@ def add_args(p) -> None:
     p.add_argument("--status-every", type=float, default=10.0, metavar="S", help="seconds between status lines "
                    "(default 10)")
     p.add_argument("--max-retries", type=int, default=5, metavar="N", help="reopen a failed network stream at "
-                   "most N times in a row (backoff 1, 2, 4 ... 30 s; default 5)")
+                   "most N times in a row (backoff 1, 2, 4 ... 30 s; default 5); an HTTP 4xx answer is an error "
+                   "at once")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="a network read blocked this long "
                    "counts as a drop (default 10)")
     p.add_argument("--max-lag", type=float, default=None, metavar="S", help="live sources: skip sampled frames "
