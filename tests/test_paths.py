@@ -64,3 +64,20 @@ def test_an_unreachable_url_is_an_error_that_names_it():
     url = f"http://127.0.0.1:{port}/x.tfrecord"
     with pytest.raises(DataError, match=rf"^{url}: cannot reach this URL \("):
         expand_paths([url])
+
+
+def test_a_shard_given_twice_is_an_error_not_counted_twice(tmp_path):
+    from attncluster.data.paths import expand_paths
+    from attncluster.errors import DataError
+
+    (tmp_path / "a.tfrecord").write_bytes(b"")
+    (tmp_path / "b.tfrecord").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "link.tfrecord").symlink_to(tmp_path / "a.tfrecord")
+    assert expand_paths([str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]) == [
+        str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]
+    for specs in ([str(tmp_path / "a.tfrecord")] * 2,                                  # the same path twice
+                  [str(tmp_path), str(tmp_path / "b.tfrecord")],                        # a folder and a file in it
+                  [str(tmp_path / "a.tfrecord"), str(tmp_path / "other")]):              # a link to a file given
+        with pytest.raises(DataError, match="given twice"):
+            expand_paths(specs)

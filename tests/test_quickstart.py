@@ -39,7 +39,17 @@ def test_quickstart_trains_evaluates_predicts_and_beats_mean_pooling(tmp_path):
         assert (run_dir / path).exists(), path
     out = p.stdout
     assert "Mean pooling" in out and f"GAP {summary['gap']:.4f}" in out
-    assert "attncluster eval --config" in out and "attncluster predict --config" in out
+    # the printed next steps run as printed (the checkpoint carries its config: no --config needed)
+    import shlex
+
+    from attncluster.cli import main
+
+    hints = [line.split("#")[0].strip() for line in out.splitlines()
+             if line.strip().startswith(("attncluster eval --weights", "attncluster predict --weights"))]
+    assert len(hints) == 2, out
+    for hint in hints:
+        assert main(shlex.split(hint)[1:]) == 0, hint
+    assert (run_dir / "submission.csv").exists()
 
 
 def test_a_quickstart_rerun_replaces_the_previous_run(tmp_path):

@@ -452,3 +452,18 @@ def test_a_video_id_twice_in_the_data_is_an_error_not_a_segment_map_above_one(se
     # by hand: one positive rating, its segment listed twice, would be AP 2
     with pytest.raises(DataError, match="'a' occurs more than once"):
         segment_map({1: ["a:0", "a:0"]}, {("a:0", 1): 1.0})
+
+
+def test_a_class_listed_twice_and_top_k_with_the_kaggle_csv_are_errors(tmp_path):
+    from attncluster.config import load_config
+    from attncluster.errors import ConfigError, DataError
+    from attncluster.segments import load_segment_classes, predict_segments
+
+    f = tmp_path / "classes.csv"
+    f.write_text("Index\n3\n5\n3\n")
+    with pytest.raises(DataError, match=r"line 4: class 3 is listed twice \(first on line 2\)"):
+        load_segment_classes(f, 10)
+    # --top-k counts classes per segment (.jsonl); the Kaggle 2019 file ranks segments per class (--top-n)
+    with pytest.raises(ConfigError, match="--top-k 3: .*applies to .jsonl output"):
+        predict_segments(load_config(None), None, [str(tmp_path)], str(tmp_path / "sub.csv"), top_k=3)
+    assert not (tmp_path / "sub.csv").exists()

@@ -152,9 +152,8 @@ def _quickstart(run_dir: Path, device: str | None, log, train_videos: int, valid
     log(f"  metrics      {metrics_path}")
     log(f"  predictions  {pred_path}")
     log("Next:")
-    log(f"  attncluster eval --config {train_dir / 'config.yaml'} --weights {best}")
-    log(f"  attncluster predict --config {train_dir / 'config.yaml'} --weights {best} --data {data / 'valid'} "
-        f"--output {run_dir / 'submission.csv'}")
+    log(f"  attncluster eval --weights {best}                # the checkpoint stores its config")
+    log(f"  attncluster predict --weights {best} --data {data / 'valid'} --output {run_dir / 'submission.csv'}")
     log(f"  attncluster inspect {data / 'valid'} | head")
     log("  attncluster train --config configs/youtube8m.yaml   # the reference setup on real YouTube-8M shards")
 

@@ -62,6 +62,7 @@ def load_segment_classes(path: str | os.PathLike | None = None, num_classes: int
     if not rows or rows[0][1][0].strip() != "Index":
         raise DataError(f"{printable(where)}: expected a CSV whose first line is the header 'Index'")
     ids = []
+    first_line: dict[int, int] = {}
     for line, row in rows[1:]:
         try:
             k = int(row[0])
@@ -70,6 +71,10 @@ def load_segment_classes(path: str | os.PathLike | None = None, num_classes: int
         if k < 0 or (num_classes is not None and k >= num_classes):
             bound = f"[0, {num_classes}) (model.num_classes)" if num_classes is not None else ">= 0"
             raise DataError(f"{printable(where)}: line {line}: class {k} is out of range, expected {bound}")
+        if k in first_line:  # a list with a repeat is usually a list built wrongly: say so, do not merge it
+            raise DataError(f"{printable(where)}: line {line}: class {k} is listed twice (first on line "
+                            f"{first_line[k]}); each class once")
+        first_line[k] = line
         ids.append(k)
     if not ids:
         raise DataError(f"{printable(where)}: no class ids after the header")
@@ -540,6 +545,9 @@ def predict_segments(cfg, weights: str | None, data: list[str], output: str, *, 
     suffix = Path(output).suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise ConfigError(f"--output {output}: unknown format {suffix!r}; use .csv (Kaggle 2019 submission) or .jsonl")
+    if suffix == ".csv" and top_k is not None:
+        raise ConfigError(f"--top-k {top_k}: the Kaggle 2019 submission ({output}) ranks segments per class (--top-n); "
+                          "--top-k (classes per segment) applies to .jsonl output")
     predictor = None
     if onnx is not None:
         from attncluster.export import OnnxPredictor, model_config

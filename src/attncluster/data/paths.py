@@ -151,10 +151,18 @@ def expand_paths(specs: str | Iterable[str], what: str = "data") -> list[str]:
     if not specs:
         raise DataError(f"{what}: no data paths given")
     files: list[str] = []
+    seen: dict[str, str] = {}  # the file itself (a local path resolved) -> the spec that gave it first
     for spec in specs:
         found = _expand_one(str(spec))
         if not found:
             raise DataError(f"{spec}: matches no files ({what}); expected a file, glob, directory or .list file")
+        for f in found:
+            key = f if is_url(f) else os.path.realpath(f)
+            if key in seen:  # read twice, its videos would count twice in every metric and output
+                first = seen[key]
+                by = f"by {first!r} and {str(spec)!r}" if first != str(spec) else f"twice by {first!r}"
+                raise DataError(f"{f}: given twice ({what}, {by}); name each shard once")
+            seen[key] = str(spec)
         files.extend(found)
     return files
 
