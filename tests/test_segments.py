@@ -467,3 +467,22 @@ def test_a_class_listed_twice_and_top_k_with_the_kaggle_csv_are_errors(tmp_path)
     with pytest.raises(ConfigError, match="--top-k 3: .*applies to .jsonl output"):
         predict_segments(load_config(None), None, [str(tmp_path)], str(tmp_path / "sub.csv"), top_k=3)
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_segments_of_one_frame_videos_warn_that_they_need_frame_level_data(tmp_path, capsys):
+    from attncluster.cli import main
+    from attncluster.data.tfrecord import TFRecordWriter
+    from attncluster.data.yt8m import encode_example
+
+    shard = tmp_path / "v.tfrecord"
+    with TFRecordWriter(str(shard)) as w:  # video-level records: one mean feature vector per video
+        for k in range(3):
+            w.write(encode_example(f"v{k}", [k], {"rgb": np.full(1024, 0.1, np.float32),
+                                                  "audio": np.zeros(128, np.float32)}))
+    cfg = load_config("youtube8m_video_level", ["model.num_classes=5"])
+    torch.save({"model": AttentionCluster(**cfg.model.model_kwargs()).state_dict()}, tmp_path / "w.pt")
+    assert main(["predict", "--config", "youtube8m_video_level", "-o", "model.num_classes=5", "--weights",
+                 str(tmp_path / "w.pt"), "--data", str(shard), "--segments", "--output", str(tmp_path / "s.jsonl"),
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("holds 1 frame (video-level data?)") == 1, err

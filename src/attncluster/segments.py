@@ -404,10 +404,19 @@ def _videos_dataset(cfg, data, rank: int, world_size: int):
             for i, path in enumerate(self.shards):
                 self._shard_index.setdefault(path, i)
 
+        warned = False
+
         def _sample(self, video, path, i, rng):
             n = video.num_frames
             if n < 1:
                 return super()._sample(video, path, i, rng)  # the base class's error (or skip)
+            if n == 1 and not self.warned:  # video-level data: there is no "when" to find
+                self.warned = True
+                import sys
+
+                print(f"warning: {printable(path)}: record {i} holds 1 frame (video-level data?): its only segment is "
+                      "the whole video; --segments needs frame-level shards (1 frame per second)", file=sys.stderr,
+                      flush=True)
             return {"video": video, "shard": self._shard_index[path], "record": int(i), "path": path}
 
     return WholeVideos.from_config(cfg, data, train=False, seg_num=1, rank=rank, world_size=world_size,
