@@ -307,8 +307,9 @@ class FeaturePipeline:
 
 
 def _inference_ready(model: inc.InceptionV3, device: torch.device) -> inc.InceptionV3:
-    """Inception on ``device``, channels-last, batch norm folded into the convolutions (inference only)."""
-    return _channels_last(model, device).fold_batch_norm()
+    """Inception on ``device`` with batch norm folded into channels-last convolutions (inference only; the
+    module's own parameters stay as loaded, so no second copy of them is made)."""
+    return model.to(device).eval().fold_batch_norm()
 
 
 def _channels_last(model: nn.Module, device: torch.device) -> nn.Module:
@@ -332,7 +333,7 @@ def _random_pcas(rgb: nn.Module, audio: nn.Module, seed: int) -> tuple[YT8MPCA, 
     # Scale: the projected outputs' own size (not their spread around the mean of two calibration inputs, which
     # is tiny next to what other inputs do), so other inputs mostly land inside the quantizer's +-2.
     spread = float((pooled @ rgb_pca.eigenvecs).std()) + 1e-6
-    rgb_pca = YT8MPCA.random(seed * 4 + 1, mean=pooled.mean(0), scale=spread)
+    rgb_pca.eigenvals = (rgb_pca.eigenvals * spread ** 2).astype(np.float32)  # scale=spread, without a second draw
     audio_pca = VGGishPCA.random(seed * 4 + 2, means=emb.mean(0))
     spread = float(audio_pca.apply(emb + emb.mean(0)).std()) + 1e-6
     audio_pca = VGGishPCA.random(seed * 4 + 2, means=emb.mean(0), scale=spread)

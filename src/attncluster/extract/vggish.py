@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from attncluster.errors import DataError
-from attncluster.extract.random_init import normal_fill
+from attncluster.extract.random_init import random_fill
 
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
@@ -197,9 +197,9 @@ class VGGish(nn.Module):
             self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """He-normal weights, zero biases (vggish_slim initialises N(0, 0.01); He keeps random activations alive)."""
+        """He-variance (uniform) weights, zero biases (vggish_slim initialises N(0, 0.01); He keeps random activations alive)."""
         layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        normal_fill([(m.weight, (2.0 / m.weight[0].numel()) ** 0.5) for m in layers], generator)
+        random_fill([(m.weight, (2.0 / m.weight[0].numel()) ** 0.5) for m in layers], generator)
         with torch.no_grad():
             for m in layers:
                 m.bias.zero_()
