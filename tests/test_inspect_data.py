@@ -71,7 +71,9 @@ def test_directories_and_globs(tmp_path, frame_shard):
     path, _ = frame_shard
     (tmp_path / "vocabulary.csv").write_text("Index,Name\n")  # ignored by directory expansion
     assert len(run([tmp_path])[1]) == 3
-    assert len(run([tmp_path / "*.tfrecord", path])[1]) == 6
+    assert len(run([tmp_path / "*.tfrecord"])[1]) == 3
+    with pytest.raises(DataError, match="given twice"):  # the glob and the path name one shard: read once, not twice
+        run([tmp_path / "*.tfrecord", path])
     with pytest.raises(DataError, match="matches no files"):
         run([tmp_path / "nothing*.tfrecord"])
 
