@@ -148,28 +148,6 @@ class ExtractStats:
     model_seconds: float = 0.0
 
 
-def _warm_worker() -> None:
-    import av  # noqa: F401  (the decoder's import, paid while the parent builds its backbones)
-
-
-def decode_pool(num_workers: int, ctx=None, warm: bool = False) -> cf.ProcessPoolExecutor:
-    """``num_workers`` spawned decode processes; each dies with this process (:func:`_die_with_parent`).
-
-    ``warm``: start them now and have each import PyAV, so that a caller that builds its backbones next (seconds of
-    work on this process's cores) overlaps the workers' start-up with it instead of waiting for it afterwards.
-    """
-    import threading
-
-    ctx = ctx or multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
-    main = threading.current_thread() is threading.main_thread()
-    pool = cf.ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=_die_with_parent,
-                                  initargs=(os.getpid(), main))
-    if warm:
-        for _ in range(num_workers):
-            pool.submit(_warm_worker)
-    return pool
-
-
 class Extractor:
     """Video files -> per-frame features, with parallel decoding and batched backbone calls.
 
@@ -190,9 +168,7 @@ class Extractor:
     decode_fn = staticmethod(_decode_job)  # what the worker processes run (a module-level function)
 
     def __init__(self, pipeline, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
-                 num_workers: int | str = "auto", batch_frames: int = BATCH_FRAMES,
-                 pool: cf.ProcessPoolExecutor | None = None) -> None:
-        self._prestarted = pool  # decode workers started early (:func:`decode_pool`), used by the first extraction
+                 num_workers: int | str = "auto", batch_frames: int = BATCH_FRAMES) -> None:
         self.pipeline = pipeline
         self.fps, self.max_frames = float(fps), int(max_frames)
         self.num_workers = resolve_workers(num_workers)
@@ -277,11 +253,12 @@ class Extractor:
     # -- streaming ------------------------------------------------------------------------------------------------
 
     def _pool(self, ctx) -> cf.ProcessPoolExecutor:
-        """The decode workers (the pool given to ``__init__`` first, if any)."""
-        if self._prestarted is not None:
-            pool, self._prestarted = self._prestarted, None
-            return pool
-        return decode_pool(self.num_workers, ctx)
+        """The decode workers; each dies with this process (:func:`_die_with_parent`)."""
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        return cf.ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx, initializer=_die_with_parent,
+                                      initargs=(os.getpid(), main))
 
     def _decoded(self, paths: list[str]) -> Iterator[tuple[str, str, Any]]:
         """(path, status, DecodedVideo | message) in input order, decoded by the worker processes.
@@ -494,21 +471,14 @@ def run_extract(videos: list[str], output: str, *, pipeline=None, fps: float = D
             f"{output}")
         return {"written": 0, "already_done": already, "bad": 0, "frames": 0, "seconds": 0.0, "rank": info.rank,
                 "world_size": info.world_size, "output": output}
-    workers = resolve_workers(num_workers)
-    pool = decode_pool(workers, warm=True) if workers else None  # starting while the backbones are built
-    try:
-        if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
-            # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
-            pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
-            pipeline = make_pipeline(**pipeline_options)
-        if fmt == "yt8m" and not getattr(pipeline, "quantized", True):
-            raise ConfigError("--format yt8m stores the dataset's quantized uint8 features; this backbone gives "
-                              "float features: use --format features")
-    except BaseException:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=workers, pool=pool)
+    if pipeline is None:  # (FeaturePipeline.create warns loudly itself about --random-weights)
+        # --device: default cuda when available; under torchrun, "cuda" is this rank's LOCAL_RANK GPU
+        pipeline_options["device"] = str(distributed.device_for(pipeline_options.get("device"), info))
+        pipeline = make_pipeline(**pipeline_options)
+    if fmt == "yt8m" and not getattr(pipeline, "quantized", True):
+        raise ConfigError("--format yt8m stores the dataset's quantized uint8 features; this backbone gives float "
+                          "features: use --format features")
+    ex = Extractor(pipeline, fps=fps, max_frames=max_frames, num_workers=num_workers)
     where = f" (rank {info.rank} of {info.world_size})" if info.is_distributed else ""
     log(f"extract: {len(todo)} videos to do{where}, {already} already in {output}; "
         f"{ex.num_workers} decode workers")
