@@ -175,25 +175,10 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", newline: str | None 
     KeyboardInterrupt included, the temporary file is deleted and ``path`` is untouched. The file is fsynced before
     the rename and the folder after it.
     """
-    path = Path(path)
-    with writing(path, what):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temporary_name(path)
-        held = os.dup(fd)  # keeps the lock until the rename is done (closing the file alone would release it)
-        try:
-            kwargs = {} if "b" in mode else {"newline": newline, "encoding": "utf-8"}
-            with os.fdopen(fd, mode, **kwargs) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        finally:
-            os.close(held)
-        fsync_dir(path.parent)
+    kwargs = {} if "b" in mode else {"newline": newline, "encoding": "utf-8"}
+    with atomic_path(path, what) as tmp:  # the one replace-or-remove mechanism; this only opens the file
+        with open(tmp, mode, **kwargs) as f:
+            yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "write") -> None:
