@@ -409,7 +409,7 @@ def test_watch_http_drop_is_reopened_and_the_gap_reported(trained, tmp_path):
 
 
 def test_segments_of_a_whole_video_equal_watchs_events(trained):
-    """The offline reading (explain, a service) gives the events watch printed for the same file."""
+    """The offline reading (explain) gives the events watch printed for the same file."""
     from attncluster.extract.pipeline import Extractor
     from attncluster.inference import TorchPredictor
     from attncluster.watch import segments
@@ -425,16 +425,6 @@ def test_segments_of_a_whole_video_equal_watchs_events(trained):
     np.testing.assert_allclose([e.score for e in ev], [w["score"] for w in watched], atol=1e-5)
     assert [(e.start, e.end) for e in segments(pred.scores, {m: rec[m] for m in ("rgb", "audio")},
                                                rec["timestamps"], window=WINDOW, classes=[0])] == [(ON[0], ON[1])]
-    # the per-video answer a service gives (serve's /v1/predict/video?segments=true)
-    from attncluster.watch import video_segments
-
-    answer = video_segments(rec, pred, names=["block", "no block"], seg_num=cfg.model.seg_num, window=WINDOW)
-    assert [(a["class"], a["name"], a["start"], a["end"]) for a in answer] == [
-        (e.cls, ["block", "no block"][e.cls], e.start, e.end) for e in ev]
-    # serve's VideoDecoder gives the rows without timestamps: row i at i / fps (1 fps here, the same times)
-    rows_only = {m: rec[m] for m in ("rgb", "audio")}
-    assert video_segments(rows_only, pred, names=["block", "no block"], seg_num=cfg.model.seg_num,
-                          window=WINDOW) == answer
 
 
 def test_explain_marks_the_predicted_segments(trained, tmp_path):

@@ -723,21 +723,6 @@ def segments(score: Callable[[dict[str, np.ndarray]], np.ndarray], features: dic
     return sorted(events, key=lambda e: (e.start, e.cls))
 
 
-def video_segments(record: dict, predictor, *, names: list[str] | None = None, seg_num: int | None = None,
-                   window: float = 10.0, stride: float | None = None, threshold: float = 0.5,
-                   off_threshold: float | None = None, min_gap: float = 0.0, fps: float = 1.0) -> list[dict]:
-    """Per-segment answer for one uploaded video (for ``serve``'s ``/v1/predict/video?segments=true``): the events
-    of an ``Extractor.extract`` record (``{m: (T, F)}`` rows, and ``timestamps``; without them row i is at
-    ``i / fps``), as ``[{"class", "name", "start", "end", "score"}]`` in start order, seconds from the first frame."""
-    feats = {m: record[m] for m in predictor.modalities}
-    n = min(len(x) for x in feats.values())
-    feats = {m: x[:n] for m, x in feats.items()}
-    times = record["timestamps"][:n] if "timestamps" in record else np.arange(n) / fps
-    events = segments(predictor.scores, feats, times, window=window, stride=stride,
-                      threshold=threshold, off_threshold=off_threshold, min_gap=min_gap, seg_num=seg_num)
-    return [{k: v for k, v in e.record("", names).items() if k != "source"} for e in events]
-
-
 def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = None, *,
               vocab: str | bool | None = None,
               device: str | None = None, extractor_options: dict | None = None, **kwargs) -> WatchStats:
@@ -765,5 +750,5 @@ def run_watch(source: str, cfg, weights: str | None = None, onnx: str | None = N
     return watch(source, predictor, pipeline, names=names, seg_num=cfg.model.seg_num, **kwargs)
 
 
-__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "video_segments", "read_ahead", "StreamSource", "StreamFeatures", "watch", "run_watch",
+__all__ = ["WindowBuffer", "EventDetector", "Event", "segments", "read_ahead", "StreamSource", "StreamFeatures", "watch", "run_watch",
            "window_span", "window_rows", "is_live"]
