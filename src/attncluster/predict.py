@@ -195,7 +195,7 @@ def predict(
             Path(output).parent.mkdir(parents=True, exist_ok=True)
         token = distributed.gather_objects(uuid.uuid4().hex[:12])[0]  # rank 0's: one name set for the whole job
         parts = part_paths(output, token, info.world_size)
-        count = _predict_part(predictor, loader, list(cfg.model.feature_dims), parts[info.rank], top_k, suffix, names)
+        count = _predict_part(predictor, loader, parts[info.rank], top_k, suffix, names)
         distributed.barrier()  # every part is complete before rank 0 reads them
         if info.rank == 0:
             count = merge_parts(parts, output, CSV_HEADER if suffix == ".csv" else "")
@@ -209,8 +209,7 @@ def predict(
 
 
 @torch.no_grad()
-def _predict_part(predictor, loader, modalities: list[str], part: str, top_k: int, suffix: str,
-                  names: list[str] | None) -> int:
+def _predict_part(predictor, loader, part: str, top_k: int, suffix: str, names: list[str] | None) -> int:
     """Stream this rank's videos through ``predictor`` into its part file; returns the number of videos."""
     from attncluster.inference import score_batches, top_classes
 
